@@ -1,0 +1,3 @@
+from calicoctl.cli import console
+
+console()

@@ -1,0 +1,1 @@
+"""IP address management: block-affinity allocation over the datastore."""
