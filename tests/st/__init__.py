@@ -1,0 +1,1 @@
+"""System tests: the real binaries across namespace hosts (see harness/)."""

@@ -1,0 +1,117 @@
+"""A throwaway etcd 3.4 serving the v2 API (what calicoctl's python-etcd client speaks).
+
+Named etcd_server, not etcd, so it can never shadow the python-etcd package.
+"""
+
+import json
+import shutil
+import socket
+import subprocess
+import tempfile
+import urllib.request
+from pathlib import Path
+
+from . import procs
+from .errors import HarnessError
+
+
+def free_port(address="127.0.0.1"):
+    """A TCP port nobody listens on right now (the kernel picks it)."""
+    with socket.socket() as s:
+        s.bind((address, 0))
+        return s.getsockname()[1]
+
+
+class EtcdServer:
+    """One etcd member with a temporary data dir.
+
+    `EtcdServer("127.0.0.1").start()` for unit tests (ports chosen free), or
+    `EtcdServer("198.18.0.1", 2379)` on the testbed bridge. `start()` returns the client URL.
+    """
+
+    def __init__(self, address="127.0.0.1", port=None, peer_port=None, data_dir=None,
+                 log_path=None, name="calico-testbed"):
+        self.address = address
+        self.port = port or free_port(address)
+        self.peer_port = peer_port or free_port(address)
+        self._own_data_dir = data_dir is None
+        self.data_dir = Path(data_dir) if data_dir else None
+        self.log_path = Path(log_path) if log_path else None
+        self.name = name
+        self.pid = None
+        self._proc = None
+
+    @property
+    def url(self):
+        return f"http://{self.address}:{self.port}"
+
+    def start(self, timeout=30):
+        if shutil.which("etcd") is None:
+            raise HarnessError("etcd is not installed (apt-get install etcd-server)")
+        if self.data_dir is None:
+            self.data_dir = Path(tempfile.mkdtemp(prefix="calico-etcd-"))
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        log_path = self.log_path or self.data_dir / "etcd.log"
+        peer = f"http://{self.address}:{self.peer_port}"
+        cmd = [
+            "etcd", "--name", self.name, "--data-dir", str(self.data_dir / "data"),
+            "--listen-client-urls", self.url, "--advertise-client-urls", self.url,
+            "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
+            "--initial-cluster", f"{self.name}={peer}",
+            # calicoctl speaks the v2 key space; etcd 3.4 serves it only when asked.
+            "--enable-v2=true",
+        ]
+        with open(log_path, "ab") as log:
+            self._proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
+                                          stdin=subprocess.DEVNULL, start_new_session=True)
+        self.pid = self._proc.pid
+        try:
+            procs.wait_for(self._ready, timeout=timeout, what=f"etcd at {self.url}")
+        except HarnessError as exc:
+            self.stop()
+            raise HarnessError(f"{exc}; log: {log_path}") from None
+        return self.url
+
+    def _ready(self):
+        if self._proc is not None and self._proc.poll() is not None:
+            raise HarnessError(f"etcd exited with {self._proc.returncode}")
+        with urllib.request.urlopen(self.url + "/health", timeout=2) as resp:
+            if json.load(resp).get("health") != "true":
+                return False
+        # /health can answer before the v2 API does; a v2 read proves what calicoctl needs.
+        with urllib.request.urlopen(self.url + "/v2/keys/", timeout=2) as resp:
+            return resp.status == 200
+
+    def stop(self, remove_data=True):
+        """Stop etcd and (by default) delete its data. Safe to call twice."""
+        if self.pid is not None:
+            procs.terminate(self.pid)
+            if self._proc is not None:
+                self._proc.wait(timeout=5)
+            self.pid = None
+            self._proc = None
+        if remove_data and self._own_data_dir and self.data_dir is not None:
+            shutil.rmtree(self.data_dir, ignore_errors=True)
+
+    # State for `python -m tests.st.harness down` from another process.
+    def to_state(self):
+        return {"address": self.address, "port": self.port, "peer_port": self.peer_port,
+                "data_dir": str(self.data_dir), "pid": self.pid, "name": self.name}
+
+    @classmethod
+    def from_state(cls, state):
+        server = cls(state["address"], state["port"], state["peer_port"], state["data_dir"],
+                     name=state["name"])
+        server._own_data_dir = True
+        # Only trust the pid if it is still an etcd using our data dir (pids get reused).
+        pid = state.get("pid")
+        if pid and any(str(server.data_dir) in arg for arg in procs.cmdline(pid)):
+            server.pid = pid
+        return server
+
+    def __enter__(self):
+        self.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop()

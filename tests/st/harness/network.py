@@ -1,0 +1,106 @@
+"""The underlay: a bridge in the root namespace joining the hosts through veth pairs.
+
+Addresses come from 198.18.0.0/15 (RFC 2544 benchmarking range) so they can never clash with a
+real network, and the hosts' default route points at an address nobody holds, so nothing is ever
+routed off the machine.
+"""
+
+import ipaddress
+import shutil
+
+from . import procs
+
+BRIDGE = "calibr0"
+SUBNET = ipaddress.ip_network("198.18.0.0/24")
+BRIDGE_IP = SUBNET[1]          # 198.18.0.1: the root namespace's side; etcd listens here
+FIRST_HOST_IP = SUBNET[11]     # calico-01 is .11, calico-02 .12, ...
+# Hosts need *a* default route so proxy ARP (169.254.1.1) answers; .254 is never assigned, so
+# anything sent to it dies on the bridge instead of leaving the machine.
+BLACKHOLE_GW = SUBNET[254]
+VETH_PREFIX = "tb-"            # root-side veth names; cleanup finds leftovers by this prefix
+IPTABLES_COMMENT = "calico-testbed"
+
+
+def host_ip(index):
+    """Underlay address of the index-th host (0-based)."""
+    return FIRST_HOST_IP + index
+
+
+def root_veth_name(host_name):
+    return (VETH_PREFIX + host_name)[:15]   # IFNAMSIZ - 1
+
+
+def link_exists(name):
+    return procs.run(["ip", "link", "show", "dev", name], check=False).returncode == 0
+
+
+def list_links(prefix):
+    out = procs.run(["ip", "-o", "link", "show"]).stdout
+    names = []
+    for line in out.splitlines():
+        # "12: tb-calico-01@if3: <...>" -> "tb-calico-01"
+        name = line.split(":", 2)[1].strip().split("@", 1)[0]
+        if name.startswith(prefix):
+            names.append(name)
+    return names
+
+
+def create_bridge(name=BRIDGE, address=BRIDGE_IP, prefixlen=SUBNET.prefixlen):
+    procs.run(["ip", "link", "add", name, "type", "bridge"])
+    procs.run(["ip", "addr", "add", f"{address}/{prefixlen}", "dev", name])
+    procs.run(["ip", "link", "set", name, "up"])
+    guard_root_forwarding(name)
+
+
+def delete_link(name):
+    if link_exists(name):
+        procs.run(["ip", "link", "del", name], check=False)
+
+
+def connect_host(host, bridge=BRIDGE, prefixlen=SUBNET.prefixlen, gateway=BLACKHOLE_GW):
+    """veth pair: root side on the bridge, `eth0` with the host's address in the host."""
+    root_side = root_veth_name(host.name)
+    procs.run(["ip", "link", "add", root_side, "type", "veth",
+               "peer", "name", "eth0", "netns", str(host.pid)])
+    procs.run(["ip", "link", "set", root_side, "master", bridge, "up"])
+    host.run(["ip", "addr", "add", f"{host.ip}/{prefixlen}", "dev", "eth0"])
+    host.run(["ip", "link", "set", "eth0", "up"])
+    host.run(["ip", "route", "add", "default", "via", str(gateway), "dev", "eth0"])
+    # Hosts route for their containers (calico's whole point); the root namespace never does.
+    host.run(["sysctl", "-qw", "net.ipv4.ip_forward=1"])
+    return root_side
+
+
+def _iptables_binaries():
+    return [b for b in ("iptables", "ip6tables") if shutil.which(b)]
+
+
+def guard_root_forwarding(bridge=BRIDGE):
+    """Drop anything the root namespace would forward between the bridge and another interface.
+
+    ip_forward is normally off in the root namespace, but a dockerd started there (by anyone)
+    turns it on; these rules keep the testbed sealed even then. Frames bridged between two
+    ports of the bridge (-i calibr0 -o calibr0) are not affected.
+    """
+    for binary in _iptables_binaries():
+        for direction in (["-i", bridge, "!", "-o", bridge], ["-o", bridge, "!", "-i", bridge]):
+            procs.run([binary, "-w", "-I", "FORWARD", "1", *direction,
+                       "-m", "comment", "--comment", IPTABLES_COMMENT, "-j", "DROP"])
+
+
+def remove_root_rules():
+    """Delete every root-namespace FORWARD rule the harness added (found by its comment)."""
+    for binary in _iptables_binaries():
+        rules = procs.run([binary, "-w", "-S", "FORWARD"], check=False).stdout.splitlines()
+        for rule in rules:
+            if f"--comment {IPTABLES_COMMENT}" in rule and rule.startswith("-A "):
+                procs.run([binary, "-w", "-D", *rule.split()[1:]], check=False)
+
+
+def root_rules():
+    """The harness's rules still present (for tests of teardown)."""
+    found = []
+    for binary in _iptables_binaries():
+        rules = procs.run([binary, "-w", "-S", "FORWARD"], check=False).stdout.splitlines()
+        found += [f"{binary} {r}" for r in rules if IPTABLES_COMMENT in r]
+    return found
