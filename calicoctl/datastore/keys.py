@@ -216,6 +216,16 @@ def libnetwork_network(network_id):
     return "%s/%s" % (LIBNETWORK_DIR, network_id)
 
 
+def libnetwork_addresses_dir():
+    return "%s/address" % LIBNETWORK_DIR
+
+
+def libnetwork_address(ip):
+    """Claim on an address handed out by Docker's own IPAM (one per address, cluster-wide): each
+    host's Docker allocates on its own, so a create-if-absent here is what detects a clash."""
+    return "%s/address/%s" % (LIBNETWORK_DIR, ip)
+
+
 # --- parsing ----------------------------------------------------------------------------------
 # Each pattern names its captures; callers use match_key() and never split keys by position.
 
@@ -256,6 +266,7 @@ PATTERNS = {
         r"^/calico/felix/v1/host/(?P<host>%s)/workload/(?P<orchestrator>%s)/(?P<workload>%s)"
         r"/endpoint/(?P<endpoint_id>%s)$" % (_SEG, _SEG, _SEG, _SEG)),
     "libnetwork_network": re.compile(r"^/calico/libnetwork/v1/(?P<network_id>%s)$" % _SEG),
+    "libnetwork_address": re.compile(r"^/calico/libnetwork/v1/address/(?P<ip>%s)$" % _SEG),
 }
 
 _CIDR_CAPTURES = ("cidr",)
