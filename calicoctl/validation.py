@@ -8,7 +8,7 @@ import re
 
 from calicoctl.errors import ValidationError
 
-_AS_DOTTED = re.compile(r"^(\d+)\.(\d+)$")
+_AS_DOTTED = re.compile(r"^([0-9]+)\.([0-9]+)\Z")
 
 
 def parse_ip(text, version=None, what="address"):
@@ -42,8 +42,8 @@ def parse_as(text):
     if m:
         hi, lo = int(m.group(1)), int(m.group(2))
         if hi <= 65535 and lo <= 65535 and (hi, lo) != (0, 0):
-            return s
-    elif s.isdigit() and 1 <= int(s) <= 4294967295:
+            return "%d.%d" % (hi, lo)
+    elif s.isascii() and s.isdigit() and 1 <= int(s) <= 4294967295:
         return str(int(s))
     raise ValidationError("Invalid AS number %r: use 1-4294967295 or the dotted form a.b."
                           % (text,))

@@ -13,11 +13,12 @@ from calicoctl.errors import ValidationError
 ACTIONS = ("allow", "deny")
 NAMED_PROTOCOLS = ("tcp", "udp", "icmp", "icmpv6", "sctp", "udplite")
 PORT_PROTOCOLS = ("tcp", "udp")
-NAME_RE = re.compile(r"^[a-zA-Z0-9_.\-]+$")
+# Felix's name alphabet.  \Z (not $) so a trailing newline cannot slip into an etcd key.
+NAME_RE = re.compile(r"^[a-zA-Z0-9_.\-]+\Z")
 KNOWN_KEYS = ("action", "protocol", "src_net", "dst_net", "src_tag", "dst_tag", "src_ports",
               "dst_ports", "icmp_type", "icmp_code", "ip_version")
-# Printing order of `rule show`, as the original.
-_PORT_RE = re.compile(r"^(\d+)(?::(\d+))?$")
+# ASCII digits only; a range is lo:hi, and the original CLI also took lo-hi (stored as lo:hi).
+_PORT_RE = re.compile(r"^([0-9]+)(?:[:-]([0-9]+))?\Z")
 
 
 def validate_name(name, what="profile"):
@@ -63,10 +64,15 @@ def parse_cidr(text):
                               "e.g. 10.0.0.0/8 or fd00::/64." % (text,))
 
 
+def _is_ascii_number(value):
+    # str.isdigit() is also true for '²', which int() rejects: check ASCII digits only.
+    return isinstance(value, str) and value.isascii() and value.isdigit()
+
+
 def _int_field(rule, name, lo, hi):
     value = rule[name]
     if isinstance(value, bool) or not isinstance(value, int):
-        if isinstance(value, str) and value.isdigit():
+        if _is_ascii_number(value):
             value = int(value)
         else:
             raise ValidationError("Invalid %s %r: must be a number %d-%d." % (name, value, lo, hi))
@@ -92,7 +98,7 @@ def normalise_rule(raw):
 
     protocol = rule.get("protocol")
     if protocol is not None:
-        if isinstance(protocol, str) and protocol.isdigit():
+        if _is_ascii_number(protocol):
             protocol = int(protocol)
         if isinstance(protocol, bool) or not (
                 protocol in NAMED_PROTOCOLS or (isinstance(protocol, int) and 1 <= protocol <= 255)):
@@ -132,7 +138,7 @@ def normalise_rule(raw):
         versions.add(6)
     if "ip_version" in rule:
         v = rule["ip_version"]
-        if v not in (4, 6):
+        if isinstance(v, bool) or not isinstance(v, int) or v not in (4, 6):   # 4.0 == 4
             raise ValidationError("Invalid ip_version %r: use 4 or 6." % (v,))
         versions.add(v)
         out["ip_version"] = v
