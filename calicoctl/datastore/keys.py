@@ -16,6 +16,7 @@ PROFILES_DIR = "/calico/v1/policy/profile"
 POOLS_DIR = "/calico/v1/ipam"          # + /v4/pool/<cidr> and /v6/pool/<cidr>
 IPAM_DIR = "/calico/ipam/v2"
 IPAM_HANDLES_DIR = "/calico/ipam/v2/handle"
+IPAM_HOSTS_DIR = "/calico/ipam/v2/host"     # + /<host>/ipv4/block/<cidr>: block affinities
 BGP_DIR = "/calico/bgp/v1"
 BGP_GLOBAL_DIR = "/calico/bgp/v1/global"
 BGP_HOSTS_DIR = "/calico/bgp/v1/host"
@@ -126,7 +127,7 @@ def block(cidr, version):
 
 
 def host_affinity_dir(host, version):
-    return "%s/host/%s/%s/block" % (IPAM_DIR, host, _ipam_family(version))
+    return "%s/%s/%s/block" % (IPAM_HOSTS_DIR, host, _ipam_family(version))
 
 
 def host_affinity(host, cidr, version):
@@ -134,7 +135,7 @@ def host_affinity(host, cidr, version):
 
 
 def ipam_host_dir(host):
-    return "%s/host/%s" % (IPAM_DIR, host)
+    return "%s/%s" % (IPAM_HOSTS_DIR, host)
 
 
 def handle(handle_id):
