@@ -192,6 +192,16 @@ def bgp_host_peer(host, ip, version):
     return "%s/%s" % (bgp_host_peers_dir(host, version), ip)
 
 
+def bgp_global_config(name):
+    """Any global BGP setting by name (`calicoctl config bgp <NAME> --force`)."""
+    return "%s/%s" % (BGP_GLOBAL_DIR, name)
+
+
+def bgp_host_config(host, name):
+    """Any per-node BGP setting by name (`calicoctl config node bgp <NAME> --force`)."""
+    return "%s/%s/%s" % (BGP_HOSTS_DIR, host, name)
+
+
 # --- agent status -----------------------------------------------------------------------------
 
 def felix_host_dir(host):
