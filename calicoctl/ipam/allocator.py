@@ -1,0 +1,453 @@
+"""Block-affinity address allocation (Calico's IPAM, with its known bugs fixed).
+
+Each host claims 64-address blocks and hands out addresses from its own blocks; when it has no
+room it claims a free block, and only when no block is free does it borrow an address from
+another host's block.  Correctness never rests on what this client remembers: every block and
+handle write is a compare-and-swap on modifiedIndex (bounded retries), and every decision that
+is not protected by such a write is taken on a quorum read.
+
+Speed comes from what the client remembers.  It keeps the last state it wrote (or read) of each
+block with that state's modifiedIndex, so the common allocation is a single compare-and-swap on
+the host's block; a stale memory only costs a failed CAS and one re-read.  When a handle is given,
+the handle record is written at the same time as the block (on a second connection), so it costs
+no extra round trip of latency.
+
+Finding a block to claim reads the existing blocks in one recursive listing and computes free
+block CIDRs arithmetically (block.free_blocks): an IPv6 /64 pool, 2**58 blocks, costs what a
+/24 does.
+
+Crash safety of a claim: the host writes its affinity key, then creates the block
+(create-if-absent) with its own "affinity" field.  The block is the truth: a host never considers
+itself affine to a block that does not say so, an affinity key without a block blocks nobody
+(another host may claim the block, and the winner deletes every other host's key for it), and a
+host that comes back finishes or drops its own half-done claims.
+"""
+
+import concurrent.futures
+import ipaddress
+import logging
+import random
+import threading
+import time
+
+from calicoctl.datastore import pools as pool_store
+from calicoctl.datastore.store import EtcdStore
+from calicoctl.errors import (CalicoError, ConflictError, PoolExhaustedError,
+                              ValidationError)
+from calicoctl.ipam import block as blocks
+from calicoctl.ipam import records
+from calicoctl.nodename import node_name
+
+log = logging.getLogger(__name__)
+
+# Compare-and-swap attempts on one block or handle before giving up with ConflictError.  Losing
+# many times in a row needs dozens of writers on the same block; back-off spreads them out.
+CAS_ATTEMPTS = 40
+# Lost claim races tolerated in one allocation before we stop claiming and borrow instead.
+CLAIM_ATTEMPTS = 32
+# How long a cached pool list may steer the fast path.  Adding or removing a pool while an
+# allocation is in flight is a race in any design; this bounds it to about a second, and every
+# slow-path decision (claiming, borrowing, exhaustion) re-reads the pools by quorum.
+POOL_CACHE_SECONDS = 1.0
+
+
+def _backoff(attempt):
+    if attempt:
+        # Random, growing, capped: writers that collided do not collide again in lockstep.
+        time.sleep(random.uniform(0, 0.001 * 2 ** min(attempt, 6)))
+
+
+class IPAMClient:
+    """Allocate and release addresses for one host.  Safe to share between threads."""
+
+    def __init__(self, store, host=None, pool_cache_seconds=POOL_CACHE_SECONDS):
+        self.store = store
+        self.host = host or node_name()
+        self.pool_cache_seconds = pool_cache_seconds
+        self._blocks = {}                 # block network -> (block, modifiedIndex) last seen
+        self._affine = {4: None, 6: None}  # sorted block networks affine to us; None = unknown
+        self._pools = {}                  # version -> (monotonic time read, [Pool])
+        self._repaired = set()            # versions whose affinity keys we have reconciled
+        self._lock = threading.Lock()
+        self._executor = None
+        self._side_store = None
+
+    # -- public API -----------------------------------------------------------------------------
+
+    def auto_assign(self, version, handle_id=None, attributes=None, pool=None):
+        """One address of the given family for this host; see the module docstring."""
+        if version not in (4, 6):
+            raise ValidationError("IP version must be 4 or 6, not %r." % (version,))
+        if pool is not None:
+            pool = ipaddress.ip_network(pool)
+            if pool.version != version:
+                raise ValidationError("Pool %s is not an IPv%d pool." % (pool, version))
+        guess = self._fast_guess(version, pool)
+        pending = None
+        if handle_id is not None and guess is not None:
+            # Common case: the block is known, so write the handle alongside the block.
+            pending = self._in_background(self._change_handle, handle_id, {guess: 1}, True)
+        try:
+            ip, cidr = self._auto_assign(version, handle_id, attributes, pool, guess)
+        except BaseException:
+            if pending is not None:
+                self._settle(pending, handle_id, {guess: -1})
+            raise
+        if handle_id is not None:
+            try:
+                if pending is not None:
+                    pending.result()
+                    if cidr != guess:
+                        self._change_handle(handle_id, {guess: -1, cidr: 1})
+                else:
+                    self._change_handle(handle_id, {cidr: 1})
+            except CalicoError:
+                self.release([ip])      # no handle record, no address: leave nothing behind
+                raise
+        return ip
+
+    def assign(self, ip, handle_id=None, attributes=None):
+        """Assign one specific address (Docker's --ip), claiming its block if nobody has."""
+        ip = ipaddress.ip_address(ip)
+        pool = self._pool_of(ip)
+        cidr = blocks.block_cidr_for(ip)
+        ordinal = blocks.ordinal_of(cidr, ip)
+        if handle_id is not None:
+            self._change_handle(handle_id, {cidr: 1})   # handle first: a crash leaves no leak
+        try:
+            for attempt in range(CAS_ATTEMPTS):
+                _backoff(attempt)
+                state = records.read_block(self.store, cidr)
+                if state is None:
+                    state = self._claim(cidr) or records.read_block(self.store, cidr)
+                    if state is None:
+                        continue
+                block, index = state
+                if block is None:
+                    raise ValidationError("The IPAM block %s holding %s is corrupt." % (cidr, ip))
+                new = blocks.allocate_ordinal(block, ordinal, handle_id, attributes)
+                if new is None:
+                    raise ValidationError("%s is already in use." % ip)
+                if self._cas(cidr, new, index):
+                    return None
+            raise ConflictError("Gave up assigning %s in pool %s after %d conflicting writes; "
+                                "try again." % (ip, pool.cidr, CAS_ATTEMPTS))
+        except BaseException:
+            if handle_id is not None:
+                self._settle(None, handle_id, {cidr: -1})
+            raise
+
+    def release(self, ips):
+        """Release addresses; returns the set of those that were not allocated."""
+        ips = {ipaddress.ip_address(ip) for ip in ips}
+        by_block = {}
+        for ip in ips:
+            by_block.setdefault(blocks.block_cidr_for(ip), []).append(ip)
+        not_allocated = set()
+        for cidr, members in sorted(by_block.items()):
+            ordinals = [blocks.ordinal_of(cidr, ip) for ip in members]
+            released, handles = self._release_in_block(cidr, lambda b: ordinals)
+            not_allocated.update(ip for ip in members
+                                 if blocks.ordinal_of(cidr, ip) not in released)
+            for handle_id, count in handles.items():
+                self._settle(None, handle_id, {cidr: -count})
+        return not_allocated
+
+    def release_by_handle(self, handle_id):
+        """Release every address held under handle_id; returns them (sorted)."""
+        released = []
+        for attempt in range(CAS_ATTEMPTS):
+            _backoff(attempt)
+            state = records.read_handle(self.store, handle_id)
+            if state is None:
+                # No record: either nothing was held, or a writer died between its block write
+                # and its handle write.  One listing per family finds the latter.
+                cidrs = [c for v in (4, 6) for c, (b, _) in
+                         records.list_blocks(self.store, v).items()
+                         if b is not None and blocks.ordinals_of_handle(b, handle_id)]
+            else:
+                cidrs = [ipaddress.ip_network(c) for c in state[0]["block"]]
+            for cidr in sorted(cidrs, key=lambda c: (c.version, c)):
+                ordinals, _ = self._release_in_block(
+                    cidr, lambda b: blocks.ordinals_of_handle(b, handle_id))
+                released.extend(blocks.address_at(cidr, o) for o in ordinals)
+            if state is None or records.delete_handle(self.store, handle_id, state[1]):
+                return sorted(released, key=lambda ip: (ip.version, ip))
+        raise ConflictError("Gave up releasing handle %s after %d conflicting writes; try again."
+                            % (handle_id, CAS_ATTEMPTS))
+
+    def get_assignment(self, ip):
+        """What holds ip: {"ip","pool","block","host","handle_id","attributes"}, or None."""
+        ip = ipaddress.ip_address(ip)
+        cidr = blocks.block_cidr_for(ip)
+        state = records.read_block(self.store, cidr)
+        if state is None or state[0] is None:
+            return None
+        block = state[0]
+        ordinal = blocks.ordinal_of(cidr, ip)
+        if block["allocations"][ordinal] is None:
+            return None
+        handle_id, attributes = blocks.attributes_at(block, ordinal)
+        pool = next((p.cidr for p in self._read_pools(ip.version) if ip in p.cidr), None)
+        return {"ip": ip, "pool": pool, "block": cidr, "host": blocks.affine_host(block),
+                "handle_id": handle_id, "attributes": attributes}
+
+    def release_host_affinities(self, host):
+        """Forget host's blocks (node remove): empty ones are deleted, others lose their host."""
+        for version in (4, 6):
+            for cidr, (block, index) in records.list_blocks(self.store, version).items():
+                if block is not None and blocks.affine_host(block) == host:
+                    self._disown(cidr, block, index)
+        records.delete_host(self.store, host)
+        if host == self.host:
+            self._blocks.clear()
+            self._affine = {4: None, 6: None}
+            self._repaired.clear()
+
+    # -- auto-assign ----------------------------------------------------------------------------
+
+    def _fast_guess(self, version, wanted_pool):
+        """An affine block that, as far as we remember, has room; None to take the slow path."""
+        affine = self._affine[version]
+        if affine is None:
+            return None
+        cached = self._pools.get(version)
+        if cached is None or time.monotonic() - cached[0] > self.pool_cache_seconds:
+            cached = (None, self._read_pools(version))
+        usable = _usable(cached[1], wanted_pool)
+        for cidr in affine:
+            state = self._blocks.get(cidr)
+            if state and state[0] is not None and state[0]["unallocated"] and \
+                    _inside(cidr, usable):
+                return cidr
+        return None
+
+    def _auto_assign(self, version, handle_id, attributes, wanted_pool, guess):
+        if guess is not None:
+            ip = self._allocate_in(guess, handle_id, attributes, self._blocks.get(guess))
+            if ip is not None:
+                return ip, guess
+        return self._auto_assign_slow(version, handle_id, attributes, wanted_pool)
+
+    def _auto_assign_slow(self, version, handle_id, attributes, wanted_pool):
+        usable = _usable(self._read_pools(version), wanted_pool)
+        if wanted_pool is not None and not usable:
+            raise ValidationError("%s is not a pool Calico IPAM allocates from; see "
+                                  "'calicoctl pool show'." % wanted_pool)
+        if not usable:
+            raise ValidationError("No IPv%d pool is configured for Calico IPAM; add one with "
+                                  "'calicoctl pool add'." % version)
+        existing = records.list_blocks(self.store, version)
+        self._blocks.update(existing)
+        self._affine[version] = sorted(c for c, (b, _) in existing.items()
+                                       if b is not None and blocks.affine_host(b) == self.host)
+        if version not in self._repaired:
+            self._repair_affinities(version, existing)
+        # 1. Our own blocks.
+        for cidr in list(self._affine[version]):
+            if _inside(cidr, usable):
+                ip = self._allocate_in(cidr, handle_id, attributes, self._blocks.get(cidr))
+                if ip is not None:
+                    return ip, cidr
+        # 2. Claim a block nobody has.
+        lost = 0
+        for pool in usable:
+            for cidr in blocks.free_blocks(pool.cidr, existing):
+                state = self._claim(cidr)
+                if state is None:
+                    lost += 1
+                    if lost >= CLAIM_ATTEMPTS:
+                        break
+                    continue
+                ip = self._allocate_in(cidr, handle_id, attributes, state)
+                if ip is not None:
+                    return ip, cidr
+            if lost >= CLAIM_ATTEMPTS:
+                break
+        # 3. Borrow from other hosts' blocks (fresh listing: blocks claimed since count too).
+        if lost:
+            existing = records.list_blocks(self.store, version)
+        for cidr, (block, index) in sorted(existing.items()):
+            if block is not None and block["unallocated"] and _inside(cidr, usable):
+                ip = self._allocate_in(cidr, handle_id, attributes, (block, index))
+                if ip is not None:
+                    return ip, cidr
+        full = ", ".join(str(p.cidr) for p in usable)
+        raise PoolExhaustedError("No free IPv%d address: pool%s %s %s full." % (
+            version, "s" if len(usable) > 1 else "", full, "are" if len(usable) > 1 else "is"))
+
+    def _allocate_in(self, cidr, handle_id, attributes, state):
+        """Take the next free address of one block by CAS; None if the block is full."""
+        for attempt in range(CAS_ATTEMPTS):
+            _backoff(attempt)
+            if state is None:
+                state = records.read_block(self.store, cidr)
+                if state is None:
+                    return None
+                self._blocks[cidr] = state
+            block, index = state
+            if block is None:
+                return None
+            new, ordinal = blocks.allocate_next(block, handle_id, attributes)
+            if ordinal is None:
+                return None
+            if self._cas(cidr, new, index):
+                return blocks.address_at(cidr, ordinal)
+            state = None
+        raise ConflictError("Gave up allocating in block %s after %d conflicting writes; "
+                            "try again." % (cidr, CAS_ATTEMPTS))
+
+    def _cas(self, cidr, block, index):
+        new_index = records.write_block(self.store, cidr, block, index)
+        if new_index is None:
+            self._blocks.pop(cidr, None)
+            return False
+        self._blocks[cidr] = (block, new_index)
+        return True
+
+    # -- claiming blocks ------------------------------------------------------------------------
+
+    def _claim(self, cidr):
+        """Make cidr this host's block: (block, index) on success, None if another host has it."""
+        records.set_affinity(self.store, self.host, cidr)
+        block = blocks.new_block(cidr, self.host)
+        index = records.write_block(self.store, cidr, block, None)
+        if index is None:
+            state = records.read_block(self.store, cidr)
+            if state is None or state[0] is None or blocks.affine_host(state[0]) != self.host:
+                records.delete_affinity(self.store, self.host, cidr)   # lost: leave no orphan
+                return None
+            block, index = state      # ours already (another process of this host made it)
+        else:
+            # A claimant that died after its affinity write left a key for a block it never
+            # got; now that the block says whose it is, such keys must not advertise it.
+            for host, other in records.all_affinities(self.store, cidr.version):
+                if other == cidr and host != self.host:
+                    records.delete_affinity(self.store, host, cidr)
+        with self._lock:
+            affine = set(self._affine[cidr.version] or []) | {cidr}
+            self._affine[cidr.version] = sorted(affine)
+        self._blocks[cidr] = (block, index)
+        return block, index
+
+    def _repair_affinities(self, version, existing):
+        """Make this host's affinity keys agree with the blocks (once per client and family)."""
+        keyed = set(records.host_affinities(self.store, self.host, version))
+        for cidr in sorted(keyed):
+            state = existing.get(cidr)
+            if state is None and _inside(cidr, _usable(self._pools[version][1], None)):
+                # Our own claim died half-way: finish it (or drop the key if someone beat us).
+                self._claim(cidr)
+            elif state is None:
+                records.delete_affinity(self.store, self.host, cidr)   # its pool is gone
+            elif state[0] is None or blocks.affine_host(state[0]) != self.host:
+                records.delete_affinity(self.store, self.host, cidr)
+        for cidr in self._affine[version]:
+            if cidr not in keyed:
+                records.set_affinity(self.store, self.host, cidr)
+        self._repaired.add(version)
+
+    def _disown(self, cidr, block, index):
+        for attempt in range(CAS_ATTEMPTS):
+            _backoff(attempt)
+            if blocks.used_count(block) == 0:
+                if records.delete_block(self.store, cidr, index):
+                    return
+            else:
+                new = dict(block, affinity=None)
+                if records.write_block(self.store, cidr, new, index) is not None:
+                    return
+            state = records.read_block(self.store, cidr)
+            if state is None or state[0] is None:
+                return
+            block, index = state
+        raise ConflictError("Gave up releasing block %s after %d conflicting writes; try again."
+                            % (cidr, CAS_ATTEMPTS))
+
+    # -- release --------------------------------------------------------------------------------
+
+    def _release_in_block(self, cidr, choose):
+        """Release choose(block)'s ordinals by CAS: (released ordinals, {handle: count})."""
+        for attempt in range(CAS_ATTEMPTS):
+            _backoff(attempt)
+            state = records.read_block(self.store, cidr)
+            if state is None or state[0] is None:
+                return [], {}
+            block, index = state
+            new, released, handles = blocks.release_ordinals(block, choose(block))
+            if not released or self._cas(cidr, new, index):
+                return released, handles
+        raise ConflictError("Gave up releasing in block %s after %d conflicting writes; "
+                            "try again." % (cidr, CAS_ATTEMPTS))
+
+    # -- handles --------------------------------------------------------------------------------
+
+    def _change_handle(self, handle_id, deltas, assume_new=False, store=None):
+        """Add deltas ({block network: +n/-n}) to a handle's counts; delete it at zero."""
+        store = store or self.store
+        state = (None, None) if assume_new else None
+        for attempt in range(CAS_ATTEMPTS):
+            _backoff(attempt)
+            if state is None:
+                state = records.read_handle(store, handle_id) or (None, None)
+            handle, index = state
+            counts = dict((handle or {}).get("block") or {})
+            for cidr, delta in deltas.items():
+                counts[str(cidr)] = counts.get(str(cidr), 0) + delta
+            counts = {c: n for c, n in counts.items() if n > 0}
+            if not counts:
+                if index is None or records.delete_handle(store, handle_id, index):
+                    return
+            elif records.write_handle(store, handle_id, {"id": handle_id, "block": counts},
+                                      index) is not None:
+                return
+            state = None
+        raise ConflictError("Gave up updating handle %s after %d conflicting writes; try again."
+                            % (handle_id, CAS_ATTEMPTS))
+
+    def _settle(self, pending, handle_id, deltas):
+        """Undo a handle change after a failed allocation, best effort (a surplus is harmless:
+        release_by_handle frees only what the blocks say the handle holds)."""
+        try:
+            if pending is not None:
+                pending.result()
+            self._change_handle(handle_id, deltas)
+        except CalicoError as exc:
+            log.warning("Could not correct handle %s: %s", handle_id, exc)
+
+    def _in_background(self, fn, *args):
+        """Run fn on a second etcd connection so its round trip overlaps ours."""
+        with self._lock:
+            if self._executor is None:
+                self._executor = concurrent.futures.ThreadPoolExecutor(
+                    max_workers=4, thread_name_prefix="ipam-handle")
+                if isinstance(self.store, EtcdStore):
+                    self._side_store = EtcdStore(self.store.settings, self.store.timeout)
+                else:
+                    self._side_store = self.store
+        return self._executor.submit(fn, *args, store=self._side_store)
+
+    # -- pools ----------------------------------------------------------------------------------
+
+    def _read_pools(self, version):
+        pools = pool_store.list_pools(self.store, version, quorum=True)
+        self._pools[version] = (time.monotonic(), pools)
+        return pools
+
+    def _pool_of(self, ip):
+        """The pool Calico IPAM may assign ip from, or a ValidationError saying why not."""
+        for pool in self._read_pools(ip.version):
+            if ip in pool.cidr:
+                if not pool.ipam:
+                    raise ValidationError("%s is in pool %s, which Docker's IPAM manages, not "
+                                          "Calico's." % (ip, pool.cidr))
+                return pool
+        raise ValidationError("%s is not in any configured IPv%d pool." % (ip, ip.version))
+
+
+def _usable(pools, wanted):
+    return [p for p in pools if p.ipam and (wanted is None or p.cidr == wanted)]
+
+
+def _inside(cidr, pools):
+    return any(cidr.subnet_of(p.cidr) for p in pools)

@@ -1,0 +1,129 @@
+"""IPAM records in etcd: blocks, host affinities and handles, read and written atomically.
+
+Every write here is conditional (compare-and-swap on modifiedIndex, or create-if-absent) and
+returns the new modifiedIndex, so the allocator can keep the state it just wrote and use it for
+its next compare-and-swap without reading the block again.  Every read that an allocation
+decision rests on is a quorum read.
+"""
+
+import ipaddress
+import json
+
+from calicoctl.datastore import keys
+from calicoctl.datastore.store import dump_json
+from calicoctl.errors import ValidationError
+from calicoctl.ipam import block as blocks
+
+
+def _write(store, key, value, **conditions):
+    """One conditional etcd write; the new modifiedIndex, or None if the condition failed.
+
+    EtcdStore.cas/create answer only True/False; the allocator needs the index etcd assigned, so
+    this goes through the store's one request path (_call: endpoint failover, error mapping).
+    """
+    import etcd
+    try:
+        return store._call("write", key, value, **conditions).modifiedIndex
+    except (etcd.EtcdCompareFailed, etcd.EtcdKeyNotFound, etcd.EtcdAlreadyExist):
+        return None
+
+
+def _parse_block(value):
+    try:
+        return blocks.normalise(json.loads(value))
+    except (ValueError, ValidationError):
+        return None   # a broken block still exists (never claimed over) but is never used
+
+
+# --- blocks -----------------------------------------------------------------------------------
+
+def read_block(store, cidr):
+    """(block, modifiedIndex) by quorum read, or None if the block does not exist."""
+    result = store.read(keys.block(cidr, cidr.version), quorum=True)
+    if result is None or result.dir:
+        return None
+    return _parse_block(result.value), result.modifiedIndex
+
+
+def list_blocks(store, version):
+    """Every existing block of a family, {network: (block, modifiedIndex)}, in one quorum read."""
+    found = {}
+    for key, value, index in store.children(keys.blocks_dir(version), quorum=True):
+        kind, c = keys.match_key(key)
+        if kind != "block":
+            continue
+        found[ipaddress.ip_network(c["cidr"])] = (_parse_block(value), index)
+    return found
+
+
+def write_block(store, cidr, block, prev_index):
+    """CAS the block on prev_index (create-if-absent when None); the new index or None."""
+    key = keys.block(cidr, cidr.version)
+    if prev_index is None:
+        return _write(store, key, dump_json(block), prevExist=False)
+    return _write(store, key, dump_json(block), prevIndex=prev_index)
+
+
+def delete_block(store, cidr, prev_index):
+    return store.delete(keys.block(cidr, cidr.version), prev_index=prev_index)
+
+
+# --- host affinities --------------------------------------------------------------------------
+
+def set_affinity(store, host, cidr):
+    store.set(keys.host_affinity(host, cidr, cidr.version), "")
+
+
+def delete_affinity(store, host, cidr):
+    return store.delete(keys.host_affinity(host, cidr, cidr.version))
+
+
+def host_affinities(store, host, version):
+    """Blocks whose affinity key this host has (they may be stale: the block is the truth)."""
+    found = []
+    for key, _, _ in store.children(keys.host_affinity_dir(host, version), quorum=True):
+        kind, c = keys.match_key(key)
+        if kind == "host_affinity":
+            found.append(ipaddress.ip_network(c["cidr"]))
+    return sorted(found)
+
+
+def all_affinities(store, version):
+    """(host, block network) for every affinity key of one family, in one read."""
+    found = []
+    for key, _, _ in store.children(keys.IPAM_HOSTS_DIR, quorum=True):
+        kind, c = keys.match_key(key)
+        if kind == "host_affinity" and c["version"] == version:
+            found.append((c["host"], ipaddress.ip_network(c["cidr"])))
+    return found
+
+
+def delete_host(store, host):
+    store.delete(keys.ipam_host_dir(host), recursive=True)
+
+
+# --- handles ----------------------------------------------------------------------------------
+
+def read_handle(store, handle_id):
+    """(handle JSON, modifiedIndex) by quorum read, or None."""
+    result = store.read(keys.handle(handle_id), quorum=True)
+    if result is None or result.dir:
+        return None
+    try:
+        handle = json.loads(result.value)
+    except ValueError:
+        handle = None
+    if not isinstance(handle, dict) or not isinstance(handle.get("block"), dict):
+        handle = {"id": handle_id, "block": {}}
+    return handle, result.modifiedIndex
+
+
+def write_handle(store, handle_id, handle, prev_index):
+    key = keys.handle(handle_id)
+    if prev_index is None:
+        return _write(store, key, dump_json(handle), prevExist=False)
+    return _write(store, key, dump_json(handle), prevIndex=prev_index)
+
+
+def delete_handle(store, handle_id, prev_index):
+    return store.delete(keys.handle(handle_id), prev_index=prev_index)
