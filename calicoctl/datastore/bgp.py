@@ -59,8 +59,9 @@ def add_peer(store, peer, host=None):
 
 def remove_peer(store, ip, host=None):
     if not store.delete(_peer_key(ip, host)):
-        where = "node %s" % host if host else "the global peers"
-        raise NotFoundError("%s is not a BGP peer of %s." % (ip, where))
+        if host:
+            raise NotFoundError("%s is not a BGP peer of node %s." % (ip, host))
+        raise NotFoundError("%s is not a globally configured peer." % ip)
 
 
 def get_node_as(store, host):
