@@ -45,6 +45,11 @@ class EtcdServer:
     def url(self):
         return f"http://{self.address}:{self.port}"
 
+    @property
+    def authority(self):
+        """host:port, the form calicoctl's ETCD_AUTHORITY takes."""
+        return f"{self.address}:{self.port}"
+
     def start(self, timeout=30):
         if shutil.which("etcd") is None:
             raise HarnessError("etcd is not installed (apt-get install etcd-server)")

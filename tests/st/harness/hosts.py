@@ -45,7 +45,7 @@ mv "$host_dir/init.pid.tmp" "$host_dir/init.pid"
 exec -a "$marker$name" sleep infinity
 """
 
-DEFAULT_MARKER = "calico-testbed:"
+DEFAULT_MARKER = "calico-testbed:"  # argv[0] prefix of init; testbeds pass their own
 
 
 def nsenter_prefix(pid):

@@ -7,23 +7,38 @@ routed off the machine.
 
 import ipaddress
 import shutil
+from dataclasses import dataclass
 
 from . import procs
 
-BRIDGE = "calibr0"
-SUBNET = ipaddress.ip_network("198.18.0.0/24")
-BRIDGE_IP = SUBNET[1]          # 198.18.0.1: the root namespace's side; etcd listens here
-FIRST_HOST_IP = SUBNET[11]     # calico-01 is .11, calico-02 .12, ...
-# Hosts need *a* default route so proxy ARP (169.254.1.1) answers; .254 is never assigned, so
-# anything sent to it dies on the bridge instead of leaving the machine.
-BLACKHOLE_GW = SUBNET[254]
-VETH_PREFIX = "tb-"            # root-side veth names; cleanup finds leftovers by this prefix
 IPTABLES_COMMENT = "calico-testbed"
+VETH_PREFIX = "tb-"            # root-side veths: cleanup finds leftovers by this prefix
 
 
-def host_ip(index):
-    """Underlay address of the index-th host (0-based)."""
-    return FIRST_HOST_IP + index
+@dataclass(frozen=True)
+class Underlay:
+    """The bridge and subnet joining one testbed's hosts. The default is what `make demo` and
+    the system tests use; a second testbed (e.g. the teardown test) picks another bridge/subnet."""
+
+    bridge: str = "calibr0"
+    subnet: ipaddress.IPv4Network = ipaddress.ip_network("198.18.0.0/24")
+
+    @property
+    def bridge_ip(self):
+        return self.subnet[1]           # the root namespace's side; etcd listens here
+
+    @property
+    def gateway(self):
+        # Hosts need *a* default route so proxy ARP (169.254.1.1) answers; .254 is never
+        # assigned, so anything sent to it dies on the bridge instead of leaving the machine.
+        return self.subnet[254]
+
+    def host_ip(self, index):
+        """Underlay address of the index-th host (0-based): calico-01 is .11, calico-02 .12."""
+        return self.subnet[11 + index]
+
+
+DEFAULT_UNDERLAY = Underlay()
 
 
 def root_veth_name(host_name):
@@ -45,9 +60,11 @@ def list_links(prefix):
     return names
 
 
-def create_bridge(name=BRIDGE, address=BRIDGE_IP, prefixlen=SUBNET.prefixlen):
+def create_bridge(underlay=DEFAULT_UNDERLAY):
+    name = underlay.bridge
     procs.run(["ip", "link", "add", name, "type", "bridge"])
-    procs.run(["ip", "addr", "add", f"{address}/{prefixlen}", "dev", name])
+    procs.run(["ip", "addr", "add", f"{underlay.bridge_ip}/{underlay.subnet.prefixlen}",
+               "dev", name])
     procs.run(["ip", "link", "set", name, "up"])
     guard_root_forwarding(name)
 
@@ -57,15 +74,15 @@ def delete_link(name):
         procs.run(["ip", "link", "del", name], check=False)
 
 
-def connect_host(host, bridge=BRIDGE, prefixlen=SUBNET.prefixlen, gateway=BLACKHOLE_GW):
+def connect_host(host, underlay=DEFAULT_UNDERLAY):
     """veth pair: root side on the bridge, `eth0` with the host's address in the host."""
     root_side = root_veth_name(host.name)
     procs.run(["ip", "link", "add", root_side, "type", "veth",
                "peer", "name", "eth0", "netns", str(host.pid)])
-    procs.run(["ip", "link", "set", root_side, "master", bridge, "up"])
-    host.run(["ip", "addr", "add", f"{host.ip}/{prefixlen}", "dev", "eth0"])
+    procs.run(["ip", "link", "set", root_side, "master", underlay.bridge, "up"])
+    host.run(["ip", "addr", "add", f"{host.ip}/{underlay.subnet.prefixlen}", "dev", "eth0"])
     host.run(["ip", "link", "set", "eth0", "up"])
-    host.run(["ip", "route", "add", "default", "via", str(gateway), "dev", "eth0"])
+    host.run(["ip", "route", "add", "default", "via", str(underlay.gateway), "dev", "eth0"])
     # Hosts route for their containers (calico's whole point); the root namespace never does.
     host.run(["sysctl", "-qw", "net.ipv4.ip_forward=1"])
     return root_side
@@ -75,7 +92,7 @@ def _iptables_binaries():
     return [b for b in ("iptables", "ip6tables") if shutil.which(b)]
 
 
-def guard_root_forwarding(bridge=BRIDGE):
+def guard_root_forwarding(bridge):
     """Drop anything the root namespace would forward between the bridge and another interface.
 
     ip_forward is normally off in the root namespace, but a dockerd started there (by anyone)
@@ -88,19 +105,23 @@ def guard_root_forwarding(bridge=BRIDGE):
                        "-m", "comment", "--comment", IPTABLES_COMMENT, "-j", "DROP"])
 
 
-def remove_root_rules():
-    """Delete every root-namespace FORWARD rule the harness added (found by its comment)."""
+def remove_root_rules(bridge=None):
+    """Delete the root-namespace FORWARD rules the harness added (found by their comment), for
+    one bridge or for all."""
     for binary in _iptables_binaries():
         rules = procs.run([binary, "-w", "-S", "FORWARD"], check=False).stdout.splitlines()
         for rule in rules:
+            if bridge is not None and f" {bridge} " not in rule:
+                continue
             if f"--comment {IPTABLES_COMMENT}" in rule and rule.startswith("-A "):
                 procs.run([binary, "-w", "-D", *rule.split()[1:]], check=False)
 
 
-def root_rules():
+def root_rules(bridge=None):
     """The harness's rules still present (for tests of teardown)."""
     found = []
     for binary in _iptables_binaries():
         rules = procs.run([binary, "-w", "-S", "FORWARD"], check=False).stdout.splitlines()
-        found += [f"{binary} {r}" for r in rules if IPTABLES_COMMENT in r]
+        found += [f"{binary} {r}" for r in rules
+                  if IPTABLES_COMMENT in r and (bridge is None or f" {bridge} " in r)]
     return found

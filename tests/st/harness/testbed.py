@@ -7,6 +7,7 @@ state file describes (by name prefix and by the hosts' init marker).
 
 import contextlib
 import fcntl
+import ipaddress
 import json
 import os
 import shutil
@@ -16,20 +17,34 @@ from pathlib import Path
 from . import images, network, procs
 from .errors import HarnessError
 from .etcd_server import EtcdServer
-from .hosts import DEFAULT_MARKER, Host, remove_container_cgroups
+from .hosts import Host, remove_container_cgroups
 
 STATE_DIR = Path(os.environ.get("CALICO_TESTBED_DIR", "/tmp/calico-testbed"))
 ETCD_PORT = 2379
 ETCD_PEER_PORT = 2380
 
 
-def host_name(index):
-    return f"calico-{index + 1:02d}"
+def host_name(index, prefix="calico-"):
+    return f"{prefix}{index + 1:02d}"
+
+
+def host_marker(underlay):
+    """argv[0] prefix of a testbed's host inits: how cleanup finds them without a state file,
+    scoped by bridge so cleaning one testbed never touches another."""
+    return f"calico-testbed[{underlay.bridge}]:"
 
 
 class Testbed:
-    def __init__(self, state_dir=STATE_DIR):
+    """`Testbed().up()` gives calico-01/calico-02 on calibr0 (198.18.0.0/24) with etcd on
+    198.18.0.1:2379. Another underlay, state_dir and name_prefix give a second, independent one."""
+
+    __test__ = False    # not a pytest test class, despite the name
+
+    def __init__(self, state_dir=STATE_DIR, underlay=network.DEFAULT_UNDERLAY,
+                 name_prefix="calico-"):
         self.state_dir = Path(state_dir)
+        self.underlay = underlay
+        self.name_prefix = name_prefix
         self.hosts = []
         self.etcd = None
         self.bridge = None
@@ -41,7 +56,10 @@ class Testbed:
         return self.state_dir / "state.json"
 
     def save(self):
-        state = {"bridge": self.bridge, "etcd": self.etcd.to_state() if self.etcd else None,
+        state = {"underlay": {"bridge": self.underlay.bridge,
+                              "subnet": str(self.underlay.subnet)},
+                 "name_prefix": self.name_prefix,
+                 "bridge": self.bridge, "etcd": self.etcd.to_state() if self.etcd else None,
                  "hosts": [h.to_state() for h in self.hosts]}
         tmp = self.state_file.with_suffix(".tmp")
         tmp.write_text(json.dumps(state, indent=2))
@@ -50,10 +68,13 @@ class Testbed:
     @classmethod
     def load(cls, state_dir=STATE_DIR):
         """The testbed described by the state file, or None if there is none."""
-        bed = cls(state_dir)
-        if not bed.state_file.exists():
+        state_file = Path(state_dir) / "state.json"
+        if not state_file.exists():
             return None
-        state = json.loads(bed.state_file.read_text())
+        state = json.loads(state_file.read_text())
+        underlay = network.Underlay(state["underlay"]["bridge"],
+                                    ipaddress.ip_network(state["underlay"]["subnet"]))
+        bed = cls(state_dir, underlay, state["name_prefix"])
         bed.bridge = state.get("bridge")
         bed.etcd = EtcdServer.from_state(state["etcd"]) if state.get("etcd") else None
         bed.hosts = [Host.from_state(h) for h in state.get("hosts", [])]
@@ -83,22 +104,24 @@ class Testbed:
 
     def _up(self, n_hosts, etcd, dockerd, busybox, progress):
         t0 = time.monotonic()
-        progress(f"bridge {network.BRIDGE} {network.BRIDGE_IP}/{network.SUBNET.prefixlen}")
-        self.bridge = network.BRIDGE
+        u = self.underlay
+        progress(f"bridge {u.bridge} {u.bridge_ip}/{u.subnet.prefixlen}")
+        self.bridge = u.bridge
         self.save()                       # record before creating, so a crash still cleans it
-        network.create_bridge(network.BRIDGE)
+        network.create_bridge(u)
         if etcd:
-            self.etcd = EtcdServer(str(network.BRIDGE_IP), ETCD_PORT, ETCD_PEER_PORT,
+            self.etcd = EtcdServer(str(u.bridge_ip), ETCD_PORT, ETCD_PEER_PORT,
                                    data_dir=self.state_dir / "etcd")
             self.etcd.start()
             self.save()
             progress(f"etcd {self.etcd.url} (pid {self.etcd.pid})")
         for i in range(n_hosts):
-            name = host_name(i)
-            host = Host.create(name, str(network.host_ip(i)), self.state_dir / "hosts" / name)
+            name = host_name(i, self.name_prefix)
+            host = Host.create(name, str(u.host_ip(i)), self.state_dir / "hosts" / name,
+                               marker=host_marker(u))
             self.hosts.append(host)
             self.save()
-            network.connect_host(host)
+            network.connect_host(host, u)
             progress(f"host {name} {host.ip} (pid {host.pid})")
         if dockerd:
             busybox_tar = images.busybox_tarball() if busybox else None
@@ -131,7 +154,7 @@ class Testbed:
             step("stop etcd", self.etcd.stop)
         if self.bridge:
             step("delete bridge", network.delete_link, self.bridge)
-        step("root iptables rules", network.remove_root_rules)
+        step("root iptables rules", network.remove_root_rules, self.underlay.bridge)
         self.hosts, self.etcd, self.bridge = [], None, None
         with contextlib.suppress(FileNotFoundError):
             self.state_file.unlink()
@@ -152,28 +175,33 @@ class Testbed:
         }
 
 
-def cleanup_stale(state_dir=STATE_DIR, marker=DEFAULT_MARKER, progress=print, keep_logs=False):
-    """Remove whatever a previous (possibly crashed) run left: the state file's testbed, then
-    anything recognisable by name -- host inits by argv[0] marker, root-side veths by prefix, the
-    bridge, our iptables rules, etcd processes using our data dir. Safe when nothing is there.
-    With keep_logs the hosts' log folders survive (for reading after `down`)."""
+def cleanup_stale(state_dir=STATE_DIR, underlay=network.DEFAULT_UNDERLAY,
+                  name_prefix="calico-", progress=print, keep_logs=False):
+    """Remove whatever a previous (possibly crashed) run of this testbed left: the state file's
+    testbed, then anything recognisable by name -- host inits by argv[0] marker, root-side veths
+    by prefix, the bridge, our iptables rules for it, an etcd using our data dir. Safe when
+    nothing is there. With keep_logs the hosts' log folders survive (to read after `down`)."""
     state_dir = Path(state_dir)
     bed = None
     with contextlib.suppress(Exception):
         bed = Testbed.load(state_dir)
     if bed is not None:
+        underlay, name_prefix = bed.underlay, bed.name_prefix
         with contextlib.suppress(HarnessError):
             bed.down(progress=lambda *_: None)
+    marker = host_marker(underlay)
     for pid, argv0 in procs.find_pids_by_argv0_prefix(marker).items():
         progress(f"killing stale host {argv0[len(marker):]} (pid {pid})")
         procs.kill_namespace_processes(pid)
         remove_container_cgroups(argv0[len(marker):])
-    for link in network.list_links(network.VETH_PREFIX):
+    # A host's veth pair dies with its network namespace; these are pairs whose host is gone
+    # but whose root side was never deleted (crash between the two `ip` calls).
+    for link in network.list_links(network.root_veth_name(name_prefix)):
         network.delete_link(link)
-    if network.link_exists(network.BRIDGE):
-        progress(f"deleting stale bridge {network.BRIDGE}")
-        network.delete_link(network.BRIDGE)
-    network.remove_root_rules()
+    if network.link_exists(underlay.bridge):
+        progress(f"deleting stale bridge {underlay.bridge}")
+        network.delete_link(underlay.bridge)
+    network.remove_root_rules(underlay.bridge)
     etcd_dir = str(state_dir / "etcd")
     for pid in procs.find_pids_by_argv0_prefix("etcd"):
         if any(arg.startswith(etcd_dir) for arg in procs.cmdline(pid)):

@@ -1,0 +1,86 @@
+"""Fixtures for system tests across namespace hosts.
+
+    testbed          the whole Testbed (session): bridge calibr0, etcd, calico-01/02, dockerd,
+                     busybox imported; torn down at the end of the session, even on failure
+    etcd_on_bridge   the EtcdServer on 198.18.0.1:2379 (.url, .authority) (session)
+    two_hosts        (calico-01, calico-02) Host objects (session)
+    node_images      ['calico/node:vX', 'calico/node-libnetwork:vX'] loaded on both hosts
+                     (session; built once per source change, else loaded from the cache tarball)
+
+Tests that cannot run here (not root, no unshare, no dockerd/etcd, no docker-py) are skipped
+with the reason; they never fail for want of an environment.
+"""
+
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+if str(REPO) not in sys.path:      # one copy of the harness, whatever pytest's import mode
+    sys.path.insert(0, str(REPO))
+
+from tests.st.harness import Testbed, check_host_support, cleanup_stale, exclusive  # noqa: E402
+
+
+def testbed_unavailable():
+    """Why system tests cannot run here, or None."""
+    reason = check_host_support()
+    if reason:
+        return reason
+    for binary in ("dockerd", "etcd", "/usr/bin/docker", "iptables"):
+        if shutil.which(binary) is None:
+            return f"{binary} is not installed"
+    try:
+        import docker  # noqa: F401
+    except ImportError:
+        return "docker-py is not installed (pip install docker)"
+    return None
+
+
+def pytest_collection_modifyitems(config, items):
+    """Everything under tests/st is a system test: mark it so `-m 'not st'` deselects it."""
+    here = Path(__file__).parent
+    for item in items:
+        if here in Path(item.fspath).parents:
+            item.add_marker(pytest.mark.st)
+
+
+@pytest.fixture(scope="session")
+def testbed_lock():
+    """Skip if namespace hosts are impossible; else hold the machine-wide testbed lock."""
+    reason = testbed_unavailable()
+    if reason:
+        pytest.skip(f"system tests need namespace hosts: {reason}")
+    with exclusive():
+        yield
+
+
+@pytest.fixture(scope="session")
+def testbed(testbed_lock):
+    cleanup_stale()          # a crashed earlier run must not make this one fail
+    bed = Testbed()
+    bed.up(n_hosts=2, progress=lambda msg: print(f"[testbed] {msg}", file=sys.stderr))
+    try:
+        yield bed
+    finally:
+        bed.down(progress=lambda msg: None)
+        # Anything the tests started outside the Testbed's knowledge goes too.
+        cleanup_stale(progress=lambda msg: None, keep_logs=True)
+
+
+@pytest.fixture(scope="session")
+def etcd_on_bridge(testbed):
+    return testbed.etcd
+
+
+@pytest.fixture(scope="session")
+def two_hosts(testbed):
+    return testbed.hosts[0], testbed.hosts[1]
+
+
+@pytest.fixture(scope="session")
+def node_images(two_hosts):
+    from tests.st.harness.node_images import load_node_images
+    return load_node_images(two_hosts, progress=lambda msg: print(msg, file=sys.stderr))

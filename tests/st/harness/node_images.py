@@ -1,0 +1,37 @@
+"""calico/node and calico/node-libnetwork in the testbed's engines, built at most once per
+source change: images/build.py keeps a tarball per content hash in /var/cache/calico-images."""
+
+import importlib.util
+import sys
+from pathlib import Path
+
+from . import images
+
+REPO = Path(__file__).resolve().parents[3]
+
+
+def _build_module():
+    """images/build.py is a script (run by `make images`), not a package: load it by path."""
+    name = "calico_images_build"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, REPO / "images" / "build.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+def node_image_names():
+    """['calico/node:v<version>', 'calico/node-libnetwork:v<version>']."""
+    return _build_module().node_image_names()
+
+
+def load_node_images(hosts, progress=print):
+    """Make sure every host's dockerd has both node images (building them if the source
+    changed since the cached tarball was made). Returns the image names."""
+    build = _build_module()
+    tarball = build.node_images_tarball(progress=progress)
+    for host in hosts:
+        images.load_images(host.docker_url, tarball)
+        progress(f"node images loaded on {host.name}")
+    return build.node_image_names()
