@@ -241,7 +241,7 @@ def build_node_images(client, docker_url, version=None, nocache=False):
     names = node_image_names(version)
     ensure_base_image(client, docker_url)
     shutil.copy2(REPO / "images" / "Dockerfile", CONTEXT_DIR / "Dockerfile")
-    for name, target in zip(names, ("node", "node-libnetwork")):
+    for name, target in zip(names, ("node", "node-libnetwork"), strict=True):
         t0 = time.monotonic()
         _docker_build(client, CONTEXT_DIR, "Dockerfile", name, target,
                       buildargs={"BASE_IMAGE": BASE_TAG}, nocache=nocache)

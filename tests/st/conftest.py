@@ -12,6 +12,7 @@ with the reason; they never fail for want of an environment.
 """
 
 import shutil
+import signal
 import sys
 from pathlib import Path
 
@@ -57,8 +58,15 @@ def testbed_lock():
         yield
 
 
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 @pytest.fixture(scope="session")
 def testbed(testbed_lock):
+    # A SIGTERM (CI stopping, `timeout`) becomes an interrupt, so pytest still runs the
+    # teardown below instead of leaving dockerds behind.
+    signal.signal(signal.SIGTERM, _interrupt)
     cleanup_stale()          # a crashed earlier run must not make this one fail
     bed = Testbed()
     bed.up(n_hosts=2, progress=lambda msg: print(f"[testbed] {msg}", file=sys.stderr))

@@ -19,7 +19,8 @@ from .procs import wait_for
 from .testbed import STATE_DIR, Testbed, cleanup_stale, exclusive, host_name
 
 __all__ = [
-    "BUSYBOX_IMAGE", "CommandError", "DEFAULT_UNDERLAY", "EtcdServer", "HarnessError", "Host", "STATE_DIR",
+    "BUSYBOX_IMAGE", "CommandError", "DEFAULT_UNDERLAY", "EtcdServer", "HarnessError", "Host",
+    "STATE_DIR",
     "Testbed", "busybox_tarball", "check_host_support", "cleanup_stale", "copy_images",
     "exclusive", "free_port", "host_name", "import_busybox", "load_images",
     "pick_storage_driver", "save_images", "Underlay", "wait_for",

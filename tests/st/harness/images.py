@@ -51,11 +51,12 @@ def busybox_tarball(binary=BUSYBOX_BINARY):
     return buf.getvalue()
 
 
-def import_busybox(client, tag=BUSYBOX_IMAGE):
-    """`docker import` the busybox root file system into the engine behind docker-py `client`."""
+def import_busybox(client, tarball=None, tag=BUSYBOX_IMAGE):
+    """`docker import` the busybox root file system into the engine behind docker-py `client`
+    (pass `tarball` from busybox_tarball() to import the same bytes into several engines)."""
     repo, _, version = tag.partition(":")
-    client.api.import_image_from_data(busybox_tarball(), repository=repo, tag=version or "latest",
-                                      changes=['CMD ["sh"]'])
+    client.api.import_image_from_data(tarball or busybox_tarball(), repository=repo,
+                                      tag=version or "latest", changes=['CMD ["sh"]'])
     return client.images.get(tag)
 
 

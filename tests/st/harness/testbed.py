@@ -130,8 +130,7 @@ class Testbed:
                 progress(f"dockerd on {host.name} ({driver}) at {host.docker_url}")
                 if busybox_tar:
                     client = host.docker_client()
-                    client.api.import_image_from_data(busybox_tar, repository="busybox",
-                                                      tag="latest", changes=['CMD ["sh"]'])
+                    images.import_busybox(client, busybox_tar)
                     client.close()
             if busybox_tar:
                 progress("busybox image imported on every host")
