@@ -1,15 +1,25 @@
 """A thin wrapper over python-etcd (v2 API) that speaks in Calico's terms.
 
 It maps python-etcd's many exceptions onto the library's hierarchy (so a user sees one line naming
-the etcd address, not a traceback), and offers the few primitives everything else is built from:
+the etcd endpoints, not a traceback), and offers the few primitives everything else is built from:
 read, create-if-absent, compare-and-swap, delete, read-modify-write with retries, and watch.
 Connection settings come from the environment through `EtcdSettings.from_env`; nothing connects at
 import time.
+
+Several endpoints (an etcd cluster): every request goes to the endpoint that last worked; when it
+fails with a connection problem or a transient cluster error (leader election, raft timeout) the
+request moves on to the next member, with one log line.  python-etcd's own reconnect logic is not
+used: it needs the cluster's advertised member list, and retries writes blindly.  A conditional
+write (create, compare-and-swap, compare-and-delete) that failed on a dying member may still have
+been applied; when the retry then reports a conflict we look at the key's history to tell "our
+write landed" from "someone else's did" (see `_landed`), so no update is lost or applied twice.
 """
 
 import json
 import logging
 import os
+import threading
+import time
 import urllib.parse
 from dataclasses import dataclass, field
 
@@ -18,10 +28,21 @@ from calicoctl.errors import CalicoError, ConflictError, DatastoreError
 log = logging.getLogger(__name__)
 
 DEFAULT_AUTHORITY = "127.0.0.1:2379"
-# How long one etcd request may take before we call etcd unreachable.  Commands must fail within
-# a few seconds when etcd is down (issue: foundation).
+# How long one etcd request may take before we call that endpoint unresponsive.  Commands must fail
+# within a few seconds when etcd is down (issue: foundation).
 DEFAULT_TIMEOUT = 3.0
+# Connecting is the quick part: a member that does not accept a TCP connection in a second is
+# down or unreachable, and waiting longer per endpoint would multiply by the number of endpoints.
+CONNECT_TIMEOUT = 1.0
+# Total time one operation may spend across endpoints, as a multiple of the per-request timeout:
+# enough for a killed leader to be replaced (raft election plus one retry) but still "a few
+# seconds" for a user whose whole cluster is down.
+TOTAL_TIMEOUT_FACTOR = 2
 CAS_RETRIES = 20
+# Pause between passes over the endpoint list while the cluster answers but is not ready (no
+# leader yet); doubled per pass up to the cap.
+RETRY_PAUSE = 0.05
+RETRY_PAUSE_MAX = 0.5
 
 
 @dataclass
@@ -35,33 +56,46 @@ class EtcdSettings:
 
     @classmethod
     def from_env(cls, environ=None):
+        """Settings from ETCD_ENDPOINTS (comma-separated URLs) or ETCD_AUTHORITY (host:port, or
+        several, comma-separated) with ETCD_SCHEME; TLS files; username and password."""
         env = os.environ if environ is None else environ
-        scheme = env.get("ETCD_SCHEME", "http")
+        scheme = (env.get("ETCD_SCHEME") or "http").strip().lower()
         if scheme not in ("http", "https"):
             raise CalicoError("ETCD_SCHEME must be http or https, not %r." % scheme)
-        if env.get("ETCD_ENDPOINTS"):
+        if env.get("ETCD_ENDPOINTS", "").strip():
             endpoints = [e.strip() for e in env["ETCD_ENDPOINTS"].split(",") if e.strip()]
         else:
-            endpoints = ["%s://%s" % (scheme, env.get("ETCD_AUTHORITY") or DEFAULT_AUTHORITY)]
-        for e in endpoints:
-            parsed = urllib.parse.urlsplit(e)
-            if parsed.scheme not in ("http", "https") or not parsed.hostname:
-                raise CalicoError(
-                    "etcd endpoint %r is not a URL like http://127.0.0.1:2379; "
-                    "fix ETCD_ENDPOINTS or ETCD_AUTHORITY." % e)
+            authorities = (env.get("ETCD_AUTHORITY") or "").split(",")
+            endpoints = ["%s://%s" % (scheme, a.strip()) for a in authorities if a.strip()]
+            endpoints = endpoints or ["%s://%s" % (scheme, DEFAULT_AUTHORITY)]
+        endpoints = [_check_endpoint(e) for e in endpoints]
         settings = cls(endpoints=endpoints,
                        ca_cert=env.get("ETCD_CA_CERT_FILE") or None,
                        cert=env.get("ETCD_CERT_FILE") or None,
                        key=env.get("ETCD_KEY_FILE") or None,
                        username=env.get("ETCD_USERNAME") or None,
                        password=env.get("ETCD_PASSWORD") or None)
-        for path in (settings.ca_cert, settings.cert, settings.key):
+        for var, path in (("ETCD_CA_CERT_FILE", settings.ca_cert),
+                          ("ETCD_CERT_FILE", settings.cert), ("ETCD_KEY_FILE", settings.key)):
             if path and not os.path.isfile(path):
-                raise CalicoError("etcd TLS file %s does not exist; check ETCD_CA_CERT_FILE, "
-                                  "ETCD_CERT_FILE and ETCD_KEY_FILE." % path)
+                raise CalicoError("etcd TLS file %s (%s) does not exist or is not a file." % (
+                    path, var))
+            if path and not os.access(path, os.R_OK):
+                raise CalicoError("etcd TLS file %s (%s) is not readable by this user." % (
+                    path, var))
         if bool(settings.cert) != bool(settings.key):
             raise CalicoError("ETCD_CERT_FILE and ETCD_KEY_FILE must be given together.")
+        if bool(settings.username) != bool(settings.password):
+            # python-etcd would silently drop a lone username and send no credentials at all.
+            raise CalicoError("ETCD_USERNAME and ETCD_PASSWORD must be given together.")
+        if settings.uses_tls and not any(e.startswith("https:") for e in endpoints):
+            log.warning("etcd TLS files are set but no endpoint uses https (%s); set ETCD_SCHEME="
+                        "https or use https:// in ETCD_ENDPOINTS.", settings.describe())
         return settings
+
+    @property
+    def uses_tls(self):
+        return bool(self.ca_cert or self.cert)
 
     def describe(self):
         return ",".join(self.endpoints)
@@ -69,6 +103,11 @@ class EtcdSettings:
     def to_env(self):
         """The environment that gives another process (e.g. a node container) these settings."""
         env = {"ETCD_ENDPOINTS": ",".join(self.endpoints)}
+        if len(self.endpoints) == 1:
+            # Older consumers only read ETCD_AUTHORITY/ETCD_SCHEME; ETCD_ENDPOINTS wins for ours.
+            parsed = urllib.parse.urlsplit(self.endpoints[0])
+            env["ETCD_AUTHORITY"] = parsed.netloc
+            env["ETCD_SCHEME"] = parsed.scheme
         for name, value in (("ETCD_CA_CERT_FILE", self.ca_cert), ("ETCD_CERT_FILE", self.cert),
                             ("ETCD_KEY_FILE", self.key), ("ETCD_USERNAME", self.username),
                             ("ETCD_PASSWORD", self.password)):
@@ -77,21 +116,47 @@ class EtcdSettings:
         return env
 
 
+def _check_endpoint(endpoint):
+    """endpoint as a normalised URL, or CalicoError saying what is wrong with it."""
+    bad = CalicoError("etcd endpoint %r is not a URL like http://127.0.0.1:2379; fix "
+                      "ETCD_ENDPOINTS or ETCD_AUTHORITY." % endpoint)
+    try:
+        parsed = urllib.parse.urlsplit(endpoint)
+        port = parsed.port  # raises ValueError for a port that is not a number in range
+    except ValueError:
+        raise bad from None
+    if parsed.scheme not in ("http", "https") or not parsed.hostname:
+        raise bad
+    if parsed.path not in ("", "/") or parsed.query or parsed.fragment or parsed.username:
+        raise bad
+    host = parsed.hostname
+    if ":" in host:
+        host = "[%s]" % host  # an IPv6 literal keeps its brackets in a URL
+    return "%s://%s:%d" % (parsed.scheme, host, port or 2379)
+
+
 class EtcdStore:
-    """Calico's view of etcd.  Values are strings; JSON helpers decode/encode on the way."""
+    """Calico's view of etcd.  Values are strings; JSON helpers decode/encode on the way.
+
+    One store may be shared by several threads (the agent watches while it writes).
+    """
 
     def __init__(self, settings=None, timeout=DEFAULT_TIMEOUT):
         self.settings = settings or EtcdSettings.from_env()
         self.timeout = timeout
-        self._client = None
+        self._clients = {}
         self._endpoint_index = 0
+        self._lock = threading.Lock()
 
     # -- connection ---------------------------------------------------------------------------
 
     def _make_client(self, endpoint):
         import etcd  # deferred: python-etcd costs tens of ms to import.
+        import urllib3
         parsed = urllib.parse.urlsplit(endpoint)
-        kwargs = dict(host=parsed.hostname, port=parsed.port or 2379, protocol=parsed.scheme,
+        kwargs = dict(host=parsed.hostname if ":" not in parsed.hostname
+                      else "[%s]" % parsed.hostname,
+                      port=parsed.port or 2379, protocol=parsed.scheme,
                       read_timeout=self.timeout, allow_reconnect=False)
         if self.settings.ca_cert:
             kwargs["ca_cert"] = self.settings.ca_cert
@@ -100,47 +165,109 @@ class EtcdStore:
         if self.settings.username:
             kwargs["username"] = self.settings.username
             kwargs["password"] = self.settings.password
-        return etcd.Client(**kwargs)
+        client = etcd.Client(**kwargs)
+        # python-etcd builds its urllib3 pool with urllib3's default of three silent retries,
+        # which re-sends a PUT that may already have been applied (a create or CAS applied
+        # twice) and hides the original error.  We fail over ourselves, so: no retries, and a
+        # short connect timeout next to the read timeout.
+        pool_kw = dict(client.http.connection_pool_kw)
+        pool_kw["retries"] = False
+        client.http = urllib3.PoolManager(num_pools=10, **pool_kw)
+        client._read_timeout = self._timeouts(self.timeout)
+        return client
+
+    @staticmethod
+    def _timeouts(read):
+        import urllib3
+        read = read or None  # python-etcd's 0 means "wait for ever" (a watch without timeout)
+        connect = CONNECT_TIMEOUT if read is None else min(CONNECT_TIMEOUT, read)
+        return urllib3.Timeout(connect=connect, read=read)
+
+    def _client_for(self, endpoint):
+        with self._lock:
+            if not self._clients:
+                _quiet_python_etcd()
+            client = self._clients.get(endpoint)
+            if client is None:
+                client = self._clients[endpoint] = self._make_client(endpoint)
+            return client
 
     @property
     def client(self):
-        if self._client is None:
-            endpoint = self.settings.endpoints[self._endpoint_index]
-            self._client = self._make_client(endpoint)
-        return self._client
+        """The python-etcd client of the endpoint in use (for the odd call we do not wrap)."""
+        return self._client_for(self.settings.endpoints[self._endpoint_index])
 
-    def _failover(self):
-        """Move to the next endpoint; False once every endpoint has been tried."""
-        self._client = None
-        self._endpoint_index = (self._endpoint_index + 1) % len(self.settings.endpoints)
-        return True
+    def _rotation(self):
+        """Endpoint indexes to try, starting with the one that last worked."""
+        n = len(self.settings.endpoints)
+        first = self._endpoint_index
+        return [(first + i) % n for i in range(n)]
 
-    def _call(self, op, *args, **kwargs):
-        """Run one python-etcd call, failing over between endpoints and mapping errors."""
+    def _use(self, index):
+        if index != self._endpoint_index:
+            log.warning("etcd: now using endpoint %s.", self.settings.endpoints[index])
+            self._endpoint_index = index
+
+    def _call(self, op, *args, budget=None, **kwargs):
+        """Run one python-etcd call, failing over between endpoints and mapping errors.
+
+        etcd's answers (key not found, compare failed, ...) are raised as python-etcd exceptions
+        for the primitives below to interpret; such an exception carries `calico_retried = True`
+        when an earlier attempt of the same call failed after it may have reached etcd.
+        Everything else becomes a one-line DatastoreError.
+        """
         import etcd
-        attempts = len(self.settings.endpoints)
-        last = None
-        for _ in range(attempts):
-            try:
-                return getattr(self.client, op)(*args, **kwargs)
-            except (etcd.EtcdKeyNotFound, etcd.EtcdAlreadyExist, etcd.EtcdCompareFailed,
-                    etcd.EtcdNotFile, etcd.EtcdNotDir, etcd.EtcdDirNotEmpty,
-                    etcd.EtcdEventIndexCleared, etcd.EtcdWatchTimedOut):
-                raise
-            except etcd.EtcdException as exc:
-                if not _is_connection_problem(exc):
-                    raise DatastoreError("etcd at %s refused the request: %s" % (
-                        self.settings.endpoints[self._endpoint_index], _one_line(exc)))
-                last = exc
-                log.warning("etcd endpoint %s failed (%s); trying the next one",
-                            self.settings.endpoints[self._endpoint_index], _one_line(exc))
-                self._failover()
-            except (OSError, ValueError) as exc:  # TLS file problems surface here
-                last = exc
-                self._failover()
-        raise DatastoreError(
-            "Cannot reach etcd at %s (%s). Start etcd or point ETCD_ENDPOINTS / ETCD_AUTHORITY "
-            "at it." % (self.settings.describe(), _one_line(last)))
+        endpoints = self.settings.endpoints
+        deadline = time.monotonic() + (budget or self.timeout * TOTAL_TIMEOUT_FACTOR)
+        retried = False
+        pause = RETRY_PAUSE
+        problems = {}
+        while True:
+            kinds = set()
+            for index in self._rotation():
+                endpoint = endpoints[index]
+                try:
+                    result = getattr(self._client_for(endpoint), op)(*args, **kwargs)
+                except (etcd.EtcdKeyError, etcd.EtcdCompareFailed, etcd.EtcdDirNotEmpty,
+                        etcd.EtcdEventIndexCleared) as exc:
+                    self._use(index)  # an answer from etcd: this endpoint works
+                    exc.calico_retried = retried
+                    raise
+                except etcd.EtcdWatchTimedOut as exc:
+                    exc.calico_retried = retried
+                    raise
+                except etcd.EtcdException as exc:
+                    kind, reason = _classify(exc)
+                    if kind == "fatal":
+                        raise DatastoreError("etcd at %s refused the request: %s" % (
+                            endpoint, reason)) from None
+                    if kind == "auth":
+                        raise DatastoreError(
+                            "etcd at %s rejected our credentials (%s); check ETCD_USERNAME and "
+                            "ETCD_PASSWORD." % (endpoint, reason)) from None
+                    kinds.add(kind)
+                    problems[endpoint] = reason
+                    # Unreachable means the request never left; anything else may have landed.
+                    retried = retried or kind != "unreachable"
+                    log.warning("etcd endpoint %s failed (%s); trying the next one.",
+                                endpoint, reason)
+                    if time.monotonic() >= deadline:
+                        break
+                    continue
+                self._use(index)
+                return result
+            detail = "; ".join("%s: %s" % (e, problems[e]) for e in endpoints if e in problems)
+            if kinds == {"tls"}:
+                raise DatastoreError(
+                    "TLS with etcd failed (%s). Check ETCD_CA_CERT_FILE, ETCD_CERT_FILE and "
+                    "ETCD_KEY_FILE, and that the endpoints use https." % detail)
+            if kinds <= {"unreachable", "tls"} or time.monotonic() >= deadline:
+                raise DatastoreError(
+                    "Cannot reach etcd at %s (%s). Start etcd or point ETCD_ENDPOINTS / "
+                    "ETCD_AUTHORITY at a running member." % (self.settings.describe(), detail))
+            # Members answer but the cluster is not ready (electing a leader): pass again soon.
+            time.sleep(min(pause, max(0.0, deadline - time.monotonic())))
+            pause = min(pause * 2, RETRY_PAUSE_MAX)
 
     # -- primitives ---------------------------------------------------------------------------
 
@@ -190,7 +317,9 @@ class EtcdStore:
         try:
             self._call("write", key, value, prevExist=False)
             return True
-        except etcd.EtcdAlreadyExist:
+        except etcd.EtcdAlreadyExist as exc:
+            if exc.calico_retried and self._landed(key, value, created=True):
+                return True
             return False
 
     def set_if_absent(self, key, value):
@@ -202,7 +331,9 @@ class EtcdStore:
         try:
             self._call("write", key, value, prevIndex=prev_index)
             return True
-        except (etcd.EtcdCompareFailed, etcd.EtcdKeyNotFound):
+        except (etcd.EtcdCompareFailed, etcd.EtcdKeyNotFound) as exc:
+            if exc.calico_retried and self._landed(key, value, prev_index=prev_index):
+                return True
             return False
 
     def delete(self, key, recursive=False, prev_index=None):
@@ -216,8 +347,16 @@ class EtcdStore:
         try:
             self._call("delete", key, **kwargs)
             return True
-        except (etcd.EtcdKeyNotFound, etcd.EtcdCompareFailed):
+        except etcd.EtcdKeyNotFound as exc:
+            if exc.calico_retried and prev_index is None:
+                # Our first attempt died on a failing member and the key is gone now: most
+                # likely that attempt removed it.  Either way the caller's goal holds.
+                return True
+            if exc.calico_retried:
+                return self._landed(key, None, prev_index=prev_index)
             return False
+        except etcd.EtcdCompareFailed as exc:
+            return bool(exc.calico_retried) and self._landed(key, None, prev_index=prev_index)
         except etcd.EtcdNotDir:
             self._call("delete", key)
             return True
@@ -256,17 +395,58 @@ class EtcdStore:
             key, retries))
 
     def watch(self, key, index, timeout):
-        """Next change at or after index below key (recursive), or None on timeout."""
+        """Next change at or after index below key (recursive), or None on timeout.
+
+        A watch on a member that dies moves to the next member with the same index, so no event
+        is missed.  etcd.EtcdEventIndexCleared still reaches the caller: it must resync.
+        """
         import etcd
         try:
             return self._call("read", key, recursive=True, wait=True, waitIndex=index,
-                              timeout=timeout)
-        except (etcd.EtcdWatchTimedOut, etcd.EtcdKeyNotFound):
+                              timeout=self._timeouts(timeout),
+                              budget=(timeout or 0) + self.timeout * TOTAL_TIMEOUT_FACTOR)
+        except etcd.EtcdKeyNotFound:
             return None
-        except DatastoreError as exc:
-            if "timed out" in str(exc).lower() or "Read timed out" in str(exc):
-                return None
-            raise
+        except etcd.EtcdWatchTimedOut:
+            # A quiet watch looks exactly like a member that stopped answering.  Ask that member
+            # something quick: if it is wedged, this moves us to another member before the
+            # caller watches again.
+            self.read(key)
+            return None
+
+    def _landed(self, key, value, prev_index=None, created=False):
+        """Did our own conditional write, retried after a failure, land before the retry?
+
+        The retry found the key changed (or present).  etcd keeps the key's recent history, so
+        look at the first change after prev_index (CAS, compare-and-delete) or at the key's
+        creation (create): if that change is exactly ours, it was our first attempt.  value None
+        means a delete.  If the history has been compacted away, fall back to comparing the
+        current value.
+        """
+        import etcd
+        try:
+            if created:
+                current = self.read(key, quorum=True)
+                if current is None:
+                    return False
+                event = self._call("read", key, wait=True, waitIndex=current.createdIndex)
+                return event.value == value and event.modifiedIndex == current.createdIndex
+            event = self._call("read", key, wait=True, waitIndex=prev_index + 1)
+        except etcd.EtcdEventIndexCleared:
+            current = self.read(key, quorum=True)
+            landed = (current is None) if value is None else (
+                current is not None and current.value == value)
+            log.warning("etcd history for %s is compacted; judged our retried write %s by the "
+                        "current value.", key, "landed" if landed else "lost")
+            return landed
+        prev = getattr(event, "_prev_node", None)
+        ours = (prev is not None and prev.modifiedIndex == prev_index and
+                (event.action in ("compareAndDelete", "delete", "expire") if value is None
+                 else event.value == value))
+        if ours:
+            log.warning("etcd: our write to %s landed before its member failed; not repeating "
+                        "it.", key)
+        return ours
 
     def current_index(self):
         """etcd's X-Etcd-Index, the point a snapshot is consistent at."""
@@ -279,15 +459,86 @@ def dump_json(obj):
     return json.dumps(obj, separators=(",", ":"), sort_keys=True)
 
 
-def _is_connection_problem(exc):
+def _quiet_python_etcd():
+    """python-etcd logs every failed request at ERROR; we fail over and say so ourselves, so its
+    lines would only repeat ours (and break the one-line error of a CLI command)."""
+    if not log.isEnabledFor(logging.DEBUG):
+        logging.getLogger("etcd.client").setLevel(logging.CRITICAL)
+
+
+# etcd v2 error codes and messages that mean "the cluster is busy, ask again": raft internal
+# error, leader election, and etcd 3's v2 emulation messages for a lost or changing leader.
+_TRANSIENT_CODES = (300, 301)
+_TRANSIENT_TEXT = ("request timed out", "leader changed", "no leader", "timed out",
+                   "election", "server stopped", "too many requests", "not capable")
+
+
+def _classify(exc):
+    """(kind, one-line reason) for a python-etcd failure other than an etcd answer.
+
+    kind: "unreachable" (the request never reached etcd), "tls" (the TLS handshake failed),
+    "transient" (connection lost mid-request, timeout, cluster busy: the request may have been
+    applied), "auth" (bad credentials) or "fatal" (etcd refused the request itself).
+    """
+    import ssl
+
     import etcd
+    import urllib3.exceptions as u3
+    if isinstance(exc, etcd.EtcdInsufficientPermissions):
+        return "auth", _one_line(exc)
+    if isinstance(exc, etcd.EtcdLeaderElectionInProgress):
+        return "transient", _one_line(exc)
     if isinstance(exc, etcd.EtcdConnectionFailed):
-        return True
-    text = str(exc).lower()
-    return any(s in text for s in ("connection", "timed out", "timeout", "ssl", "certificate",
-                                   "max retries", "refused", "unreachable"))
+        cause = exc.cause
+        reason = _root_reason(cause) if cause is not None else _one_line(exc)
+        if isinstance(cause, (u3.SSLError, ssl.SSLError)) or _mentions_tls(reason):
+            return "tls", reason
+        if isinstance(cause, u3.ConnectTimeoutError):  # NewConnectionError is one too
+            return "unreachable", reason
+        if isinstance(cause, u3.LocationValueError):
+            return "fatal", reason
+        if isinstance(cause, OSError) and not isinstance(cause, TimeoutError):
+            # Raised before the request was sent: e.g. a certificate file python cannot load.
+            return ("tls" if _mentions_tls(reason) else "unreachable"), reason
+        return "transient", reason
+    payload = exc.payload if isinstance(getattr(exc, "payload", None), dict) else {}
+    reason = _one_line(exc)
+    if payload.get("errorCode") in _TRANSIENT_CODES or payload.get("status", 0) >= 500:
+        return "transient", reason
+    if "http request to an https server" in reason.lower():
+        return "tls", "it serves https; use an https:// endpoint or ETCD_SCHEME=https"
+    if any(t in reason.lower() for t in _TRANSIENT_TEXT):
+        return "transient", reason
+    return "fatal", reason
+
+
+def _root_reason(error):
+    """The innermost error's message: '[Errno 111] Connection refused' rather than urllib3's
+    paragraph about pools and retries."""
+    for _ in range(10):  # a cause chain is short; never loop on a cycle
+        inner = getattr(error, "reason", None)
+        if not isinstance(inner, BaseException):
+            inner = error.__cause__
+        if not isinstance(inner, BaseException):
+            # urllib3's ProtocolError('Connection aborted.', ConnectionResetError(...))
+            inner = next((a for a in error.args if isinstance(a, BaseException)), None)
+        if inner is None:
+            break
+        error = inner
+    text = str(error)
+    # urllib3 prefixes its own connection object: keep what the system said.
+    if "Failed to establish a new connection: " in text:
+        text = text.split("Failed to establish a new connection: ", 1)[1]
+    return _one_line(text) if text else error.__class__.__name__
+
+
+def _mentions_tls(text):
+    text = text.lower()
+    return any(s in text for s in ("ssl", "certificate", "tls", "pem", "wrong version number"))
 
 
 def _one_line(exc):
-    text = str(exc).strip().splitlines()
-    return text[-1] if text else exc.__class__.__name__
+    text = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    if not text:
+        return exc.__class__.__name__ if isinstance(exc, BaseException) else ""
+    return " ".join(text)

@@ -1,0 +1,229 @@
+"""EtcdSettings from the environment, and EtcdStore's failover, timeouts and retried writes.
+
+Cluster behaviour (members killed for real) is in test_etcd_cluster.py, TLS in test_etcd_tls.py.
+Here the failing member is a FaultyMember stand-in in front of the test etcd, which makes the
+awkward cases (a hung member, a member that applies a write and dies before answering)
+deterministic.
+"""
+
+import logging
+import time
+
+import pytest
+
+from calicoctl.datastore.store import EtcdSettings, EtcdStore
+from calicoctl.errors import CalicoError, DatastoreError
+from tests.unit.etcd_cluster import FaultyMember
+from tests.unit.etcd_server import free_port
+
+
+# -- settings ---------------------------------------------------------------------------------
+
+def test_endpoints_list():
+    s = EtcdSettings.from_env({"ETCD_ENDPOINTS": "http://a:2379, http://b:4001,"})
+    assert s.endpoints == ["http://a:2379", "http://b:4001"]
+
+
+def test_authority_and_scheme():
+    s = EtcdSettings.from_env({"ETCD_AUTHORITY": "10.0.0.1:4001", "ETCD_SCHEME": "HTTPS"})
+    assert s.endpoints == ["https://10.0.0.1:4001"]
+    assert EtcdSettings.from_env({}).endpoints == ["http://127.0.0.1:2379"]
+    assert EtcdSettings.from_env({"ETCD_AUTHORITY": "a:1,b:2"}).endpoints == [
+        "http://a:1", "http://b:2"]
+
+
+def test_endpoints_win_over_authority():
+    s = EtcdSettings.from_env({"ETCD_ENDPOINTS": "http://a:1", "ETCD_AUTHORITY": "b:2"})
+    assert s.endpoints == ["http://a:1"]
+
+
+def test_ipv6_endpoint_and_default_port():
+    s = EtcdSettings.from_env({"ETCD_ENDPOINTS": "http://[::1]:2379,http://host"})
+    assert s.endpoints == ["http://[::1]:2379", "http://host:2379"]
+    client = EtcdStore(s)._make_client(s.endpoints[0])
+    assert client.base_uri == "http://[::1]:2379"
+
+
+@pytest.mark.parametrize("env", [
+    {"ETCD_ENDPOINTS": "a:2379"},
+    {"ETCD_ENDPOINTS": "http://a:notaport"},
+    {"ETCD_ENDPOINTS": "http://a:99999"},
+    {"ETCD_ENDPOINTS": "ftp://a:1"},
+    {"ETCD_ENDPOINTS": "http://a:1/v2/keys"},
+    {"ETCD_AUTHORITY": "a:b:c"},
+    {"ETCD_SCHEME": "gopher"},
+    {"ETCD_CA_CERT_FILE": "/nonexistent/ca.pem"},
+    {"ETCD_CERT_FILE": "/etc/hostname"},
+    {"ETCD_USERNAME": "root"},
+    {"ETCD_PASSWORD": "secret"},
+])
+def test_bad_settings_are_one_line(env):
+    with pytest.raises(CalicoError) as info:
+        EtcdSettings.from_env(env)
+    assert "\n" not in str(info.value)
+
+
+def test_to_env_round_trips(tmp_path):
+    ca = tmp_path / "ca.pem"
+    ca.write_text("x")
+    env = {"ETCD_ENDPOINTS": "https://a:2379,https://b:2379", "ETCD_CA_CERT_FILE": str(ca),
+           "ETCD_CERT_FILE": str(ca), "ETCD_KEY_FILE": str(ca), "ETCD_USERNAME": "u",
+           "ETCD_PASSWORD": "p"}
+    s = EtcdSettings.from_env(env)
+    assert EtcdSettings.from_env(s.to_env()) == s
+    single = EtcdSettings.from_env({"ETCD_AUTHORITY": "h:1", "ETCD_SCHEME": "https"}).to_env()
+    assert single["ETCD_AUTHORITY"] == "h:1" and single["ETCD_SCHEME"] == "https"
+
+
+def test_client_gets_tls_and_credentials_the_python_etcd_way(tmp_path):
+    """python-etcd 0.4.5 + urllib3 2: ca_cert -> ca_certs + CERT_REQUIRED, cert=(cert, key) ->
+    cert_file/key_file, username/password -> a basic auth header; and no silent retries."""
+    import ssl
+    for name in ("ca.pem", "c.pem", "k.pem"):
+        (tmp_path / name).write_text("x")
+    s = EtcdSettings.from_env({
+        "ETCD_ENDPOINTS": "https://127.0.0.1:2379", "ETCD_CA_CERT_FILE": str(tmp_path / "ca.pem"),
+        "ETCD_CERT_FILE": str(tmp_path / "c.pem"), "ETCD_KEY_FILE": str(tmp_path / "k.pem"),
+        "ETCD_USERNAME": "root", "ETCD_PASSWORD": "pw"})
+    client = EtcdStore(s)._make_client(s.endpoints[0])
+    kw = client.http.connection_pool_kw
+    assert client.base_uri == "https://127.0.0.1:2379"
+    assert kw["ca_certs"] == str(tmp_path / "ca.pem") and kw["cert_reqs"] == ssl.CERT_REQUIRED
+    assert (kw["cert_file"], kw["key_file"]) == (str(tmp_path / "c.pem"), str(tmp_path / "k.pem"))
+    assert kw["retries"].total is False
+    assert client._get_headers()["authorization"].startswith("Basic ")
+
+
+# -- failover and timeouts --------------------------------------------------------------------
+
+def test_every_endpoint_down_is_one_line_naming_all(etcd_env):
+    dead = ["http://127.0.0.1:%d" % free_port() for _ in range(3)]
+    store = EtcdStore(EtcdSettings(endpoints=dead))
+    start = time.monotonic()
+    with pytest.raises(DatastoreError) as info:
+        store.get("/calico/v1/Ready")
+    assert time.monotonic() - start < 2
+    message = str(info.value)
+    assert "\n" not in message and all(e in message for e in dead)
+    assert "Connection refused" in message and "ETCD_ENDPOINTS" in message
+
+
+def test_dead_endpoint_is_skipped_with_a_log_line(etcd_env, caplog):
+    dead = "http://127.0.0.1:%d" % free_port()
+    store = EtcdStore(EtcdSettings(endpoints=[dead, etcd_env.url]))
+    with caplog.at_level(logging.WARNING, logger="calicoctl.datastore.store"):
+        assert store.create("/calico/test/a", "1")
+        assert store.get("/calico/test/a") == "1"
+    assert any(dead in r.getMessage() for r in caplog.records)
+    # It sticks with the endpoint that works: no second failure.
+    caplog.clear()
+    store.get("/calico/test/a")
+    assert not caplog.records
+
+
+def test_hung_member_costs_one_timeout_then_fails_over(etcd_env):
+    hung = FaultyMember("hang")
+    try:
+        store = EtcdStore(EtcdSettings(endpoints=[hung.url, etcd_env.url]), timeout=0.5)
+        start = time.monotonic()
+        store.set("/calico/test/b", "2")
+        assert 0.4 < time.monotonic() - start < 2
+        assert store.get("/calico/test/b") == "2"
+    finally:
+        hung.close()
+
+
+def test_all_members_hung_is_bounded(etcd_env):
+    hung = [FaultyMember("hang") for _ in range(3)]
+    try:
+        store = EtcdStore(EtcdSettings(endpoints=[h.url for h in hung]), timeout=0.5)
+        start = time.monotonic()
+        with pytest.raises(DatastoreError) as info:
+            store.get("/calico/v1/Ready")
+        # TOTAL_TIMEOUT_FACTOR (2) request timeouts, plus the request in flight at the deadline.
+        assert time.monotonic() - start < 0.5 * 3 + 0.5
+        assert "\n" not in str(info.value)
+    finally:
+        for h in hung:
+            h.close()
+
+
+def test_watch_leaves_a_hung_member(etcd_env, raw_etcd):
+    """A watch whose member hangs times out there, the store moves to another member, and the
+    next watch from the same index delivers the change made meanwhile."""
+    hung = FaultyMember("hang")
+    try:
+        store = EtcdStore(EtcdSettings(endpoints=[hung.url, etcd_env.url]), timeout=0.5)
+        index = raw_etcd.write("/calico/test/w", "0").modifiedIndex
+        raw_etcd.write("/calico/test/w", "1")
+        # As the agent does: watch again from the same index after a quiet watch.
+        deadline = time.monotonic() + 10
+        event = None
+        while event is None and time.monotonic() < deadline:
+            event = store.watch("/calico/test", index + 1, timeout=1)
+        assert event.value == "1"
+    finally:
+        hung.close()
+
+
+# -- writes retried after a member applied them and died -------------------------------------
+
+@pytest.fixture
+def dropping(etcd_env):
+    member = FaultyMember("drop-response", upstream=("127.0.0.1", etcd_env.client_port))
+    yield EtcdStore(EtcdSettings(endpoints=[member.url, etcd_env.url])), member
+    member.close()
+
+
+def test_create_applied_then_connection_lost_is_not_reported_as_conflict(dropping, raw_etcd):
+    store, member = dropping
+    assert store.create("/calico/test/c", "ours") is True
+    assert member.requests == 1          # the first attempt reached etcd and was applied
+    assert raw_etcd.read("/calico/test/c").value == "ours"
+
+
+def test_cas_applied_then_connection_lost_is_success_not_retry(dropping, raw_etcd):
+    store, member = dropping
+    index = raw_etcd.write("/calico/test/d", "old").modifiedIndex
+    assert store.cas("/calico/test/d", "new", index) is True
+    assert member.requests == 1
+
+
+def test_update_is_not_applied_twice(etcd_env, raw_etcd):
+    """A read-modify-write append whose CAS lands on a member that then dies appends once."""
+    member = FaultyMember("drop-writes", upstream=("127.0.0.1", etcd_env.client_port))
+    try:
+        store = EtcdStore(EtcdSettings(endpoints=[member.url, etcd_env.url]))
+        raw_etcd.write("/calico/test/list", "a")
+        store.update("/calico/test/list", lambda old: old + ",b")
+        assert member.requests == 1
+        assert raw_etcd.read("/calico/test/list").value == "a,b"
+    finally:
+        member.close()
+
+
+def test_real_conflicts_still_reported(etcd_env, raw_etcd):
+    store = EtcdStore()
+    raw_etcd.write("/calico/test/e", "theirs")
+    assert store.create("/calico/test/e", "ours") is False
+    index = raw_etcd.read("/calico/test/e").modifiedIndex
+    raw_etcd.write("/calico/test/e", "theirs2")
+    assert store.cas("/calico/test/e", "ours", index) is False
+
+
+def test_landed_tells_our_write_from_theirs(etcd_env, raw_etcd):
+    store = EtcdStore()
+    index = raw_etcd.write("/calico/test/f", "v0").modifiedIndex
+    raw_etcd.write("/calico/test/f", "theirs", prevIndex=index)
+    raw_etcd.write("/calico/test/f", "ours")
+    # The first change after index was theirs, even though the key now holds our value.
+    assert store._landed("/calico/test/f", "ours", prev_index=index) is False
+    assert store._landed("/calico/test/f", "theirs", prev_index=index) is True
+
+
+def test_delete_retried_after_lost_answer(dropping, raw_etcd):
+    store, _ = dropping
+    index = raw_etcd.write("/calico/test/g", "x").modifiedIndex
+    assert store.delete("/calico/test/g", prev_index=index) is True
+    raw_etcd.write("/calico/test/h", "x")
+    assert store.delete("/calico/test/h") is True
