@@ -151,6 +151,7 @@ class Testbed:
             step(f"veth of {host.name}", network.delete_link, network.root_veth_name(host.name))
         if self.etcd:
             step("stop etcd", self.etcd.stop)
+        step("etcd data", shutil.rmtree, self.state_dir / "etcd", True)
         if self.bridge:
             step("delete bridge", network.delete_link, self.bridge)
         step("root iptables rules", network.remove_root_rules, self.underlay.bridge)
