@@ -1,0 +1,36 @@
+"""Check this host meets Calico's requirements.
+
+Usage:
+  calicoctl checksystem [--libnetwork]
+
+Description:
+  Probes each requirement for real (kernel features are tried in a throwaway network namespace,
+  not looked up) and prints OK or what to do: root, etcd, Docker's version, the ipset match
+  (xt_set), ip6tables, IP-in-IP (reported, not required), loose reverse-path filtering and the
+  uplink MTU.  Exits 1 when a required one fails.
+
+Options:
+  --libnetwork  Also check what the libnetwork plugin needs.
+"""
+
+from calicoctl.output import out
+
+
+def run(arguments):
+    from calicoctl.datastore import open_store
+    from calicoctl.errors import CalicoError
+    from calicoctl.node import address, checks, containers
+    try:
+        links = address.read_interfaces()
+        uplink = address.interface_of(address.autodetect(4, None, links), links)
+    except CalicoError:
+        uplink = None
+    results = checks.system_checks(store=open_store(), docker_factory=containers.docker_client,
+                                   uplink=uplink, libnetwork=arguments["--libnetwork"])
+    for check in results:
+        out(check.line())
+    failed = checks.failures(results)
+    if failed:
+        raise CalicoError("%d requirement%s not met: %s." % (
+            len(failed), "" if len(failed) == 1 else "s", ", ".join(c.name for c in failed)))
+    out("This host can run Calico.")

@@ -1,0 +1,191 @@
+"""What a host needs to run Calico, each requirement probed for real.
+
+Kernel features are tried, not looked up: an ipset plus an iptables rule matching it, an ip6tables
+chain and an IP-in-IP link are created in a scratch network namespace (`unshare --net`), which the
+kernel throws away when the probe exits, so nothing is left on the host whatever happens.  `lsmod`
+would miss built-in modules and cannot tell whether autoloading works.
+
+Each check returns a Check; `calicoctl checksystem` prints them all, `calicoctl node` refuses to
+start while a required one fails.
+"""
+
+import os
+import shutil
+import subprocess
+from dataclasses import dataclass
+
+from calicoctl.errors import CalicoError
+
+# Docker 1.9 (API 1.21) introduced remote network and IPAM drivers (libnetwork plugins).
+MIN_DOCKER_API = (1, 21)
+# Workload veths keep Docker's default MTU; an uplink smaller than this fragments or drops
+# full-size packets between hosts.
+VETH_MTU = 1500
+# The IP-in-IP device carries 20 bytes of outer IPv4 header: 1440 leaves room on a 1460-byte
+# cloud uplink, the value Calico has always given tunl0.
+IPIP_MTU = 1440
+IPIP_OVERHEAD = 20
+PROBE = "calico-probe"
+
+PROBE_XT_SET = ("ipset create {p} hash:ip && iptables -w -N {p} && "
+                "iptables -w -A {p} -m set --match-set {p} src -j RETURN").format(p=PROBE)
+PROBE_IP6TABLES = "ip6tables -w -N {p} && ip6tables -w -A {p} -j RETURN".format(p=PROBE)
+PROBE_IPIP = "ip link add name {p} type ipip".format(p=PROBE)
+
+
+@dataclass
+class Check:
+    name: str
+    ok: bool
+    detail: str            # OK: what was found; not OK: what to do
+    required: bool = True
+
+    @property
+    def failed(self):
+        return self.required and not self.ok
+
+    def line(self):
+        status = "OK" if self.ok else ("FAIL" if self.required else "WARNING")
+        return "%-28s %-8s %s" % (self.name, status, self.detail)
+
+
+def probe_in_scratch_netns(script):
+    """Run a shell script in a throwaway network namespace: (ok, last line of its errors)."""
+    if shutil.which("unshare") is None:
+        return False, "unshare (util-linux) is not installed"
+    proc = subprocess.run(["unshare", "--net", "sh", "-c", script],
+                          capture_output=True, text=True, timeout=30)
+    err = (proc.stderr or proc.stdout).strip().splitlines()
+    return proc.returncode == 0, (err[-1] if err else "exit %d" % proc.returncode)
+
+
+def check_root(euid=None):
+    euid = os.geteuid() if euid is None else euid
+    if euid == 0:
+        return Check("running as root", True, "uid 0")
+    return Check("running as root", False, "run calicoctl with sudo: it changes routes, "
+                 "iptables and starts privileged containers")
+
+
+def check_etcd(store):
+    try:
+        store.current_index()
+    except CalicoError as exc:
+        return Check("etcd reachable", False, str(exc))
+    return Check("etcd reachable", True, store.settings.describe())
+
+
+def check_docker(client_factory):
+    """client_factory() -> docker-py client (raises CalicoError when Docker is unreachable)."""
+    try:
+        client = client_factory()
+        version = client.version()
+    except CalicoError as exc:
+        return Check("Docker reachable", False, str(exc))
+    api = tuple(int(x) for x in str(version.get("ApiVersion", "0.0")).split(".")[:2])
+    found = "Docker %s (API %s)" % (version.get("Version", "?"), version.get("ApiVersion", "?"))
+    if api < MIN_DOCKER_API:
+        return Check("Docker version", False, "%s is too old: network plugins need Docker 1.9 "
+                     "(API %d.%d) or later; upgrade Docker" % ((found,) + MIN_DOCKER_API))
+    return Check("Docker version", True, found)
+
+
+def check_xt_set(probe=probe_in_scratch_netns):
+    ok, err = probe(PROBE_XT_SET)
+    if ok:
+        return Check("kernel: ipset match (xt_set)", True, "ipset + iptables -m set work")
+    return Check("kernel: ipset match (xt_set)", False,
+                 "policy needs ipsets matched from iptables (%s); install ipset and iptables "
+                 "and load the xt_set module (modprobe xt_set)" % err)
+
+
+def check_ip6tables(probe=probe_in_scratch_netns):
+    ok, err = probe(PROBE_IP6TABLES)
+    if ok:
+        return Check("kernel: ip6tables", True, "ip6tables works")
+    return Check("kernel: ip6tables", False,
+                 "IPv6 policy needs ip6tables (%s); install iptables and load ip6_tables"
+                 % err, required=False)
+
+
+def check_ipip(probe=probe_in_scratch_netns):
+    ok, err = probe(PROBE_IPIP)
+    if ok:
+        return Check("kernel: ipip", True, "IP-in-IP links can be made", required=False)
+    return Check("kernel: ipip", False,
+                 "no IP-in-IP on this kernel (%s): only pools without --ipip / networks without "
+                 "ipip=true will work (modprobe ipip to enable); not required" % err,
+                 required=False)
+
+
+def read_sysctl(path):
+    try:
+        with open(path) as f:
+            return f.read().strip()
+    except OSError:
+        return None
+
+
+def check_rp_filter(read=read_sysctl):
+    # The kernel uses the larger of conf/all and conf/<interface>: "all" = 2 (loose) would
+    # override the strict filtering the agent sets on each workload interface, letting a workload
+    # send from an address that is not its own as long as some route leads back to it.
+    value = read("/proc/sys/net/ipv4/conf/all/rp_filter")
+    if value == "2":
+        return Check("reverse-path filtering", False,
+                     "net.ipv4.conf.all.rp_filter is 2 (loose), which lets a workload spoof "
+                     "other addresses; set it to 1 or 0 (sysctl -w "
+                     "net.ipv4.conf.all.rp_filter=1)", required=False)
+    return Check("reverse-path filtering", True,
+                 "net.ipv4.conf.all.rp_filter=%s (workload interfaces are made strict)" % value,
+                 required=False)
+
+
+def check_mtu(uplink):
+    """uplink: a link dict from address.read_interfaces() (or None when unknown)."""
+    if not uplink or not uplink.get("mtu"):
+        return Check("uplink MTU", True, "uplink not identified; not checked", required=False)
+    mtu = int(uplink["mtu"])
+    problems = []
+    if mtu < VETH_MTU:
+        problems.append("workload veths use %d, more than %s's %d: set the network's "
+                        "--opt mtu=%d" % (VETH_MTU, uplink["name"], mtu, mtu))
+    if mtu < IPIP_MTU + IPIP_OVERHEAD:
+        problems.append("IP-in-IP needs %d (tunnel %d + %d header)" % (
+            IPIP_MTU + IPIP_OVERHEAD, IPIP_MTU, IPIP_OVERHEAD))
+    if problems:
+        return Check("uplink MTU", False, "%s has MTU %d; %s" % (
+            uplink["name"], mtu, "; ".join(problems)), required=False)
+    return Check("uplink MTU", True, "%s MTU %d >= veth %d and tunnel %d + %d" % (
+        uplink["name"], mtu, VETH_MTU, IPIP_MTU, IPIP_OVERHEAD), required=False)
+
+
+def check_plugin_dir(path="/run/docker/plugins"):
+    """Docker finds remote plugins by socket in /run/docker/plugins."""
+    parent = os.path.dirname(path)
+    if os.path.isdir(path) or os.path.isdir(parent):
+        return Check("Docker plugin directory", True, "%s usable" % path)
+    return Check("Docker plugin directory", False, "%s does not exist and neither does %s: is "
+                 "dockerd running on this host?" % (path, parent))
+
+
+def system_checks(store=None, docker_factory=None, uplink=None, libnetwork=False):
+    """Every check, in the order a user fixes them.  store/docker_factory None: skipped."""
+    checks = [check_root()]
+    if store is not None:
+        checks.append(check_etcd(store))
+    if docker_factory is not None:
+        checks.append(check_docker(docker_factory))
+    checks += [check_xt_set(), check_ip6tables(), check_ipip(), check_rp_filter(),
+               check_mtu(uplink)]
+    if libnetwork:
+        checks.append(check_plugin_dir())
+    return checks
+
+
+def failures(checks):
+    return [c for c in checks if c.failed]
+
+
+def ipip_available(probe=probe_in_scratch_netns):
+    return probe(PROBE_IPIP)[0]

@@ -1,0 +1,301 @@
+"""The node's containers: `calico-node` (the agent and BIRD) and `calico-libnetwork` (the plugin).
+
+What each container should look like is a pure function of the node's settings
+(`node_container_spec`, `plugin_container_spec`); `ensure_container` compares that with what is
+there and starts, restarts or leaves it alone.  The whole spec, with the image's id, is hashed
+into a label, so "same configuration" means exactly the same container would be made, and a
+rebuilt image counts as a change.
+"""
+
+import hashlib
+import http.client
+import json
+import logging
+import os
+import socket
+import time
+from dataclasses import dataclass, field
+
+from calicoctl.errors import CalicoError
+
+log = logging.getLogger(__name__)
+
+NODE_CONTAINER = "calico-node"
+PLUGIN_CONTAINER = "calico-libnetwork"
+DEFAULT_LOG_DIR = "/var/log/calico"
+PLUGIN_DIR = "/run/docker/plugins"
+PLUGIN_SOCKET = PLUGIN_DIR + "/calico.sock"
+CONFIG_LABEL = "org.projectcalico.config"
+# Long enough for a cold start of the agent (first full resync, BIRD up); a healthy start here
+# takes a few seconds.
+HEALTH_TIMEOUT = 90.0
+
+
+def image_tag():
+    from calicoctl import __version__
+    return __version__ if __version__.startswith("v") else "v" + __version__
+
+
+def default_node_image():
+    return "calico/node:" + image_tag()
+
+
+def default_plugin_image():
+    return "calico/node-libnetwork:" + image_tag()
+
+
+# --- the Docker client ------------------------------------------------------------------------
+
+def docker_host():
+    return os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
+
+
+def docker_client(timeout=60):
+    """A docker-py client for DOCKER_HOST (or the default socket) that has answered a ping."""
+    import docker
+    import requests
+    try:
+        client = docker.from_env(timeout=timeout)
+        client.ping()
+    except (docker.errors.DockerException, requests.exceptions.RequestException, OSError) as exc:
+        raise CalicoError("Cannot reach Docker at %s (%s). Start dockerd or set DOCKER_HOST."
+                          % (docker_host(), _one_line(exc)))
+    return client
+
+
+def docker_socket_path():
+    """The engine's socket on this host, to mount into the plugin container."""
+    host = docker_host()
+    if not host.startswith("unix://"):
+        raise CalicoError("--libnetwork needs Docker on a local unix socket (the plugin talks to "
+                          "it); DOCKER_HOST is %s." % host)
+    return os.path.realpath(host[len("unix://"):])
+
+
+# --- desired containers (pure) ----------------------------------------------------------------
+
+@dataclass
+class NodeSettings:
+    node_name: str
+    node_image: str
+    etcd_env: dict
+    log_dir: str = DEFAULT_LOG_DIR
+    libnetwork_image: str = None          # None: no plugin container
+    tls_files: list = field(default_factory=list)
+    docker_socket: str = "/var/run/docker.sock"
+
+
+def _common_env(settings):
+    env = dict(settings.etcd_env)
+    # The containers share the host's network but not its UTS namespace, so the node name is
+    # passed explicitly (one name for CLI, agent and plugin).
+    env["CALICO_HOSTNAME"] = settings.node_name
+    return env
+
+
+def _volumes(settings):
+    volumes = {settings.log_dir: {"bind": DEFAULT_LOG_DIR, "mode": "rw"}}
+    for path in settings.tls_files:
+        volumes[path] = {"bind": path, "mode": "ro"}
+    return volumes
+
+
+def node_container_spec(settings):
+    return {
+        "name": NODE_CONTAINER,
+        "image": settings.node_image,
+        "command": ["calicoctl", "felix", "serve"],
+        "environment": _common_env(settings),
+        "volumes": _volumes(settings),
+        # Host network: the agent programs this host's routes and iptables and BIRD peers from
+        # the host's address.  Privileged: iptables, ipsets, sysctls and routes need it.
+        "network_mode": "host",
+        "privileged": True,
+        "restart_policy": {"Name": "unless-stopped"},
+    }
+
+
+def plugin_container_spec(settings):
+    volumes = _volumes(settings)
+    # Docker finds remote drivers by their socket in /run/docker/plugins; the plugin asks the
+    # engine about containers and networks through the engine's socket.
+    volumes[PLUGIN_DIR] = {"bind": PLUGIN_DIR, "mode": "rw"}
+    volumes[settings.docker_socket] = {"bind": "/var/run/docker.sock", "mode": "rw"}
+    env = _common_env(settings)
+    env["DOCKER_HOST"] = "unix:///var/run/docker.sock"
+    return {
+        "name": PLUGIN_CONTAINER,
+        "image": settings.libnetwork_image,
+        "command": ["calicoctl", "plugin", "serve"],
+        "environment": env,
+        "volumes": volumes,
+        "network_mode": "host",
+        "privileged": True,
+        "restart_policy": {"Name": "unless-stopped"},
+    }
+
+
+def config_hash(spec, image_id):
+    text = json.dumps({"spec": spec, "image_id": image_id}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+# --- health -----------------------------------------------------------------------------------
+
+class _UnixHTTPConnection(http.client.HTTPConnection):
+    def __init__(self, path, timeout):
+        super().__init__("localhost", timeout=timeout)
+        self._path = path
+
+    def connect(self):
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(self.timeout)
+        self.sock.connect(self._path)
+
+
+def plugin_answers(path=PLUGIN_SOCKET, timeout=2.0):
+    """True if the plugin socket answers /Plugin.Activate naming the network driver."""
+    conn = _UnixHTTPConnection(path, timeout)
+    try:
+        conn.request("POST", "/Plugin.Activate", body=b"{}",
+                     headers={"Content-Type": "application/vnd.docker.plugins.v1.2+json"})
+        resp = conn.getresponse()
+        body = json.loads(resp.read() or b"{}")
+        return resp.status == 200 and "NetworkDriver" in body.get("Implements", [])
+    except (OSError, ValueError, http.client.HTTPException):
+        return False
+    finally:
+        conn.close()
+
+
+def agent_alive(store, node_name):
+    from calicoctl.datastore import keys
+    return store.get(keys.felix_status(node_name)) is not None
+
+
+def clear_agent_liveness(store, node_name):
+    """Forget the previous agent's liveness so only the new one's report counts as healthy."""
+    from calicoctl.datastore import keys
+    store.delete(keys.felix_status(node_name))
+
+
+def container_running(container):
+    container.reload()
+    return container.status == "running"
+
+
+def _exit_message(container):
+    state = container.attrs.get("State", {})
+    logs = container.logs(tail=5).decode(errors="replace").strip().splitlines()
+    return "%s exited (code %s)%s; see 'docker logs %s'" % (
+        container.name, state.get("ExitCode"), (": " + logs[-1]) if logs else "",
+        container.name)
+
+
+def wait_healthy(container, healthy, what, timeout=HEALTH_TIMEOUT):
+    """Poll until healthy() while the container keeps running; CalicoError otherwise."""
+    deadline = time.monotonic() + timeout
+    interval = 0.1
+    while True:
+        if not container_running(container):
+            raise CalicoError(_exit_message(container))
+        if healthy():
+            return
+        if time.monotonic() > deadline:
+            raise CalicoError("%s is running but %s after %.0f s; see 'docker logs %s'." % (
+                container.name, what, timeout, container.name))
+        time.sleep(interval)
+        interval = min(interval * 1.5, 1.0)
+
+
+# --- starting and stopping --------------------------------------------------------------------
+
+def find_container(client, name):
+    import docker
+    try:
+        return client.containers.get(name)
+    except docker.errors.NotFound:
+        return None
+
+
+def image_id(client, image):
+    import docker
+    try:
+        return client.images.get(image).id
+    except docker.errors.ImageNotFound:
+        pass
+    try:
+        return client.images.pull(image).id
+    except docker.errors.DockerException as exc:
+        raise CalicoError("Image %s is not on this host and could not be pulled (%s); build it "
+                          "with 'make images' or 'docker load' it." % (image, _one_line(exc)))
+
+
+def ensure_container(client, spec, healthy, unhealthy_what, say, before_start=None):
+    """Make the container match spec and wait until healthy().  Returns "unchanged"/"started".
+
+    An existing container with the same configuration hash that is running and healthy is left
+    alone; anything else (stopped, changed, unhealthy) is removed and made again.
+    """
+    wanted = config_hash(spec, image_id(client, spec["image"]))
+    existing = find_container(client, spec["name"])
+    if existing is not None:
+        same = existing.labels.get(CONFIG_LABEL) == wanted
+        if same and container_running(existing) and healthy():
+            say("%s is already running with this configuration; left alone." % spec["name"])
+            return "unchanged"
+        say("%s: %s; removing it." % (spec["name"], "configuration changed" if not same else
+                                       "not running or not healthy"))
+        existing.remove(force=True)
+    if before_start:
+        before_start()
+    say("Starting %s (image %s)." % (spec["name"], spec["image"]))
+    kwargs = dict(spec)
+    kwargs["labels"] = {CONFIG_LABEL: wanted}
+    container = client.containers.run(detach=True, **kwargs)
+    say("Waiting for %s to be healthy..." % spec["name"])
+    wait_healthy(container, healthy, unhealthy_what)
+    say("%s is running." % spec["name"])
+    return "started"
+
+
+def start_node(client, store, settings, say):
+    """Start (or leave alone) calico-node and, with a libnetwork image, calico-libnetwork."""
+    node_spec = node_container_spec(settings)
+    ensure_container(client, node_spec, lambda: agent_alive(store, settings.node_name),
+                     "the agent has not reported itself alive in etcd", say,
+                     before_start=lambda: clear_agent_liveness(store, settings.node_name))
+    if settings.libnetwork_image:
+        ensure_container(client, plugin_container_spec(settings), plugin_answers,
+                         "the plugin socket %s does not answer /Plugin.Activate" % PLUGIN_SOCKET,
+                         say)
+
+
+def stop_node(client, say, timeout=10):
+    """Stop and remove both containers; returns the names that were there."""
+    stopped = []
+    for name in (PLUGIN_CONTAINER, NODE_CONTAINER):
+        container = find_container(client, name)
+        if container is None:
+            continue
+        say("Stopping %s." % name)
+        container.stop(timeout=timeout)
+        container.remove(force=True)
+        stopped.append(name)
+    return stopped
+
+
+def follow_logs(client, say):
+    """--detach=false: show calico-node's output until interrupted, then stop the node."""
+    container = find_container(client, NODE_CONTAINER)
+    try:
+        for chunk in container.logs(stream=True, follow=True):
+            os.write(1, chunk)
+    except KeyboardInterrupt:
+        pass
+    stop_node(client, say)
+
+
+def _one_line(exc):
+    text = str(exc).strip().splitlines()
+    return text[-1] if text else exc.__class__.__name__

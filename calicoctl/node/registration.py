@@ -1,0 +1,102 @@
+"""A node's record in etcd: registering it, listing every node, removing one (alive or dead)."""
+
+import json
+import logging
+
+from calicoctl.datastore import bgp, endpoints, hosts, keys
+from calicoctl.datastore.globals import ensure_defaults
+from calicoctl.datastore.models import Node
+from calicoctl.errors import CalicoError, ValidationError
+
+log = logging.getLogger(__name__)
+
+FORWARDING_SYSCTLS = {4: "/proc/sys/net/ipv4/ip_forward",
+                      6: "/proc/sys/net/ipv6/conf/all/forwarding"}
+
+
+def check_address_free(store, name, ip):
+    """Two nodes with one BGP address would peer with themselves and black-hole routes."""
+    for node in hosts.list_nodes(store):
+        if node.name != name and str(ip) in (node.ipv4, node.ipv6):
+            raise ValidationError(
+                "%s is already the address of node %s; give this host its own with --ip, or "
+                "remove the other node with 'calicoctl node remove --hostname=%s'." % (
+                    ip, node.name, node.name))
+
+
+def register(store, name, ipv4, ipv6=None, as_num=None):
+    """Write the node's keys and any missing global defaults."""
+    check_address_free(store, name, ipv4)
+    if ipv6:
+        check_address_free(store, name, ipv6)
+    ensure_defaults(store)
+    hosts.register_node(store, Node(name=name, ipv4=str(ipv4),
+                                    ipv6=str(ipv6) if ipv6 else None,
+                                    as_num=str(as_num) if as_num else None))
+
+
+def enable_forwarding(ipv6=False, write=None):
+    """A Calico host routes its workloads' traffic, so forwarding must be on."""
+    write = write or _write_sysctl
+    write(FORWARDING_SYSCTLS[4], "1")
+    if ipv6:
+        write(FORWARDING_SYSCTLS[6], "1")
+
+
+def _write_sysctl(path, value):
+    try:
+        with open(path, "w") as f:
+            f.write(value)
+    except OSError as exc:
+        raise CalicoError("Could not turn on forwarding (%s: %s); run as root." % (
+            path, exc.strerror))
+
+
+def agent_alive(store, name):
+    return store.get(keys.felix_status(name)) is not None
+
+
+def node_rows(store):
+    """[(name, ipv4, ipv6, AS, agent alive)] for every registered node."""
+    default_as = bgp.get_default_as(store)
+    alive = {c["host"] for k, _, _ in store.children(keys.FELIX_HOSTS_DIR)
+             for kind, c in [keys.match_key(k)] if kind == "felix_status"}
+    return [(n.name, n.ipv4 or "", n.ipv6 or "", n.as_num or "(%s)" % default_as,
+             "yes" if n.name in alive else "no") for n in hosts.list_nodes(store)]
+
+
+def remove(store, name, remove_endpoints=False, ipam=None):
+    """Delete the node's keys, its IPAM block affinities and (if asked) its endpoints.
+
+    Refuses while the node still has endpoints, unless remove_endpoints; those endpoints' addresses
+    are released (their IPAM handle is the endpoint id), so nothing leaks.
+    """
+    eps = endpoints.list_endpoints(store, host=name)
+    if eps and not remove_endpoints:
+        raise ValidationError(
+            "Node %s still has %d endpoint%s; remove the workloads first or use "
+            "--remove-endpoints." % (name, len(eps), "" if len(eps) == 1 else "s"))
+    if ipam is None:
+        from calicoctl.ipam.allocator import IPAMClient
+        ipam = IPAMClient(store, host=name)
+    for ep in eps:
+        ipam.release_by_handle(ep.endpoint_id)
+        endpoints.delete_endpoint(store, ep)
+    ipam.release_host_affinities(name)
+    _remove_libnetwork_records(store, name)
+    hosts.remove_node(store, name)
+    return len(eps)
+
+
+def _remove_libnetwork_records(store, name):
+    """The plugin's network records made on that host (Docker networks are per host today)."""
+    for key, value, _ in store.children(keys.LIBNETWORK_DIR):
+        kind, _c = keys.match_key(key)
+        if kind != "libnetwork_network":
+            continue
+        try:
+            host = json.loads(value).get("host")
+        except (ValueError, AttributeError):
+            continue
+        if host == name:
+            store.delete(key)

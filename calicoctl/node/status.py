@@ -1,0 +1,183 @@
+"""`calicoctl status`: is this node's Calico running, and are its BGP sessions up?
+
+Collecting (Docker, /proc, etcd, birdc) is kept apart from parsing BIRD's output
+(`parse_bird_protocols`, pure) and from the printing the command does.
+"""
+
+import os
+import subprocess
+from dataclasses import dataclass, field
+
+from calicoctl.errors import CalicoError
+from calicoctl.node import containers
+
+# Where the agent's BIRD listens for birdc, inside calico-node and on a host that runs
+# `calicoctl felix serve` itself.  The agent's birdproc module owns the real value; this is the
+# fallback used when that module is absent.
+FALLBACK_BIRD_SOCKETS = {4: "/var/run/calico/bird.ctl", 6: "/var/run/calico/bird6.ctl"}
+
+
+def bird_socket(version=4):
+    try:
+        from calicoctl.felix import birdproc
+    except ImportError:
+        return FALLBACK_BIRD_SOCKETS[version]
+    for name in (("BIRD_SOCKET", "BIRD_CTL", "CONTROL_SOCKET") if version == 4 else
+                 ("BIRD6_SOCKET", "BIRD6_CTL", "CONTROL6_SOCKET")):
+        value = getattr(birdproc, name, None)
+        if isinstance(value, str):
+            return value
+    fn = getattr(birdproc, "control_socket", None)
+    if callable(fn):
+        try:
+            return fn(version)
+        except TypeError:
+            return fn()
+    return FALLBACK_BIRD_SOCKETS[version]
+
+
+@dataclass
+class Item:
+    what: str
+    ok: bool
+    detail: str
+
+
+@dataclass
+class BGPSession:
+    name: str
+    peer: str
+    state: str
+    since: str
+    info: str
+
+    @property
+    def established(self):
+        return self.info.split(" ")[0] == "Established"
+
+
+@dataclass
+class Report:
+    items: list = field(default_factory=list)
+    sessions: list = field(default_factory=list)
+    bgp_error: str = None
+
+    @property
+    def problems(self):
+        found = ["%s: %s" % (i.what, i.detail) for i in self.items if not i.ok]
+        found += ["BGP peer %s is %s" % (s.peer, s.info or s.state)
+                  for s in self.sessions if not s.established]
+        if self.bgp_error:
+            found.append(self.bgp_error)
+        return found
+
+
+def parse_bird_protocols(text):
+    """BGPSessions from `birdc show protocols all` (name line, then indented details)."""
+    sessions, current = [], None
+    for line in text.splitlines():
+        if not line.strip() or line.startswith(("BIRD ", "name ")):
+            continue
+        if not line[0].isspace():
+            parts = line.split(None, 5)
+            current = None
+            if len(parts) >= 4 and parts[1] == "BGP":
+                current = BGPSession(name=parts[0], peer="", state=parts[3],
+                                     since=parts[4] if len(parts) > 4 else "",
+                                     info=parts[5].strip() if len(parts) > 5 else "")
+                sessions.append(current)
+        elif current is not None and line.strip().startswith("Neighbor address:"):
+            current.peer = line.split(":", 1)[1].strip()
+    for s in sessions:
+        s.peer = s.peer or s.name
+    return sessions
+
+
+def peer_type(name):
+    for prefix, kind in (("Mesh_", "node-to-node mesh"), ("Global_", "global"),
+                         ("Node_", "node specific")):
+        if name.startswith(prefix):
+            return kind
+    return "peer"
+
+
+def find_processes(*words):
+    """pids whose command line contains every word (e.g. "felix", "serve")."""
+    found = []
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            with open("/proc/%s/cmdline" % pid, "rb") as f:
+                argv = f.read().decode(errors="replace").split("\0")
+        except OSError:
+            continue
+        if "calicoctl" in " ".join(argv[:3]) and all(w in argv for w in words):
+            found.append(int(pid))
+    return sorted(found)
+
+
+def _birdc(version, container):
+    birdc = "birdc" if version == 4 else "birdc6"
+    cmd = [birdc, "-s", bird_socket(version), "show", "protocols", "all"]
+    if container is not None:
+        rc, output = container.exec_run(cmd)
+        return rc, output.decode(errors="replace")
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return 1, str(exc)
+    return proc.returncode, proc.stdout + proc.stderr
+
+
+def collect(store, node_name, docker_factory=containers.docker_client):
+    report = Report()
+    client = None
+    try:
+        client = docker_factory()
+    except CalicoError as exc:
+        docker_problem = str(exc)
+    else:
+        docker_problem = None
+
+    node = containers.find_container(client, containers.NODE_CONTAINER) if client else None
+    agent_pids = find_processes("felix", "serve")
+    if node is not None:
+        running = containers.container_running(node)
+        report.items.append(Item("calico-node container", running, node.status))
+    elif agent_pids:
+        report.items.append(Item("agent process", True, "running (pid %s)" % agent_pids[0]))
+    else:
+        report.items.append(Item("agent", False, "neither a calico-node container nor a "
+                                 "'calicoctl felix serve' process is running" +
+                                 (" (%s)" % docker_problem if docker_problem else "") +
+                                 "; start it with 'calicoctl node'"))
+
+    plugin = containers.find_container(client, containers.PLUGIN_CONTAINER) if client else None
+    if plugin is not None:
+        running = containers.container_running(plugin)
+        report.items.append(Item("calico-libnetwork container", running, plugin.status))
+    elif find_processes("plugin", "serve"):
+        report.items.append(Item("plugin process", True, "running"))
+    if plugin is not None or find_processes("plugin", "serve"):
+        answers = containers.plugin_answers()
+        report.items.append(Item("plugin socket", answers, containers.PLUGIN_SOCKET + (
+            " answers" if answers else " does not answer /Plugin.Activate")))
+
+    alive = containers.agent_alive(store, node_name)
+    report.items.append(Item("agent liveness", alive, "reported alive in etcd" if alive else
+                             "no liveness report in etcd for node %s" % node_name))
+
+    from calicoctl.datastore import endpoints
+    count = len(endpoints.list_endpoints(store, host=node_name))
+    report.items.append(Item("endpoints", True, "%d on node %s" % (count, node_name)))
+
+    exec_in = node if node is not None and node.status == "running" else None
+    if exec_in is not None or agent_pids:
+        rc, output = _birdc(4, exec_in)
+        if rc != 0:
+            report.bgp_error = "BIRD did not answer on %s: %s" % (
+                bird_socket(4), (output.strip().splitlines() or ["exit %s" % rc])[-1])
+        else:
+            report.sessions = parse_bird_protocols(output)
+    return report

@@ -1,0 +1,175 @@
+"""`calicoctl node` against a real etcd: registration (--runtime=none), show, stop/remove rules,
+per-node BGP peers, and refusal of bad input with nothing written.
+
+Starting containers needs a Docker engine and the node images: tests/st/test_node.py does that on
+namespace hosts.  Here forwarding is switched on in files under tmp_path, never in this machine's
+own /proc/sys (the root namespace must not forward: docs/testbed.md).
+"""
+
+import json
+
+import pytest
+
+from calicoctl.node import address, registration
+
+
+@pytest.fixture
+def sysctls(tmp_path, monkeypatch):
+    paths = {4: tmp_path / "ip_forward", 6: tmp_path / "forwarding6"}
+    for p in paths.values():
+        p.write_text("0")
+    monkeypatch.setattr(registration, "FORWARDING_SYSCTLS", {v: str(p) for v, p in paths.items()})
+    return paths
+
+
+@pytest.fixture
+def host_ip():
+    ip = address.choose_address(address.read_interfaces())
+    if ip is None:
+        pytest.skip("this machine has no global IPv4 address outside lo/docker/cali/tunl")
+    return ip
+
+
+def test_node_runtime_none_registers_and_starts_nothing(cli, etcd_dump, sysctls, host_ip):
+    r = cli("node", "--runtime=none", "--as=64512")
+    assert r.code == 0, r
+    data = etcd_dump()
+    assert data["/calico/v1/host/testhost/bird_ip"] == str(host_ip)
+    assert data["/calico/bgp/v1/host/testhost/ip_addr_v4"] == str(host_ip)
+    assert data["/calico/bgp/v1/host/testhost/as_num"] == "64512"
+    assert data["/calico/v1/host/testhost/config/DefaultEndpointToHostAction"] == "RETURN"
+    # Global defaults written where absent.
+    assert data["/calico/v1/Ready"] == "true"
+    assert data["/calico/bgp/v1/global/as_num"] == "64511"
+    assert json.loads(data["/calico/bgp/v1/global/node_mesh"]) == {"enabled": True}
+    assert data["/calico/v1/config/InterfacePrefix"] == "cali"
+    assert sysctls[4].read_text() == "1" and sysctls[6].read_text() == "0"
+    assert "nothing started" in r.err
+
+
+def test_node_explicit_ip_and_rerun_is_idempotent(cli, etcd_dump, sysctls, host_ip):
+    assert cli("node", "--runtime=none", "--ip=%s" % host_ip).code == 0
+    first = etcd_dump()
+    assert cli("node", "--runtime=none", "--ip=%s" % host_ip).code == 0
+    assert etcd_dump() == first
+    assert "/calico/bgp/v1/host/testhost/as_num" not in first   # inherits the global AS
+
+
+def test_node_keeps_operator_defaults(cli, etcd_dump, sysctls, raw_etcd):
+    raw_etcd.write("/calico/v1/config/LogSeverityScreen", "DEBUG")
+    raw_etcd.write("/calico/bgp/v1/global/as_num", "65000")
+    assert cli("node", "--runtime=none").code == 0
+    data = etcd_dump()
+    assert data["/calico/v1/config/LogSeverityScreen"] == "DEBUG"
+    assert data["/calico/bgp/v1/global/as_num"] == "65000"
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--ip=10.255.255.254"], "not an address of this host"),
+    (["--ip=not-an-ip"], "Invalid IP"),
+    (["--ip=fd00::99"], "not an IPv4"),
+    (["--ip6=10.0.0.1"], "not an IPv6"),
+    (["--as=0"], "Invalid AS"),
+    (["--as=4294967296"], "Invalid AS"),
+    (["--runtime=rkt"], "rkt is not supported"),
+    (["--runtime=lxc"], "--runtime must be docker or none"),
+    (["--detach=maybe"], "--detach must be true or false"),
+    (["--kubernetes"], "--kubernetes is not supported"),
+    (["--rkt"], "--rkt is not supported"),
+])
+def test_node_bad_input_writes_nothing(cli, etcd_dump, sysctls, args, words):
+    runtime = [] if any(a.startswith("--runtime") for a in args) else ["--runtime=none"]
+    r = cli("node", *runtime, *args)
+    assert r.code == 1, r
+    assert words in r.err
+    assert len(r.err.strip().splitlines()) == 1, r.err
+    assert etcd_dump() == {}
+    assert sysctls[4].read_text() == "0"
+
+
+def test_node_refuses_an_address_another_node_holds(cli, etcd_dump, sysctls, host_ip, raw_etcd):
+    raw_etcd.write("/calico/bgp/v1/host/otherhost/ip_addr_v4", str(host_ip))
+    before = etcd_dump()
+    r = cli("node", "--runtime=none")
+    assert r.code == 1 and "already the address of node otherhost" in r.err
+    assert etcd_dump() == before
+
+
+def test_node_show_lists_every_node_with_liveness(cli, sysctls, raw_etcd):
+    assert cli("node", "--runtime=none", "--as=64512").code == 0
+    raw_etcd.write("/calico/bgp/v1/host/deadhost/ip_addr_v4", "198.18.0.99")
+    raw_etcd.write("/calico/felix/v1/host/testhost/status",
+                   json.dumps({"time": "2026-01-01T00:00:00Z", "uptime": 1}), ttl=30)
+    r = cli("node", "show")
+    assert r.code == 0, r
+    rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
+            for line in r.out.splitlines() if line.startswith("|")}
+    assert rows["testhost"][2] == "64512" and rows["testhost"][3] == "yes"
+    assert rows["deadhost"] == ["198.18.0.99", "", "(64511)", "no"]
+
+
+def _endpoint(raw_etcd, host, ep_id="a" * 64):
+    raw_etcd.write("/calico/v1/host/%s/workload/libnetwork/libnetwork/endpoint/%s" % (host, ep_id),
+                   json.dumps({"state": "active", "name": "cali" + ep_id[:11],
+                               "mac": "ee:ee:ee:ee:ee:ee", "profile_ids": ["net1"],
+                               "ipv4_nets": ["192.168.0.2/32"], "ipv6_nets": []}))
+
+
+def test_node_stop_refuses_while_endpoints_exist(cli, raw_etcd):
+    _endpoint(raw_etcd, "testhost")
+    r = cli("node", "stop")
+    assert r.code == 1 and "still has 1 endpoint" in r.err and "--force" in r.err
+
+
+def test_node_remove_refuses_while_endpoints_or_agent_alive(cli, raw_etcd, etcd_dump):
+    raw_etcd.write("/calico/bgp/v1/host/deadhost/ip_addr_v4", "198.18.0.99")
+    _endpoint(raw_etcd, "deadhost")
+    before = etcd_dump()
+    r = cli("node", "remove", "--hostname=deadhost")
+    assert r.code == 1 and "--remove-endpoints" in r.err
+    raw_etcd.write("/calico/felix/v1/host/deadhost/status", "{}", ttl=30)
+    r = cli("node", "remove", "--hostname=deadhost", "--remove-endpoints")
+    assert r.code == 1 and "alive" in r.err
+    raw_etcd.delete("/calico/felix/v1/host/deadhost/status")
+    assert {k: v for k, v in etcd_dump().items() if "felix" not in k} == before
+
+
+def test_node_remove_dead_host_deletes_keys_affinities_and_endpoints(cli, raw_etcd, etcd_dump,
+                                                                     store, monkeypatch):
+    pytest.importorskip("calicoctl.ipam.allocator")
+    from calicoctl.ipam.allocator import IPAMClient
+    assert cli("pool", "add", "192.168.0.0/16").code == 0
+    ipam = IPAMClient(store, host="deadhost")
+    ep_id = "b" * 64
+    ip = ipam.auto_assign(4, handle_id=ep_id)
+    raw_etcd.write("/calico/bgp/v1/host/deadhost/ip_addr_v4", "198.18.0.99")
+    raw_etcd.write("/calico/v1/host/deadhost/bird_ip", "198.18.0.99")
+    raw_etcd.write("/calico/libnetwork/v1/" + "c" * 64, json.dumps({"name": "net1",
+                                                                    "host": "deadhost"}))
+    _endpoint(raw_etcd, "deadhost", ep_id)
+    assert any("/calico/ipam/v2/host/deadhost/" in k for k in etcd_dump())
+    r = cli("node", "remove", "--hostname=deadhost", "--remove-endpoints")
+    assert r.code == 0, r
+    data = etcd_dump()
+    assert not [k for k in data if "deadhost" in k], data
+    assert not [k for k in data if k.startswith("/calico/libnetwork/")]
+    assert ipam.get_assignment(ip) is None
+    for key, value in data.items():
+        if "/assignment/ipv4/block/" in key:
+            assert json.loads(value).get("affinity") in (None, "")
+
+
+def test_node_bgp_peers(cli, etcd_dump):
+    assert cli("node", "bgp", "peer", "add", "198.18.0.200", "as", "64513").code == 0
+    assert cli("node", "bgp", "peer", "add", "fd00::200", "as", "64514").code == 0
+    data = etcd_dump()
+    assert json.loads(data["/calico/bgp/v1/host/testhost/peer_v4/198.18.0.200"]) == {
+        "ip": "198.18.0.200", "as_num": "64513"}
+    assert "/calico/bgp/v1/host/testhost/peer_v6/fd00::200" in data
+    r = cli("node", "bgp", "peer", "show", "--ipv4")
+    assert "198.18.0.200" in r.out and "64513" in r.out and "fd00::200" not in r.out
+    assert cli("node", "bgp", "peer", "remove", "198.18.0.200").code == 0
+    r = cli("node", "bgp", "peer", "remove", "198.18.0.200")
+    assert r.code == 1 and "not a BGP peer" in r.err
+    r = cli("node", "bgp", "peer", "add", "198.18.0.300", "as", "1")
+    assert r.code == 1 and "Invalid IP" in r.err
