@@ -1,0 +1,140 @@
+"""Docker's IPAM driver: addresses from Calico pools through calicoctl.ipam.
+
+Pools: RequestPool with no --subnet answers a pool id meaning "any Calico pool of this family"
+and the pool 0.0.0.0/0 (::/0); with --subnet the subnet must be a configured Calico pool.  Either
+way the answer carries a gateway of 0.0.0.0/0 (::/0) in its data so Docker never takes a pool
+address for a gateway: the workloads' gateway is the link-local 169.254.1.1 the host answers for.
+The answer depends only on the request, so Docker (which repeats RequestPool, e.g. at restart)
+always gets the same one.
+
+Handles: Docker's RequestAddress carries no endpoint id, so each address gets its own handle,
+"libnetwork.<host>.<random hex>", and ReleaseAddress releases by address.  The host in the
+handle lets start-up reconciliation find this host's addresses that no endpoint and no Docker
+network holds any more (a crash between RequestAddress and CreateEndpoint) and release them.
+"""
+
+import ipaddress
+import logging
+import uuid
+
+from calicoctl.datastore import pools as pools_store
+from calicoctl.errors import NotFoundError, ValidationError
+
+log = logging.getLogger(__name__)
+
+ADDRESS_SPACES = {"LocalDefaultAddressSpace": "CalicoLocalAddressSpace",
+                  "GlobalDefaultAddressSpace": "CalicoGlobalAddressSpace"}
+ANY_POOL = {4: "0.0.0.0/0", 6: "::/0"}
+GATEWAY_KEY = "com.docker.network.gateway"
+HANDLE_PREFIX = "libnetwork."
+_ANY_ID = "calico:any:ipv%d"
+_POOL_ID = "calico:pool:%s"
+
+
+def handle_prefix(host):
+    return "%s%s." % (HANDLE_PREFIX, host)
+
+
+def new_handle(host):
+    return handle_prefix(host) + uuid.uuid4().hex
+
+
+def is_calico_address_space(space):
+    return space in ADDRESS_SPACES.values()
+
+
+def parse_pool_id(pool_id):
+    """PoolID -> (version, pool network or None for any pool)."""
+    for version in (4, 6):
+        if pool_id == _ANY_ID % version:
+            return version, None
+    if isinstance(pool_id, str) and pool_id.startswith("calico:pool:"):
+        try:
+            net = ipaddress.ip_network(pool_id[len("calico:pool:"):])
+        except ValueError:
+            pass
+        else:
+            return net.version, net
+    raise NotFoundError("Pool id %r was not made by Calico's IPAM driver." % (pool_id,))
+
+
+class IpamDriver:
+    def __init__(self, store, host, ipam):
+        self.store = store
+        self.host = host
+        self.ipam = ipam
+
+    def get_default_address_spaces(self):
+        return dict(ADDRESS_SPACES)
+
+    def request_pool(self, request):
+        version = 6 if request.get("V6") else 4
+        if request.get("SubPool"):
+            raise ValidationError(
+                "Calico IPAM does not support --ip-range; make a smaller Calico pool "
+                "('calicoctl pool add <CIDR>') and pass it as --subnet.")
+        subnet = request.get("Pool") or ""
+        if not subnet:
+            pool_id, cidr = _ANY_ID % version, ANY_POOL[version]
+        else:
+            try:
+                net = ipaddress.ip_network(subnet)
+            except ValueError:
+                raise ValidationError("Invalid --subnet %r: use a CIDR such as 192.168.0.0/16."
+                                      % subnet)
+            if net.version != version:
+                raise ValidationError("--subnet %s is not an IPv%d subnet." % (subnet, version))
+            pool = self._configured_pool(net)
+            pool_id, cidr = _POOL_ID % pool.cidr, str(pool.cidr)
+        return {"PoolID": pool_id, "Pool": cidr, "Data": {GATEWAY_KEY: ANY_POOL[version]}}
+
+    def _configured_pool(self, net):
+        for pool in pools_store.list_pools(self.store, net.version):
+            if pool.cidr == net and pool.ipam:
+                return pool
+        raise ValidationError(
+            "With Calico IPAM, --subnet must be a Calico pool and %s is not one; add it with "
+            "'calicoctl pool add %s' (or leave out --subnet to use any pool)." % (net, net))
+
+    def release_pool(self, request):
+        parse_pool_id(request["PoolID"])
+        return {}
+
+    def request_address(self, request):
+        version, pool = parse_pool_id(request["PoolID"])
+        options = request.get("Options") or {}
+        if options.get("RequestAddressType") == GATEWAY_KEY:
+            raise ValidationError(
+                "Calico networks route through the link-local gateway %s; do not pass "
+                "--gateway with --ipam-driver calico." % ("169.254.1.1" if version == 4
+                                                         else "fe80::1"))
+        handle = new_handle(self.host)
+        attributes = {"host": self.host, "source": "libnetwork"}
+        wanted = request.get("Address") or ""
+        if wanted:
+            try:
+                ip = ipaddress.ip_address(wanted.split("/")[0])
+            except ValueError:
+                raise ValidationError("Invalid address %r." % wanted)
+            if ip.version != version:
+                raise ValidationError("%s is not an IPv%d address." % (ip, version))
+            if pool is not None and ip not in pool:
+                raise ValidationError("%s is outside this network's pool %s." % (ip, pool))
+            self.ipam.assign(ip, handle_id=handle, attributes=attributes)
+        else:
+            ip = self.ipam.auto_assign(version, handle_id=handle, attributes=attributes,
+                                       pool=pool)
+        prefix = 32 if ip.version == 4 else 128
+        log.info("Assigned %s (handle %s)", ip, handle)
+        return {"Address": "%s/%d" % (ip, prefix), "Data": {}}
+
+    def release_address(self, request):
+        parse_pool_id(request["PoolID"])
+        try:
+            ip = ipaddress.ip_address(request["Address"].split("/")[0])
+        except ValueError:
+            raise ValidationError("Invalid address %r." % request["Address"])
+        not_allocated = self.ipam.release([ip])
+        if not_allocated:
+            log.info("ReleaseAddress %s: it was not allocated (already released)", ip)
+        return {}

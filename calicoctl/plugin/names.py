@@ -1,0 +1,181 @@
+"""Learning names from Docker, outside every driver callback.
+
+Docker calls the driver with its own locks held, and a new network is not even visible during
+CreateNetwork, so the callbacks never ask Docker anything.  Instead this background thread
+follows Docker's event stream (network create/connect) and, at start-up and after every
+reconnect, lists Docker's Calico networks.  What it learns goes to etcd:
+  - a network's name -> its record, the profile (created with the default rules), and the
+    profile_ids of endpoints that were created before the name was known (closed until then);
+  - a container's name and id -> its endpoint record (so `calicoctl endpoint show` tells an
+    operator which container is which).
+"""
+
+import logging
+import threading
+import time
+
+from calicoctl.datastore import keys, profiles
+from calicoctl.errors import CalicoError
+from calicoctl.plugin import records
+
+log = logging.getLogger(__name__)
+
+DRIVER = "calico"
+RECONNECT_MAX_DELAY = 5.0
+
+
+def default_docker_factory():
+    import docker   # deferred: docker-py is only needed by the thread
+    return docker.from_env(timeout=30).api
+
+
+class DockerView:
+    """What Docker knows on this host, from one listing."""
+
+    def __init__(self):
+        self.networks = {}        # network id -> name (Calico networks only)
+        self.endpoints = {}       # endpoint id -> (network id, container id, container name, ips)
+
+
+class NameLearner:
+    def __init__(self, store, host, docker_factory=default_docker_factory, on_first_sync=None):
+        self.store = store
+        self.host = host
+        self.docker_factory = docker_factory
+        self.on_first_sync = on_first_sync
+        self._stop = threading.Event()
+        self._thread = None
+        self._client = None
+        self.synced = threading.Event()
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def start(self):
+        self._thread = threading.Thread(target=self._run, name="docker-names", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self):
+        self._stop.set()
+        client = self._client
+        if client is not None:
+            try:
+                client.close()     # breaks the blocking event read
+            except Exception:  # noqa: BLE001 - shutting down anyway
+                pass
+
+    def _run(self):
+        delay = 0.2
+        first = True
+        while not self._stop.is_set():
+            try:
+                self._client = self.docker_factory()
+                events = self._client.events(decode=True, filters={"type": ["network"]})
+                view = self.sync()
+                if first and self.on_first_sync is not None:
+                    first = False
+                    threading.Thread(target=self.on_first_sync, args=(view,),
+                                     name="reconcile", daemon=True).start()
+                self.synced.set()
+                delay = 0.2
+                for event in events:
+                    if self._stop.is_set():
+                        return
+                    self.handle_event(event)
+            except Exception as exc:  # noqa: BLE001 - Docker restarting, etcd blip: retry
+                if self._stop.is_set():
+                    return
+                log.info("Docker event stream unavailable (%s); retrying in %.1f s", exc, delay)
+            self._stop.wait(delay)
+            delay = min(delay * 2, RECONNECT_MAX_DELAY)
+
+    # -- learning ----------------------------------------------------------------------------
+
+    def sync(self, client=None):
+        """List Docker's Calico networks and their containers; record every name."""
+        client = client or self._client
+        view = DockerView()
+        for net in client.networks(filters={"driver": [DRIVER]}):
+            view.networks[net["Id"]] = net["Name"]
+        for network_id, name in view.networks.items():
+            self.learn_network(network_id, name)
+            detail = client.inspect_network(network_id)
+            for container_id, info in (detail.get("Containers") or {}).items():
+                ips = [a.split("/")[0] for a in (info.get("IPv4Address"), info.get("IPv6Address"))
+                       if a]
+                view.endpoints[info.get("EndpointID")] = (network_id, container_id,
+                                                          info.get("Name"), ips)
+                self.learn_container(info.get("EndpointID"), container_id, info.get("Name"))
+        log.info("Docker knows %d Calico network(s) with %d endpoint(s) here",
+                 len(view.networks), len(view.endpoints))
+        return view
+
+    def handle_event(self, event):
+        attrs = (event.get("Actor") or {}).get("Attributes") or {}
+        if attrs.get("type") != DRIVER:
+            return
+        network_id = (event.get("Actor") or {}).get("ID")
+        action = event.get("Action")
+        try:
+            if action == "create":
+                self.learn_network(network_id, attrs.get("name"))
+            elif action == "connect" and attrs.get("container"):
+                self.learn_network(network_id, attrs.get("name"))
+                self._learn_from_container(network_id, attrs["container"], attrs.get("name"))
+        except CalicoError as exc:
+            log.warning("Could not record what Docker's %s event says: %s", action, exc)
+
+    def _learn_from_container(self, network_id, container_id, network_name):
+        info = self._client.inspect_container(container_id)
+        networks = (info.get("NetworkSettings") or {}).get("Networks") or {}
+        endpoint_id = (networks.get(network_name) or {}).get("EndpointID")
+        if endpoint_id:
+            self.learn_container(endpoint_id, container_id, (info.get("Name") or "").lstrip("/"))
+
+    def learn_network(self, network_id, name):
+        if not network_id or not name:
+            return
+        record = self.store.get_json(keys.libnetwork_network(network_id))
+        if record is None:
+            return            # not created through us (or already deleted)
+        if record.get("name") != name:
+            record = records.set_network_name(self.store, network_id, name)
+            log.info("Network %s is named %s", network_id[:12], name)
+        if record is None:
+            return
+        profiles.create_profile(self.store, name, exist_ok=True)
+        for ep in records.host_endpoints(self.store, self.host):
+            if ep.extra.get("network_id") == network_id and ep.profile_ids != [name]:
+                records.update_endpoint_fields(self.store, ep, profile_ids=[name])
+                log.info("Endpoint %s now has profile %s", ep.endpoint_id[:12], name)
+
+    def learn_container(self, endpoint_id, container_id, container_name):
+        if not endpoint_id:
+            return
+        for ep in records.host_endpoints(self.store, self.host):
+            if ep.endpoint_id != endpoint_id:
+                continue
+            if ep.extra.get("container_id") != container_id or \
+                    ep.extra.get("container_name") != container_name:
+                records.update_endpoint_fields(self.store, ep, container_id=container_id,
+                                               container_name=container_name)
+                log.info("Endpoint %s belongs to container %s (%s)", endpoint_id[:12],
+                         container_name, container_id[:12])
+
+
+def fresh_sync(learner):
+    """A listing on its own connection (the learner's is busy streaming events)."""
+    client = learner.docker_factory()
+    try:
+        return learner.sync(client)
+    finally:
+        client.close()
+
+
+def wait_until(predicate, timeout, interval=0.1):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return predicate()

@@ -1,0 +1,335 @@
+"""Docker's network driver: networks are Calico profiles, endpoints are Calico endpoints.
+
+Every call is answered from the request and etcd alone: Docker holds internal locks while it
+calls a driver, so nothing here calls back into Docker (names.py learns names from its events).
+"""
+
+import ipaddress
+import logging
+import time
+
+from calicoctl.dataplane import Dataplane, veth
+from calicoctl.datastore import endpoints, keys, pools as pools_store, profiles
+from calicoctl.datastore.models import (IPIP_DEVICE, IPV4_GATEWAY, WORKLOAD_MAC, Endpoint, Pool,
+                                        interface_name)
+from calicoctl.errors import ConflictError, NotFoundError, ValidationError
+from calicoctl.plugin import records
+from calicoctl.plugin.ipam_driver import ANY_POOL, is_calico_address_space
+
+log = logging.getLogger(__name__)
+
+GENERIC_OPTIONS = "com.docker.network.generic"
+ENABLE_IPV6 = "com.docker.network.enable_ipv6"
+# --opt keys a Calico network understands, with what each means (shown when one is unknown).
+KNOWN_OPTIONS = {
+    "ipip": "true|false: IP-in-IP between hosts (Docker-IPAM subnets only)",
+    "nat-outgoing": "true|false: NAT traffic leaving the pools (Docker-IPAM subnets only)",
+    "mtu": "N: MTU of the workload interfaces (default: the uplink's, minus 20 with ipip)",
+}
+# Docker itself puts these in the generic options; they are not the user's --opt.
+_DOCKER_OPTIONS = {"com.docker.network.enable_ipv6"}
+# Join answers a connected route to the gateway (RouteType 1: no next hop).
+ROUTE_CONNECTED, ROUTE_NEXTHOP = 1, 0
+FELIX_POLL_INTERVAL = 0.05
+
+
+def parse_options(generic):
+    """--opt key/values -> typed dict; refuses unknown keys, naming the known ones."""
+    unknown = sorted(k for k in generic if k not in KNOWN_OPTIONS and k not in _DOCKER_OPTIONS)
+    if unknown:
+        raise ValidationError("Unknown --opt %s; Calico networks know: %s." % (
+            ", ".join(unknown), "; ".join("%s=%s" % kv for kv in sorted(KNOWN_OPTIONS.items()))))
+    opts = {}
+    for name in ("ipip", "nat-outgoing"):
+        if name in generic:
+            value = str(generic[name]).strip().lower()
+            if value not in ("true", "false"):
+                raise ValidationError("--opt %s must be true or false, not %r." % (
+                    name, generic[name]))
+            opts[name] = value == "true"
+    if "mtu" in generic:
+        try:
+            mtu = int(str(generic["mtu"]).strip())
+        except ValueError:
+            mtu = 0
+        # 1280 is IPv6's minimum link MTU; 65535 the largest a veth takes.
+        if not 1280 <= mtu <= 65535:
+            raise ValidationError("--opt mtu must be a number from 1280 to 65535, not %r."
+                                  % (generic["mtu"],))
+        opts["mtu"] = mtu
+    return opts
+
+
+def _is_calico_ipam(data):
+    return is_calico_address_space(data.get("AddressSpace")) or data.get("Pool") in \
+        ANY_POOL.values()
+
+
+class NetworkDriver:
+    def __init__(self, store, host, interface_prefix="eth", felix_wait=5.0, dataplane=None):
+        self.dataplane = dataplane or Dataplane()
+        self.store = store
+        self.host = host
+        self.interface_prefix = interface_prefix
+        self.felix_wait = felix_wait
+
+    # -- networks --------------------------------------------------------------------------
+
+    def get_capabilities(self):
+        # Docker 20.10+ has no cluster store: each host keeps its own copy of the network
+        # (local scope) while the workloads reach each other across hosts (global connectivity).
+        return {"Scope": "local", "ConnectivityScope": "global"}
+
+    def create_network(self, request):
+        network_id = request["NetworkID"]
+        options = request.get("Options") or {}
+        opts = parse_options(options.get(GENERIC_OPTIONS) or {})
+        ipv6 = str(options.get(ENABLE_IPV6, "")).lower() == "true"
+        v4 = request.get("IPv4Data") or []
+        v6 = request.get("IPv6Data") or []
+        calico_ipam = bool(v4 or v6) and all(_is_calico_ipam(d) for d in v4 + v6)
+        old = self.store.get_json(keys.libnetwork_network(network_id))
+        record = {"name": (old or {}).get("name"), "ipam": "calico" if calico_ipam else "default",
+                  "pool": None, "pool_v6": None, "ipv6": ipv6, "mtu": opts.get("mtu"),
+                  "options": {k: v for k, v in opts.items()}, "host": self.host}
+        for data, field in ((v4, "pool"), (v6, "pool_v6")):
+            if data and data[0].get("Pool") not in ANY_POOL.values():
+                record[field] = str(ipaddress.ip_network(data[0]["Pool"], strict=False))
+        added = []
+        if calico_ipam:
+            if "ipip" in opts or "nat-outgoing" in opts:
+                raise ValidationError(
+                    "With Calico IPAM, ipip and nat-outgoing belong to the pool: "
+                    "'calicoctl pool add <CIDR> --ipip --nat-outgoing'; drop the --opt.")
+        else:
+            added = self._record_docker_pools(record, opts)
+        try:
+            records.put_network(self.store, network_id, record)
+        except Exception:
+            for cidr in added:
+                pools_store.remove_pool(self.store, cidr)
+            raise
+        log.info("Network %s created (%s IPAM, pool %s)", network_id[:12], record["ipam"],
+                 record["pool"] or "any")
+        return {}
+
+    def _record_docker_pools(self, record, opts):
+        """Docker owns the subnet's addresses; record it as a pool Calico routes (and NATs) but
+        never allocates from.  Returns the pools this call created (to undo on failure)."""
+        added = []
+        for field, version in (("pool", 4), ("pool_v6", 6)):
+            if not record[field]:
+                continue
+            cidr = ipaddress.ip_network(record[field])
+            existing = pools_store.list_pools(self.store, version)
+            same = [p for p in existing if p.cidr == cidr]
+            if same and same[0].ipam:
+                raise ValidationError(
+                    "%s is a Calico IPAM pool; create the network with --ipam-driver calico, or "
+                    "pick a --subnet outside every Calico pool." % cidr)
+            pool = Pool(cidr=cidr, ipip=IPIP_DEVICE if opts.get("ipip") and version == 4 else None,
+                        masquerade=bool(opts.get("nat-outgoing")), ipam=False)
+            pools_store.add_pool(self.store, pool)   # refuses overlaps with a clear sentence
+            if not same:
+                added.append(cidr)
+        return added
+
+    def delete_network(self, request):
+        network_id = request["NetworkID"]
+        record = self.store.get_json(keys.libnetwork_network(network_id))
+        if record is None:
+            return {}
+        records.delete_network(self.store, network_id)
+        # Delete first, then look: of two hosts removing the last copies at once, at least the
+        # later one sees no other record and removes the shared objects.
+        others = records.list_networks(self.store, quorum=True).values()
+        name = record.get("name")
+        if name and not any(r.get("name") == name for r in others):
+            if profiles.profile_exists(self.store, name):
+                profiles.remove_profile(self.store, name)
+                log.info("Removed profile %s with the last network of that name", name)
+        if record.get("ipam") == "default":
+            for field in ("pool", "pool_v6"):
+                cidr = record.get(field)
+                if cidr and not any(r.get(field) == cidr and r.get("ipam") == "default"
+                                    for r in others):
+                    self._remove_docker_pool(ipaddress.ip_network(cidr))
+        return {}
+
+    def _remove_docker_pool(self, cidr):
+        try:
+            pool = pools_store.get_pool(self.store, cidr)
+        except NotFoundError:
+            return
+        if not pool.ipam:
+            pools_store.remove_pool(self.store, cidr)
+
+    # -- endpoints -------------------------------------------------------------------------
+
+    def create_endpoint(self, request):
+        network_id, endpoint_id = request["NetworkID"], request["EndpointID"]
+        iface = request.get("Interface") or {}
+        record = records.get_network(self.store, network_id)
+        nets4 = [_host_net(iface["Address"], 4)] if iface.get("Address") else []
+        nets6 = [_host_net(iface["AddressIPv6"], 6)] if iface.get("AddressIPv6") else []
+        if not nets4 and not nets6:
+            raise ValidationError("Docker gave endpoint %s no address; Calico endpoints need "
+                                  "one." % endpoint_id[:12])
+        mac = iface.get("MacAddress") or WORKLOAD_MAC
+        name = record.get("name")
+        ep = Endpoint(host=self.host, orchestrator=keys.LIBNETWORK_ORCHESTRATOR,
+                      workload=keys.LIBNETWORK_WORKLOAD, endpoint_id=endpoint_id,
+                      name=interface_name(endpoint_id), mac=mac,
+                      profile_ids=[name] if name else [],   # no name yet: closed, never open
+                      ipv4_nets=nets4, ipv6_nets=nets6,
+                      ipv4_gateway=IPV4_GATEWAY if nets4 else None,
+                      ipv6_gateway=veth.IPV6_GATEWAY if nets6 else None,
+                      extra={"network_id": network_id})
+        claimed = []
+        created_veth = False
+        try:
+            if record.get("ipam") == "default":
+                for net in nets4 + nets6:
+                    self._claim(net, endpoint_id)
+                    claimed.append(net)
+            created_veth = self.dataplane.set_up_workload(
+                ep.name, veth.temp_peer_name(endpoint_id), self._mtu(record, nets4), nets4,
+                nets6, mac)
+            endpoints.write_endpoint(self.store, ep)
+        except Exception:
+            if created_veth:
+                self.dataplane.remove_veth(ep.name)
+            for net in claimed:
+                records.release_claim(self.store, _ip(net), endpoint_id)
+            raise
+        log.info("Endpoint %s created on %s with %s", endpoint_id[:12], ep.name,
+                 ", ".join(nets4 + nets6))
+        # Never echo what Docker supplied (it would roll the endpoint back); only fill gaps.
+        return {"Interface": {} if iface.get("MacAddress") else {"MacAddress": WORKLOAD_MAC}}
+
+    def _claim(self, net, endpoint_id):
+        ip = _ip(net)
+        holder = records.claim_address(self.store, ip, self.host, endpoint_id)
+        if holder is not None:
+            raise ConflictError(
+                "Address %s is already used by endpoint %s on host %s: with Docker's own IPAM each "
+                "host allocates from the subnet on its own. Give each host its own --ip-range "
+                "within the subnet, or use Calico IPAM (--ipam-driver calico)." % (
+                    ip, str(holder.get("endpoint_id", "?"))[:12], holder.get("host", "?")))
+
+    def _mtu(self, record, nets4):
+        if record.get("mtu"):
+            return int(record["mtu"])
+        ipip = bool((record.get("options") or {}).get("ipip"))
+        if record.get("ipam") == "calico" and nets4:
+            ip = ipaddress.ip_address(_ip(nets4[0]))
+            ipip = any(p.ipip and ip in p.cidr for p in pools_store.list_pools(self.store, 4))
+        return self.dataplane.workload_mtu(ipip=ipip)
+
+    def join(self, request):
+        network_id, endpoint_id = request["NetworkID"], request["EndpointID"]
+        sandbox = request["SandboxKey"]
+        record = records.get_network(self.store, network_id)
+        ep = records.endpoint_of(self.store, self.host, endpoint_id)
+        if not self.dataplane.veth_exists(ep.name):    # e.g. a crash undid the veth
+            self.dataplane.set_up_workload(ep.name, veth.temp_peer_name(endpoint_id),
+                                 self._mtu(record, ep.ipv4_nets), ep.ipv4_nets, ep.ipv6_nets,
+                                 ep.mac or WORKLOAD_MAC)
+        others = [e for e in records.host_endpoints(self.store, self.host)
+                  if e.extra.get("sandbox") == sandbox and e.endpoint_id != endpoint_id]
+        records.update_endpoint_fields(self.store, ep, sandbox=sandbox)
+        answer = {"InterfaceName": {"SrcName": veth.temp_peer_name(endpoint_id),
+                                    "DstPrefix": self.interface_prefix},
+                  # Our gateway is on the veth; Docker must never add docker_gwbridge (traffic
+                  # through it would escape policy).
+                  "DisableGatewayService": True}
+        if not others:
+            routes = []
+            if ep.ipv4_nets:
+                answer["Gateway"] = IPV4_GATEWAY
+                routes.append({"Destination": IPV4_GATEWAY + "/32",
+                               "RouteType": ROUTE_CONNECTED, "NextHop": ""})
+            if ep.ipv6_nets:
+                answer["GatewayIPv6"] = veth.IPV6_GATEWAY
+            answer["StaticRoutes"] = routes
+        else:
+            answer["StaticRoutes"] = self._secondary_routes(record, ep, len(others))
+        self._wait_for_agent(ep)
+        return answer
+
+    @staticmethod
+    def _secondary_routes(record, ep, n_others):
+        """A further Calico interface in a sandbox gets no default route (the first one has it).
+        It reaches its own network's subnet (when the network has one) through its own
+        link-local next hop, 169.254.1.<n+1>: the host proxy-ARPs for any address, and a
+        distinct one keeps the connected routes of the interfaces from clashing."""
+        if not ep.ipv4_nets:
+            return []
+        hop = "169.254.1.%d" % min(1 + n_others, 254)
+        routes = [{"Destination": hop + "/32", "RouteType": ROUTE_CONNECTED, "NextHop": ""}]
+        if record.get("pool"):
+            routes.append({"Destination": record["pool"], "RouteType": ROUTE_NEXTHOP,
+                           "NextHop": hop})
+        return routes
+
+    def _wait_for_agent(self, ep):
+        """When the agent runs here, give it a bounded moment to program the endpoint, so the
+        workload's first packets are not dropped for want of policy or a route."""
+        if not self.felix_wait or self.store.get(keys.felix_status(self.host)) is None:
+            return
+        key = keys.felix_endpoint_status(self.host, ep.orchestrator, ep.workload,
+                                         ep.endpoint_id)
+        deadline = time.monotonic() + self.felix_wait
+        while time.monotonic() < deadline:
+            status = self.store.get_json(key)
+            if status and status.get("status") == "up":
+                return
+            time.sleep(FELIX_POLL_INTERVAL)
+        log.warning("The agent did not report endpoint %s up within %.0f s; answering Join "
+                    "anyway", ep.endpoint_id[:12], self.felix_wait)
+
+    def leave(self, request):
+        endpoint_id = request["EndpointID"]
+        self.dataplane.remove_veth(interface_name(endpoint_id))
+        try:
+            ep = records.endpoint_of(self.store, self.host, endpoint_id)
+        except NotFoundError:
+            return {}
+        records.update_endpoint_fields(self.store, ep, sandbox=None)
+        return {}
+
+    def delete_endpoint(self, request):
+        endpoint_id = request["EndpointID"]
+        self.dataplane.remove_veth(interface_name(endpoint_id))
+        try:
+            ep = records.endpoint_of(self.store, self.host, endpoint_id)
+        except NotFoundError:
+            return {}
+        remove_endpoint_state(self.store, ep)
+        log.info("Endpoint %s deleted", endpoint_id[:12])
+        return {}
+
+    def endpoint_oper_info(self, request):
+        return {"Value": {}}
+
+
+def remove_endpoint_state(store, ep):
+    """The endpoint's record and its default-IPAM address claims (addresses from Calico IPAM
+    are Docker's to release, through ReleaseAddress)."""
+    for net in ep.ipv4_nets + ep.ipv6_nets:
+        records.release_claim(store, _ip(net), ep.endpoint_id)
+    endpoints.delete_endpoint(store, ep)
+
+
+def _host_net(cidr, version):
+    try:
+        iface = ipaddress.ip_interface(cidr)
+    except ValueError:
+        raise ValidationError("Invalid address %r from Docker." % (cidr,))
+    if iface.version != version:
+        raise ValidationError("%s is not an IPv%d address." % (cidr, version))
+    return str(ipaddress.ip_network(iface.ip))
+
+
+def _ip(net):
+    return str(ipaddress.ip_network(net).network_address)

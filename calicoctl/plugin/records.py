@@ -1,0 +1,140 @@
+"""What the plugin remembers in etcd: one record per Docker network per host
+(/calico/libnetwork/v1/<network-id>) and claims on addresses Docker's own IPAM handed out.
+
+Network record, JSON:
+  {"name": "net1" | null (until learned from Docker's events), "ipam": "calico" | "default",
+   "pool": v4 cidr | null, "pool_v6": v6 cidr | null ("calico" IPAM with no --subnet: null),
+   "options": {"ipip": "true", ...} (the --opt values), "ipv6": bool, "mtu": int | null,
+   "host": node name}
+Network ids differ per host (Docker has no cluster store), so the same-named networks of several
+hosts are several records with one name: one Calico network, one profile.
+"""
+
+import json
+import logging
+
+from calicoctl.datastore import endpoints, keys
+from calicoctl.datastore.models import Endpoint
+from calicoctl.datastore.store import dump_json
+from calicoctl.errors import NotFoundError
+
+log = logging.getLogger(__name__)
+
+
+def get_network(store, network_id):
+    """The record, or raise NotFoundError with a sentence Docker shows the user."""
+    record = store.get_json(keys.libnetwork_network(network_id))
+    if record is None:
+        raise NotFoundError(
+            "Network %s is not known to Calico (was it created while the plugin could not "
+            "reach etcd?); remove it with 'docker network rm' and create it again."
+            % network_id[:12])
+    return record
+
+
+def put_network(store, network_id, record):
+    store.set(keys.libnetwork_network(network_id), dump_json(record))
+
+
+def delete_network(store, network_id):
+    return store.delete(keys.libnetwork_network(network_id))
+
+
+def list_networks(store, quorum=False):
+    """{network_id: record} for every host."""
+    found = {}
+    for key, value, _ in store.children(keys.LIBNETWORK_DIR, quorum=quorum):
+        kind, captures = keys.match_key(key)
+        if kind != "libnetwork_network":
+            continue
+        try:
+            found[captures["network_id"]] = json.loads(value)
+        except ValueError:
+            log.warning("Skipping malformed network record %s", key)
+    return found
+
+
+def set_network_name(store, network_id, name):
+    """Record the learned name; returns the record (None if the network is not ours)."""
+    def apply(old):
+        if old is None:
+            return None
+        record = json.loads(old)
+        record["name"] = name
+        return dump_json(record)
+    value = store.update(keys.libnetwork_network(network_id), apply)
+    return None if value is None else json.loads(value)
+
+
+# --- endpoints ----------------------------------------------------------------------------------
+
+def endpoint_of(store, host, endpoint_id):
+    eps = endpoints.list_endpoints(store, host, keys.LIBNETWORK_ORCHESTRATOR,
+                                   keys.LIBNETWORK_WORKLOAD, endpoint_id)
+    if not eps:
+        raise NotFoundError("Endpoint %s is not known to Calico on %s." % (endpoint_id[:12], host))
+    return eps[0]
+
+
+def host_endpoints(store, host):
+    return endpoints.list_endpoints(store, host, keys.LIBNETWORK_ORCHESTRATOR,
+                                    keys.LIBNETWORK_WORKLOAD)
+
+
+def update_endpoint_fields(store, ep, profile_ids=None, **extra):
+    """CAS-update the profile list and/or extra fields of a libnetwork endpoint."""
+    def mutate(current):
+        if profile_ids is not None:
+            current.profile_ids = list(profile_ids)
+        current.extra.update(extra)
+        return current
+    try:
+        return endpoints.update_endpoint(store, ep, mutate)
+    except NotFoundError:
+        return None
+
+
+# --- address claims (Docker's default IPAM) ----------------------------------------------------
+
+def claim_address(store, ip, host, endpoint_id):
+    """Claim ip for this endpoint; returns None on success, else the holder's record."""
+    key = keys.libnetwork_address(ip)
+    mine = {"host": host, "endpoint_id": endpoint_id}
+    if store.create(key, dump_json(mine)):
+        return None
+    holder = store.get_json(key) or {}
+    if holder == mine:
+        return None          # a repeated CreateEndpoint
+    return holder
+
+
+def release_claim(store, ip, endpoint_id=None):
+    key = keys.libnetwork_address(ip)
+    result = store.read(key)
+    if result is None:
+        return False
+    if endpoint_id is not None:
+        try:
+            holder = json.loads(result.value)
+        except ValueError:
+            holder = {}
+        if holder.get("endpoint_id") != endpoint_id:
+            return False     # someone else's claim
+    return store.delete(key, prev_index=result.modifiedIndex)
+
+
+def list_claims(store):
+    """{ip: holder} of every claim."""
+    found = {}
+    for key, value, _ in store.children(keys.libnetwork_addresses_dir()):
+        kind, captures = keys.match_key(key)
+        if kind == "libnetwork_address":
+            try:
+                found[captures["ip"]] = json.loads(value)
+            except ValueError:
+                found[captures["ip"]] = {}
+    return found
+
+
+def is_libnetwork_endpoint(ep):
+    return isinstance(ep, Endpoint) and ep.orchestrator == keys.LIBNETWORK_ORCHESTRATOR

@@ -1,0 +1,519 @@
+"""The libnetwork plugin through Flask's test client, against the real etcd fixture and the real
+kernel (veths, routes and sysctls in a throwaway network namespace)."""
+
+import ipaddress
+import json
+import os
+import subprocess
+
+import pytest
+
+from calicoctl.dataplane import Dataplane
+from calicoctl.datastore import keys
+from calicoctl.datastore.models import Pool
+from calicoctl.datastore.pools import add_pool
+
+NET = "a1" * 32
+NET2 = "b2" * 32
+EP = "e1" * 32
+EP2 = "f2" * 32
+ETH_SANDBOX = "/var/run/docker/netns/test1"
+
+
+def _root():
+    return os.geteuid() == 0 and subprocess.run(
+        ["unshare", "--net", "true"], capture_output=True).returncode == 0
+
+
+pytestmark = pytest.mark.skipif(not _root(), reason="needs root to make a network namespace")
+
+
+@pytest.fixture
+def netns():
+    """A throwaway network namespace, held open by a sleeping process."""
+    proc = subprocess.Popen(["unshare", "--net", "sh", "-c", "ip link set lo up; exec sleep 600"])
+    path = "/proc/%d/ns/net" % proc.pid
+    # Wait until the child has really moved (its netns differs from ours).
+    import time
+    for _ in range(200):
+        if os.readlink(path) != os.readlink("/proc/self/ns/net"):
+            break
+        time.sleep(0.01)
+    yield path
+    proc.kill()
+    proc.wait()
+
+
+def ns_run(netns, *cmd):
+    pid = netns.split("/")[2]
+    return subprocess.run(["nsenter", "-t", pid, "-n", *cmd], capture_output=True, text=True)
+
+
+class Plugin:
+    def __init__(self, client):
+        self.client = client
+
+    def call(self, name, body=None, raw=None):
+        data = raw if raw is not None else json.dumps(body if body is not None else {})
+        resp = self.client.post("/" + name, data=data)
+        assert resp.content_type == "application/vnd.docker.plugins.v1.1+json"
+        return resp.status_code, json.loads(resp.data)
+
+    def ok(self, name, body=None):
+        status, answer = self.call(name, body)
+        assert status == 200, answer
+        assert "Err" not in answer and "Error" not in answer, answer
+        return answer
+
+    def err(self, name, body=None, raw=None):
+        status, answer = self.call(name, body, raw)
+        assert status == 200
+        field = "Error" if name.startswith("IpamDriver") else "Err"
+        assert answer.get(field), answer
+        return answer[field]
+
+
+@pytest.fixture
+def plugin_parts(store, netns):
+    from calicoctl.plugin import server
+    app, learner, reconciler = server.build(store, "testhost", felix_wait=1.0,
+                                            dataplane=Dataplane(netns), reconcile=False)
+    return app, learner, reconciler
+
+
+@pytest.fixture
+def plugin(plugin_parts):
+    return Plugin(plugin_parts[0].test_client())
+
+
+def calico_network(plugin, network_id=NET, v6=False, pool=""):
+    """What Docker sends for `docker network create --driver calico --ipam-driver calico`."""
+    answer = plugin.ok("IpamDriver.RequestPool", {"AddressSpace": "CalicoLocalAddressSpace",
+                                                  "Pool": pool, "SubPool": "", "Options": {},
+                                                  "V6": False})
+    v4data = [{"AddressSpace": "CalicoLocalAddressSpace", "Pool": answer["Pool"],
+               "Gateway": "0.0.0.0/0", "AuxAddresses": None}]
+    v6data = []
+    options = {"com.docker.network.enable_ipv6": v6, "com.docker.network.generic": {}}
+    if v6:
+        a6 = plugin.ok("IpamDriver.RequestPool", {"AddressSpace": "CalicoLocalAddressSpace",
+                                                  "Pool": "", "V6": True})
+        v6data = [{"AddressSpace": "CalicoLocalAddressSpace", "Pool": a6["Pool"],
+                   "Gateway": "::/0"}]
+    plugin.ok("NetworkDriver.CreateNetwork", {"NetworkID": network_id, "Options": options,
+                                              "IPv4Data": v4data, "IPv6Data": v6data})
+    return answer["PoolID"]
+
+
+def start_container(plugin, pool_id, endpoint_id=EP, network_id=NET, address="",
+                    sandbox=ETH_SANDBOX):
+    addr = plugin.ok("IpamDriver.RequestAddress", {"PoolID": pool_id, "Address": address,
+                                                   "Options": None})["Address"]
+    created = plugin.ok("NetworkDriver.CreateEndpoint", {
+        "NetworkID": network_id, "EndpointID": endpoint_id, "Options": {},
+        "Interface": {"Address": addr, "AddressIPv6": "", "MacAddress": ""}})
+    joined = plugin.ok("NetworkDriver.Join", {"NetworkID": network_id, "EndpointID": endpoint_id,
+                                              "SandboxKey": sandbox, "Options": {}})
+    return addr, created, joined
+
+
+def stop_container(plugin, pool_id, addr, endpoint_id=EP, network_id=NET):
+    plugin.ok("NetworkDriver.Leave", {"NetworkID": network_id, "EndpointID": endpoint_id})
+    plugin.ok("NetworkDriver.DeleteEndpoint", {"NetworkID": network_id, "EndpointID": endpoint_id})
+    plugin.ok("IpamDriver.ReleaseAddress", {"PoolID": pool_id, "Address": addr})
+
+
+# --- handshake and capabilities ---------------------------------------------------------------
+
+def test_activate_and_capabilities(plugin):
+    assert plugin.ok("Plugin.Activate") == {"Implements": ["NetworkDriver", "IpamDriver"]}
+    assert plugin.ok("NetworkDriver.GetCapabilities") == {"Scope": "local",
+                                                          "ConnectivityScope": "global"}
+    assert plugin.ok("IpamDriver.GetCapabilities") == {"RequiresMACAddress": False}
+    spaces = plugin.ok("IpamDriver.GetDefaultAddressSpaces")
+    assert set(spaces) == {"LocalDefaultAddressSpace", "GlobalDefaultAddressSpace"}
+    for call in ("NetworkDriver.DiscoverNew", "NetworkDriver.DiscoverDelete",
+                 "NetworkDriver.AllocateNetwork", "NetworkDriver.FreeNetwork"):
+        assert plugin.ok(call) == {}
+
+
+def test_unknown_call_is_404(plugin):
+    status, answer = plugin.call("NetworkDriver.SomethingNew", {})
+    assert status == 404
+    assert "SomethingNew" in answer["Err"]
+
+
+# --- IPAM -------------------------------------------------------------------------------------
+
+def test_request_pool_any_is_stable(store, plugin):
+    req = {"AddressSpace": "CalicoLocalAddressSpace", "Pool": "", "SubPool": "", "V6": False}
+    first = plugin.ok("IpamDriver.RequestPool", req)
+    assert first["Pool"] == "0.0.0.0/0"
+    assert first["Data"] == {"com.docker.network.gateway": "0.0.0.0/0"}
+    assert plugin.ok("IpamDriver.RequestPool", req) == first
+    six = plugin.ok("IpamDriver.RequestPool", dict(req, V6=True))
+    assert six["Pool"] == "::/0" and six["Data"] == {"com.docker.network.gateway": "::/0"}
+    assert six["PoolID"] != first["PoolID"]
+
+
+def test_request_pool_subnet_must_be_a_pool(store, plugin):
+    msg = plugin.err("IpamDriver.RequestPool", {"Pool": "10.9.0.0/16", "V6": False})
+    assert "10.9.0.0/16" in msg and "calicoctl pool add" in msg
+    add_pool(store, Pool(cidr=ipaddress.ip_network("10.9.0.0/16")))
+    answer = plugin.ok("IpamDriver.RequestPool", {"Pool": "10.9.0.0/16", "V6": False})
+    assert answer["Pool"] == "10.9.0.0/16"
+    assert answer["Data"] == {"com.docker.network.gateway": "0.0.0.0/0"}
+    assert "ip-range" in plugin.err("IpamDriver.RequestPool", {"Pool": "10.9.0.0/16",
+                                                               "SubPool": "10.9.1.0/24"})
+    assert "not an IPv6" in plugin.err("IpamDriver.RequestPool", {"Pool": "10.9.0.0/16",
+                                                                   "V6": True})
+
+
+def test_request_and_release_address(store, plugin):
+    add_pool(store, Pool(cidr=ipaddress.ip_network("10.9.0.0/24")))
+    pool_id = plugin.ok("IpamDriver.RequestPool", {"Pool": ""})["PoolID"]
+    answer = plugin.ok("IpamDriver.RequestAddress", {"PoolID": pool_id, "Address": "",
+                                                     "Options": None})
+    ip = ipaddress.ip_interface(answer["Address"])
+    assert ip.network.prefixlen == 32 and ip.ip in ipaddress.ip_network("10.9.0.0/24")
+    assert answer["Data"] == {}
+    from calicoctl.ipam.allocator import IPAMClient
+    ipam = IPAMClient(store, "testhost")
+    held = ipam.get_assignment(ip.ip)
+    assert held["handle_id"].startswith("libnetwork.testhost.")
+    # A specific address (--ip), then the same again: taken.
+    plugin.ok("IpamDriver.RequestAddress", {"PoolID": pool_id, "Address": "10.9.0.200"})
+    assert "already in use" in plugin.err("IpamDriver.RequestAddress",
+                                          {"PoolID": pool_id, "Address": "10.9.0.200"})
+    plugin.ok("IpamDriver.ReleaseAddress", {"PoolID": pool_id, "Address": answer["Address"]})
+    plugin.ok("IpamDriver.ReleaseAddress", {"PoolID": pool_id, "Address": "10.9.0.200"})
+    assert ipam.get_assignment(ip.ip) is None
+    assert ipam.get_assignment(ipaddress.ip_address("10.9.0.200")) is None
+    assert not store.list_dir(keys.IPAM_HANDLES_DIR)
+    # Releasing again is harmless.
+    plugin.ok("IpamDriver.ReleaseAddress", {"PoolID": pool_id, "Address": "10.9.0.200"})
+    plugin.ok("IpamDriver.ReleasePool", {"PoolID": pool_id})
+
+
+def test_pool_full_and_no_pools(store, plugin):
+    pool_id = plugin.ok("IpamDriver.RequestPool", {"Pool": ""})["PoolID"]
+    assert "pool" in plugin.err("IpamDriver.RequestAddress", {"PoolID": pool_id}).lower()
+    add_pool(store, Pool(cidr=ipaddress.ip_network("10.9.0.0/26")))
+    for _ in range(64):
+        plugin.ok("IpamDriver.RequestAddress", {"PoolID": pool_id})
+    msg = plugin.err("IpamDriver.RequestAddress", {"PoolID": pool_id})
+    assert "10.9.0.0/26" in msg
+    assert plugin.ok("NetworkDriver.GetCapabilities")   # still serving
+
+
+def test_gateway_request_refused(store, plugin):
+    add_pool(store, Pool(cidr=ipaddress.ip_network("10.9.0.0/24")))
+    msg = plugin.err("IpamDriver.RequestAddress", {
+        "PoolID": "calico:any:ipv4", "Address": "10.9.0.1",
+        "Options": {"RequestAddressType": "com.docker.network.gateway"}})
+    assert "--gateway" in msg
+
+
+# --- malformed requests -------------------------------------------------------------------------
+
+@pytest.mark.parametrize("call,body,raw,words", [
+    ("NetworkDriver.CreateNetwork", None, "{not json", "not valid JSON"),
+    ("IpamDriver.RequestAddress", None, "[1, 2]", "JSON object"),
+    ("NetworkDriver.CreateEndpoint", {"NetworkID": NET}, None, "missing EndpointID"),
+    ("NetworkDriver.Join", {"NetworkID": NET, "EndpointID": EP}, None, "missing SandboxKey"),
+    ("NetworkDriver.CreateNetwork", {"NetworkID": "../etc"}, None, "not a valid id"),
+    ("NetworkDriver.CreateNetwork", {"NetworkID": NET, "IPv4Data": "x"}, None, "wrong type"),
+    ("IpamDriver.ReleaseAddress", {"PoolID": "calico:any:ipv4"}, None, "missing Address"),
+    ("IpamDriver.RequestAddress", {"PoolID": "nonsense"}, None, "not made by Calico"),
+])
+def test_bad_requests_answered_with_error_field(plugin, call, body, raw, words):
+    assert words in plugin.err(call, body, raw)
+    assert plugin.ok("NetworkDriver.GetCapabilities")
+
+
+def test_unknown_network_and_endpoint(plugin):
+    assert "not known to Calico" in plugin.err("NetworkDriver.CreateEndpoint", {
+        "NetworkID": NET, "EndpointID": EP, "Interface": {"Address": "10.0.0.1/32"}})
+    calico_network(plugin)
+    assert "not known to Calico" in plugin.err("NetworkDriver.Join", {
+        "NetworkID": NET, "EndpointID": EP, "SandboxKey": ETH_SANDBOX})
+    # Teardown of what does not exist is not an error: Docker retries it after crashes.
+    plugin.ok("NetworkDriver.Leave", {"NetworkID": NET, "EndpointID": EP})
+    plugin.ok("NetworkDriver.DeleteEndpoint", {"NetworkID": NET, "EndpointID": EP})
+    plugin.ok("NetworkDriver.DeleteNetwork", {"NetworkID": NET2})
+
+
+def test_etcd_unreachable(netns, etcd_env, monkeypatch):
+    from calicoctl.datastore.store import EtcdStore
+    from calicoctl.plugin import server
+    from tests.st.harness import free_port   # a port nothing listens on
+    monkeypatch.setenv("ETCD_AUTHORITY", "127.0.0.1:%d" % free_port())
+    app, _, _ = server.build(EtcdStore(timeout=0.5), "testhost", dataplane=Dataplane(netns),
+                             reconcile=False)
+    plugin = Plugin(app.test_client())
+    assert "Cannot reach etcd" in plugin.err("NetworkDriver.CreateNetwork", {
+        "NetworkID": NET, "IPv4Data": [{"Pool": "0.0.0.0/0"}]})
+    assert "Cannot reach etcd" in plugin.err("IpamDriver.RequestAddress",
+                                             {"PoolID": "calico:any:ipv4"})
+    assert plugin.ok("NetworkDriver.GetCapabilities")
+
+
+# --- networks -----------------------------------------------------------------------------------
+
+def test_create_network_calico_ipam(store, plugin, etcd_dump):
+    calico_network(plugin)
+    record = json.loads(etcd_dump()[keys.libnetwork_network(NET)])
+    assert record == {"name": None, "ipam": "calico", "pool": None, "pool_v6": None,
+                      "ipv6": False, "mtu": None, "options": {}, "host": "testhost"}
+    msg = plugin.err("NetworkDriver.CreateNetwork", {
+        "NetworkID": NET2, "IPv4Data": [{"AddressSpace": "CalicoLocalAddressSpace",
+                                         "Pool": "0.0.0.0/0"}],
+        "Options": {"com.docker.network.generic": {"ipip": "true"}}})
+    assert "calicoctl pool add" in msg
+
+
+def test_unknown_opt_refused(plugin, etcd_dump):
+    msg = plugin.err("NetworkDriver.CreateNetwork", {
+        "NetworkID": NET, "IPv4Data": [{"AddressSpace": "LocalDefault", "Pool": "10.5.0.0/24"}],
+        "Options": {"com.docker.network.generic": {"colour": "blue"}}})
+    assert "colour" in msg and "ipip" in msg and "nat-outgoing" in msg and "mtu" in msg
+    assert "mtu" in plugin.err("NetworkDriver.CreateNetwork", {
+        "NetworkID": NET, "IPv4Data": [{"Pool": "10.5.0.0/24"}],
+        "Options": {"com.docker.network.generic": {"mtu": "12"}}})
+    assert keys.libnetwork_network(NET) not in etcd_dump()
+    assert not [k for k in etcd_dump() if "/pool/" in k]
+
+
+def test_default_ipam_network_records_pool(store, plugin, etcd_dump):
+    plugin.ok("NetworkDriver.CreateNetwork", {
+        "NetworkID": NET, "IPv4Data": [{"AddressSpace": "LocalDefault", "Pool": "10.5.0.0/24",
+                                        "Gateway": "10.5.0.1/24"}],
+        "Options": {"com.docker.network.generic": {"ipip": "true", "nat-outgoing": "true"}}})
+    dump = etcd_dump()
+    assert json.loads(dump["/calico/v1/ipam/v4/pool/10.5.0.0-24"]) == {
+        "cidr": "10.5.0.0/24", "ipam": False, "ipip": "tunl0", "masquerade": True}
+    record = json.loads(dump[keys.libnetwork_network(NET)])
+    assert record["ipam"] == "default" and record["pool"] == "10.5.0.0/24"
+    # The same-named network on a second host shares the pool; it goes with the last one.
+    plugin.ok("NetworkDriver.CreateNetwork", {
+        "NetworkID": NET2, "IPv4Data": [{"AddressSpace": "LocalDefault", "Pool": "10.5.0.0/24"}],
+        "Options": {"com.docker.network.generic": {"ipip": "true", "nat-outgoing": "true"}}})
+    plugin.ok("NetworkDriver.DeleteNetwork", {"NetworkID": NET})
+    assert "/calico/v1/ipam/v4/pool/10.5.0.0-24" in etcd_dump()
+    plugin.ok("NetworkDriver.DeleteNetwork", {"NetworkID": NET2})
+    assert not [k for k in etcd_dump() if "/pool/" in k or "libnetwork" in k]
+
+
+def test_default_ipam_subnet_clashing_with_calico_pool(store, plugin):
+    add_pool(store, Pool(cidr=ipaddress.ip_network("10.5.0.0/16")))
+    msg = plugin.err("NetworkDriver.CreateNetwork", {
+        "NetworkID": NET, "IPv4Data": [{"AddressSpace": "LocalDefault", "Pool": "10.5.0.0/24"}]})
+    assert "overlaps" in msg
+    msg = plugin.err("NetworkDriver.CreateNetwork", {
+        "NetworkID": NET, "IPv4Data": [{"AddressSpace": "LocalDefault", "Pool": "10.5.0.0/16"}]})
+    assert "--ipam-driver calico" in msg
+
+
+# --- endpoints ----------------------------------------------------------------------------------
+
+def test_endpoint_lifecycle(store, plugin, plugin_parts, netns, etcd_dump):
+    add_pool(store, Pool(cidr=ipaddress.ip_network("10.9.0.0/24")))
+    pool_id = calico_network(plugin)
+    learner = plugin_parts[1]
+    learner.learn_network(NET, "net1")          # what the event thread does on "create"
+    addr, created, joined = start_container(plugin, pool_id)
+    assert created == {"Interface": {"MacAddress": "ee:ee:ee:ee:ee:ee"}}
+    assert joined == {
+        "InterfaceName": {"SrcName": "tmp" + EP[:12], "DstPrefix": "eth"},
+        "DisableGatewayService": True, "Gateway": "169.254.1.1",
+        "StaticRoutes": [{"Destination": "169.254.1.1/32", "RouteType": 1, "NextHop": ""}]}
+    ip = addr.split("/")[0]
+    key = keys.endpoint("testhost", "libnetwork", "libnetwork", EP)
+    record = json.loads(etcd_dump()[key])
+    assert record["name"] == "cali" + EP[:11]
+    assert record["mac"] == "ee:ee:ee:ee:ee:ee" and record["state"] == "active"
+    assert record["profile_ids"] == ["net1"]
+    assert record["ipv4_nets"] == [ip + "/32"] and record["ipv6_nets"] == []
+    assert record["ipv4_gateway"] == "169.254.1.1"
+    assert record["network_id"] == NET and record["sandbox"] == ETH_SANDBOX
+    # The profile was made with the network's default rules.
+    assert json.loads(etcd_dump()[keys.profile_tags("net1")]) == ["net1"]
+    # Host side: veth, its peer with the workload MAC, the /32 route, proxy ARP, forwarding.
+    host_if = "cali" + EP[:11]
+    links = ns_run(netns, "ip", "-o", "link", "show").stdout
+    assert host_if in links and "tmp" + EP[:12] in links
+    assert "ee:ee:ee:ee:ee:ee" in ns_run(netns, "ip", "link", "show", "tmp" + EP[:12]).stdout
+    assert "%s dev %s" % (ip, host_if) in ns_run(netns, "ip", "route").stdout
+    assert ns_run(netns, "cat", "/proc/sys/net/ipv4/conf/%s/proxy_arp" % host_if).stdout == "1\n"
+    assert ns_run(netns, "cat", "/proc/sys/net/ipv4/ip_forward").stdout == "1\n"
+    assert plugin.ok("NetworkDriver.EndpointOperInfo", {"NetworkID": NET, "EndpointID": EP}) \
+        == {"Value": {}}
+    # Learning the container's name fills the record.
+    learner.learn_container(EP, "c0ffee" * 10, "workload-A")
+    record = json.loads(etcd_dump()[key])
+    assert record["container_name"] == "workload-A" and record["container_id"] == "c0ffee" * 10
+    stop_container(plugin, pool_id, addr)
+    plugin.ok("NetworkDriver.DeleteNetwork", {"NetworkID": NET})
+    assert "cali" not in ns_run(netns, "ip", "-o", "link", "show").stdout
+    assert ns_run(netns, "ip", "route").stdout == ""
+    left = etcd_dump()
+    assert not [k for k in left if "/workload/" in k or "libnetwork" in k or "/handle/" in k
+                or "/profile/" in k], left
+
+
+def test_endpoint_closed_until_name_known(store, plugin, plugin_parts, etcd_dump):
+    add_pool(store, Pool(cidr=ipaddress.ip_network("10.9.0.0/24")))
+    pool_id = calico_network(plugin)
+    start_container(plugin, pool_id)
+    key = keys.endpoint("testhost", "libnetwork", "libnetwork", EP)
+    assert json.loads(etcd_dump()[key])["profile_ids"] == []
+    plugin_parts[1].learn_network(NET, "net1")
+    assert json.loads(etcd_dump()[key])["profile_ids"] == ["net1"]
+
+
+def test_mac_given_is_not_echoed_and_mtu_option(store, plugin, netns):
+    plugin.ok("NetworkDriver.CreateNetwork", {
+        "NetworkID": NET, "IPv4Data": [{"AddressSpace": "LocalDefault", "Pool": "10.5.0.0/24"}],
+        "Options": {"com.docker.network.generic": {"mtu": "1400"}}})
+    created = plugin.ok("NetworkDriver.CreateEndpoint", {
+        "NetworkID": NET, "EndpointID": EP,
+        "Interface": {"Address": "10.5.0.2/24", "MacAddress": "02:42:0a:05:00:02"}})
+    assert created == {"Interface": {}}
+    out = ns_run(netns, "ip", "link", "show", "cali" + EP[:11]).stdout
+    assert "mtu 1400" in out
+
+
+def test_default_ipam_address_clash_between_hosts(store, plugin, netns, etcd_dump):
+    body = {"IPv4Data": [{"AddressSpace": "LocalDefault", "Pool": "10.5.0.0/24"}]}
+    plugin.ok("NetworkDriver.CreateNetwork", dict(body, NetworkID=NET))
+    plugin.ok("NetworkDriver.CreateEndpoint", {"NetworkID": NET, "EndpointID": EP,
+                                               "Interface": {"Address": "10.5.0.2/24"}})
+    # Another host's plugin: its own Docker picked the same address.
+    from calicoctl.plugin import server
+    other_app, _, _ = server.build(store, "otherhost", dataplane=Dataplane(netns),
+                                   reconcile=False)
+    other = Plugin(other_app.test_client())
+    other.ok("NetworkDriver.CreateNetwork", dict(body, NetworkID=NET2))
+    msg = other.err("NetworkDriver.CreateEndpoint", {"NetworkID": NET2, "EndpointID": EP2,
+                                                     "Interface": {"Address": "10.5.0.2/24"}})
+    assert "10.5.0.2" in msg and "--ip-range" in msg and "Calico IPAM" in msg
+    assert "testhost" in msg
+    # Nothing of the refused endpoint is left.
+    assert "cali" + EP2[:11] not in ns_run(netns, "ip", "-o", "link", "show").stdout
+    assert not [k for k in etcd_dump() if EP2 in k or "otherhost/workload" in k]
+    # Once the first endpoint goes, the address is free for the other host.
+    plugin.ok("NetworkDriver.DeleteEndpoint", {"NetworkID": NET, "EndpointID": EP})
+    other.ok("NetworkDriver.CreateEndpoint", {"NetworkID": NET2, "EndpointID": EP2,
+                                              "Interface": {"Address": "10.5.0.2/24"}})
+
+
+def test_second_network_in_a_sandbox_gets_no_gateway(store, plugin):
+    add_pool(store, Pool(cidr=ipaddress.ip_network("10.9.0.0/24")))
+    pool_id = calico_network(plugin)
+    plugin.ok("NetworkDriver.CreateNetwork", {
+        "NetworkID": NET2, "IPv4Data": [{"AddressSpace": "LocalDefault", "Pool": "10.5.0.0/24"}]})
+    _, _, first = start_container(plugin, pool_id)
+    assert first["Gateway"] == "169.254.1.1"
+    plugin.ok("NetworkDriver.CreateEndpoint", {"NetworkID": NET2, "EndpointID": EP2,
+                                               "Interface": {"Address": "10.5.0.2/24"}})
+    second = plugin.ok("NetworkDriver.Join", {"NetworkID": NET2, "EndpointID": EP2,
+                                              "SandboxKey": ETH_SANDBOX})
+    assert "Gateway" not in second and second["DisableGatewayService"] is True
+    assert second["StaticRoutes"] == [
+        {"Destination": "169.254.1.2/32", "RouteType": 1, "NextHop": ""},
+        {"Destination": "10.5.0.0/24", "RouteType": 0, "NextHop": "169.254.1.2"}]
+
+
+def test_ipv6_endpoint(store, plugin, netns, etcd_dump):
+    add_pool(store, Pool(cidr=ipaddress.ip_network("10.9.0.0/24")))
+    add_pool(store, Pool(cidr=ipaddress.ip_network("fd80:24e2::/64")))
+    calico_network(plugin, v6=True)
+    a4 = plugin.ok("IpamDriver.RequestAddress", {"PoolID": "calico:any:ipv4"})["Address"]
+    a6 = plugin.ok("IpamDriver.RequestAddress", {"PoolID": "calico:any:ipv6"})["Address"]
+    assert a6.endswith("/128") and ipaddress.ip_interface(a6).ip in \
+        ipaddress.ip_network("fd80:24e2::/64")
+    plugin.ok("NetworkDriver.CreateEndpoint", {"NetworkID": NET, "EndpointID": EP,
+                                               "Interface": {"Address": a4, "AddressIPv6": a6}})
+    joined = plugin.ok("NetworkDriver.Join", {"NetworkID": NET, "EndpointID": EP,
+                                              "SandboxKey": ETH_SANDBOX})
+    assert joined["GatewayIPv6"] == "fe80::1" and joined["Gateway"] == "169.254.1.1"
+    record = json.loads(etcd_dump()[keys.endpoint("testhost", "libnetwork", "libnetwork", EP)])
+    assert record["ipv6_nets"] == [a6] and record["ipv6_gateway"] == "fe80::1"
+    host_if = "cali" + EP[:11]
+    assert "fe80::1/64" in ns_run(netns, "ip", "-6", "addr", "show", host_if).stdout
+    assert a6.split("/")[0] in ns_run(netns, "ip", "-6", "route").stdout
+    assert ns_run(netns, "cat", "/proc/sys/net/ipv6/conf/%s/proxy_ndp" % host_if).stdout == "1\n"
+
+
+def test_join_waits_for_the_agent(store, plugin, etcd_dump):
+    import threading
+    import time
+    add_pool(store, Pool(cidr=ipaddress.ip_network("10.9.0.0/24")))
+    pool_id = calico_network(plugin)
+    store.set(keys.felix_status("testhost"), json.dumps({"time": "now", "uptime": 1}), ttl=30)
+    addr = plugin.ok("IpamDriver.RequestAddress", {"PoolID": pool_id})["Address"]
+    plugin.ok("NetworkDriver.CreateEndpoint", {"NetworkID": NET, "EndpointID": EP,
+                                               "Interface": {"Address": addr}})
+    status_key = keys.felix_endpoint_status("testhost", "libnetwork", "libnetwork", EP)
+    timer = threading.Timer(0.3, lambda: store.set(status_key, json.dumps({"status": "up"})))
+    timer.start()
+    started = time.monotonic()
+    plugin.ok("NetworkDriver.Join", {"NetworkID": NET, "EndpointID": EP,
+                                     "SandboxKey": ETH_SANDBOX})
+    took = time.monotonic() - started
+    timer.join()
+    assert 0.25 <= took < 1.0
+    # No report at all: Join still answers after the bound (1 s in these tests).
+    addr2 = plugin.ok("IpamDriver.RequestAddress", {"PoolID": pool_id})["Address"]
+    plugin.ok("NetworkDriver.CreateEndpoint", {"NetworkID": NET, "EndpointID": EP2,
+                                               "Interface": {"Address": addr2}})
+    started = time.monotonic()
+    plugin.ok("NetworkDriver.Join", {"NetworkID": NET, "EndpointID": EP2,
+                                     "SandboxKey": "/var/run/docker/netns/other"})
+    assert 0.9 <= time.monotonic() - started < 2.0
+
+
+def test_failure_half_way_undoes(store, plugin, netns, etcd_dump):
+    """A veth name already taken by something else: nothing is left behind."""
+    plugin.ok("NetworkDriver.CreateNetwork", {
+        "NetworkID": NET, "IPv4Data": [{"AddressSpace": "LocalDefault", "Pool": "10.5.0.0/24"}]})
+    # The temporary peer name is taken, so creating the pair fails.
+    ns_run(netns, "ip", "link", "add", "tmp" + EP[:12], "type", "veth", "peer", "name", "x0")
+    msg = plugin.err("NetworkDriver.CreateEndpoint", {"NetworkID": NET, "EndpointID": EP,
+                                                      "Interface": {"Address": "10.5.0.2/24"}})
+    assert "ip link add" in msg
+    assert not [k for k in etcd_dump() if "/workload/" in k or "/address/" in k]
+    assert "cali" + EP[:11] not in ns_run(netns, "ip", "-o", "link", "show").stdout
+
+
+# --- reconciliation -----------------------------------------------------------------------------
+
+def test_reconcile_removes_what_docker_forgot(store, plugin, plugin_parts, netns, etcd_dump):
+    from calicoctl.plugin.names import DockerView
+    add_pool(store, Pool(cidr=ipaddress.ip_network("10.9.0.0/24")))
+    pool_id = calico_network(plugin)
+    kept_addr, _, _ = start_container(plugin, pool_id, endpoint_id=EP)
+    gone_addr, _, _ = start_container(plugin, pool_id, endpoint_id=EP2, sandbox="/x/other")
+    # An address requested just before a crash: no endpoint ever held it.
+    orphan = plugin.ok("IpamDriver.RequestAddress", {"PoolID": pool_id})["Address"]
+    view = DockerView()
+    view.networks = {NET: "net1"}
+    view.endpoints = {EP: (NET, "c1", "workload-A", [kept_addr.split("/")[0]])}
+    reconciler = plugin_parts[2]
+    reconciler.grace = 0.01
+    cleaned = reconciler.run(view)
+    assert cleaned["endpoints"] == [EP2] and cleaned["networks"] == []
+    assert len(cleaned["handles"]) == 1
+    from calicoctl.ipam.allocator import IPAMClient
+    ipam = IPAMClient(store, "testhost")
+    assert ipam.get_assignment(ipaddress.ip_interface(gone_addr).ip) is None
+    assert ipam.get_assignment(ipaddress.ip_interface(orphan).ip) is None
+    assert ipam.get_assignment(ipaddress.ip_interface(kept_addr).ip) is not None
+    links = ns_run(netns, "ip", "-o", "link", "show").stdout
+    assert "cali" + EP[:11] in links and "cali" + EP2[:11] not in links
+    dump = etcd_dump()
+    assert keys.endpoint("testhost", "libnetwork", "libnetwork", EP) in dump
+    assert keys.endpoint("testhost", "libnetwork", "libnetwork", EP2) not in dump
+    # Docker forgot the network too: its record goes.
+    assert reconciler.run(DockerView())["networks"] == [NET]
+    assert keys.libnetwork_network(NET) not in etcd_dump()
