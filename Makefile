@@ -37,5 +37,20 @@ st-test: deps
 test: deps
 	$(PY) -m pytest tests/unit tests/st -q -rs
 
+# calico/node and calico/node-libnetwork, built with no registry (debootstrap base, cached).
+images: deps
+	$(PY) images/build.py
+
+# The seed's two-host libnetwork demonstration on namespace hosts.  KEEP=1 leaves it up.
+demo: deps
+	$(PY) -m tests.st.demo
+
+binary: deps
+	$(PIP) install -q '.[binary]'
+	$(VENV)/bin/pyinstaller --noconfirm --clean calicoctl.spec
+
+bench: deps
+	for b in bench/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+
 clean:
 	rm -rf $(VENV) build dist *.egg-info
