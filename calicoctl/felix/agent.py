@@ -1,0 +1,285 @@
+"""The agent's composition root: etcd snapshot + watch -> state -> desired state -> executor.
+
+Loop: wait for /calico/v1/Ready; read all of /calico once (one consistent index); program the
+host from it (removing chains and sets of ours nothing wants); then watch from that index,
+applying events in batches.  A lost watch (index cleared, etcd restarted) means a fresh
+snapshot and a full sync.  Between events: poll for workload interfaces appearing, refresh the
+liveness key, and every refresh_interval repair what someone removed by hand.
+"""
+
+import ipaddress
+import logging
+import time
+
+from calicoctl.datastore import keys
+from calicoctl.errors import DataplaneError, DatastoreError
+from calicoctl.felix import routes as route_calc
+from calicoctl.felix import status
+from calicoctl.felix.bird import render_bird_config
+from calicoctl.felix.calc import DesiredState
+from calicoctl.felix.executor import enable_forwarding, ensure_tunnel, present_interfaces
+from calicoctl.felix.state import Changes, FelixState
+
+log = logging.getLogger(__name__)
+
+WATCH_TIMEOUT = 0.25     # seconds: also the interface polling period
+MAX_BATCH = 2000         # events applied at once at most (bounds latency of the first one)
+RETRY_DELAY = 1.0        # seconds between attempts while etcd is down
+
+
+class Agent:
+    def __init__(self, store, host, dataplane, birds=None, refresh_interval=None,
+                 log_level=None, clock=time.monotonic):
+        self.store = store
+        self.host = host
+        self.dataplane = dataplane
+        self.birds = birds or {}          # version -> BirdProcess
+        self.refresh_override = refresh_interval
+        self.log_level_override = log_level
+        self.clock = clock
+        self.started = clock()
+        self.state = FelixState(host)
+        self.desired = DesiredState()
+        self.index = None
+        self.ifaces = set()
+        self.ep_routes = {}               # local endpoint key -> set(Route) wanted
+        self.tunnel_routes = set()
+        self.tunnel_ok = {}               # device -> bool (checked once per device)
+        self.next_status = 0
+        self.next_refresh = 0
+        self.stopping = False
+
+    # -- outer loop --------------------------------------------------------------------------
+
+    def run(self, once=False):
+        """Serve until stop(); once=True returns after the first full sync (tests, bench)."""
+        enable_forwarding()
+        while not self.stopping:
+            try:
+                if not self.wait_ready():
+                    return
+                self.resync()
+                if once:
+                    return
+                self.watch_loop()
+            except DatastoreError as exc:
+                log.error("Lost etcd (%s); resyncing when it is back", exc)
+                self._sleep(RETRY_DELAY)
+            except Exception as exc:      # noqa: BLE001 - the agent must keep the host served
+                import etcd
+                if isinstance(exc, etcd.EtcdEventIndexCleared):
+                    log.warning("Watch fell too far behind (%s); resyncing", exc)
+                    continue
+                if isinstance(exc, etcd.EtcdException):
+                    log.error("etcd error (%s); resyncing", exc)
+                    self._sleep(RETRY_DELAY)
+                    continue
+                raise
+
+    def stop(self):
+        self.stopping = True
+
+    def _sleep(self, seconds):
+        end = self.clock() + seconds
+        while not self.stopping and self.clock() < end:
+            time.sleep(min(0.1, seconds))
+
+    def wait_ready(self):
+        logged = False
+        while not self.stopping:
+            try:
+                if self.store.get(keys.READY) == "true":
+                    return True
+            except DatastoreError as exc:
+                log.warning("Waiting for etcd: %s", exc)
+            if not logged:
+                log.info("Waiting for %s to be true", keys.READY)
+                logged = True
+            self._sleep(RETRY_DELAY)
+        return False
+
+    # -- snapshot and full sync ----------------------------------------------------------------
+
+    def resync(self):
+        result = self.store.read(keys.ROOT, recursive=True, quorum=True)
+        items = [] if result is None else [(n.key, n.value) for n in result.leaves
+                                           if not n.dir]
+        self.index = (result.etcd_index if result is not None else 0) + 1
+        self.state.load_snapshot(items)
+        self._apply_log_level()
+        self.desired = DesiredState()
+        self.desired.update(self.state, Changes(), full=True)
+        t0 = self.clock()
+        self.dataplane.sync(self.desired, full=True)
+        self.ifaces = present_interfaces(self.state.config.interface_prefix)
+        self.dataplane.routes.programmed = set()
+        self.ep_routes = {k: route_calc.endpoint_routes(ep)
+                          for k, ep in self.state.endpoints.items() if k[0] == self.host}
+        self._update_tunnels()
+        self._apply_routes()
+        self._update_bird()
+        log.info("Programmed %d local endpoints in %.2fs (etcd index %d)",
+                 len(self.ep_routes), self.clock() - t0, self.index)
+        self._report_endpoints(set(self.ep_routes) | set(self.state.reported))
+        self.next_refresh = self.clock() + self.refresh_interval()
+
+    def refresh_interval(self):
+        return self.refresh_override or self.state.config.refresh_interval
+
+    # -- watching ------------------------------------------------------------------------------
+
+    def watch_loop(self):
+        while not self.stopping:
+            changes = Changes()
+            count = 0
+            while count < MAX_BATCH:
+                result = self.store.watch(keys.ROOT, self.index, WATCH_TIMEOUT if not count
+                                          else WATCH_TIMEOUT)
+                if result is None:
+                    break
+                self.index = result.modifiedIndex + 1
+                value = None if result.action in ("delete", "expire", "compareAndDelete") \
+                    else result.value
+                if result.dir and value is not None:
+                    continue          # a directory being created says nothing by itself
+                changes.merge(self.state.apply(result.key, value))
+                count += 1
+                if result.etcd_index is None or result.etcd_index < self.index:
+                    break             # nothing more is waiting: apply what we have
+            if changes:
+                self.apply(changes)
+            self.tick()
+
+    def apply(self, changes):
+        if changes.ready and not self.state.ready:
+            log.warning("%s is no longer true; keeping the host as it is", keys.READY)
+        if changes.config:
+            self._apply_log_level()
+        delta = self.desired.update(self.state, changes)
+        try:
+            self.dataplane.apply(delta)
+        except DataplaneError as exc:
+            log.error("Applying a change failed: %s\ninput:\n%s", exc, exc.input_text)
+            self.dataplane.sync(self.desired, full=True)
+        for key in changes.local_endpoints:
+            ep = self.state.endpoints.get(key)
+            self.ep_routes[key] = route_calc.endpoint_routes(ep) if ep else set()
+            if not ep:
+                del self.ep_routes[key]
+        if changes.pools or changes.affinities or changes.hosts:
+            self._update_tunnels()
+        self._apply_routes()
+        if changes.bgp or changes.pools or changes.affinities or changes.config \
+                or self._bird_sees(changes.local_endpoints):
+            self._update_bird()
+        self._report_endpoints(changes.local_endpoints)
+
+    def tick(self):
+        now = self.clock()
+        ifaces = present_interfaces(self.state.config.interface_prefix)
+        if ifaces != self.ifaces:
+            appeared = ifaces - self.ifaces
+            self.ifaces = ifaces
+            self._apply_routes()
+            waiting = {k for k, ep in self.state.endpoints.items()
+                       if k[0] == self.host and ep.name in appeared}
+            self._report_endpoints(waiting)
+        if now >= self.next_status:
+            try:
+                status.report_alive(self.store, self.host, now - self.started)
+            except DatastoreError as exc:
+                log.warning("Cannot report liveness: %s", exc)
+            self.next_status = now + status.STATUS_INTERVAL
+        if now >= self.next_refresh:
+            self.refresh()
+            self.next_refresh = now + self.refresh_interval()
+
+    def refresh(self):
+        """Repair what someone else removed: chains, jumps, sets, routes, BIRD."""
+        try:
+            self.dataplane.sync(self.desired, full=False)
+        except DataplaneError as exc:
+            log.error("Refresh failed: %s", exc)
+        self.dataplane.routes.repair(self._wanted_routes())
+        self._update_bird()
+
+    # -- routes, tunnels, BIRD, status -----------------------------------------------------------
+
+    def _wanted_routes(self):
+        wanted = set(self.tunnel_routes)
+        for routes in self.ep_routes.values():
+            wanted |= {r for r in routes if r.dev in self.ifaces}
+        return wanted
+
+    def _apply_routes(self):
+        self.dataplane.routes.set_routes(self._wanted_routes())
+
+    def _update_tunnels(self):
+        pools = self.state.pool_list()
+        routes = set()
+        for pool in route_calc.ipip_pools(pools):
+            dev = pool.ipip
+            if dev not in self.tunnel_ok:
+                self.tunnel_ok[dev] = ensure_tunnel(dev)
+                if not self.tunnel_ok[dev]:
+                    log.error("IPIP pool %s needs the %s device, but this kernel has no ipip "
+                              "support: its traffic to other hosts is not tunnelled; "
+                              "everything else carries on", pool.cidr, dev)
+            if self.tunnel_ok[dev]:
+                affinities = {h: a.get(4, set()) for h, a in self.state.affinities.items()}
+                routes |= route_calc.tunnel_routes([pool], affinities, self.state.host_ips,
+                                                   self.host)
+        self.tunnel_routes = routes
+
+    def _bird_sees(self, endpoint_keys):
+        """Whether a changed local endpoint has an address outside this host's blocks (those
+        are announced one by one, so BIRD's config changes)."""
+        blocks = [ipaddress.ip_network(b) for vs in
+                  self.state.affinities.get(self.host, {}).values() for b in vs]
+        for key in endpoint_keys:
+            ep = self.state.endpoints.get(key) or self.desired.rendered.get(key)
+            if ep is None:
+                return True
+            for n in ep.ipv4_nets + ep.ipv6_nets:
+                net = ipaddress.ip_network(n)
+                if not any(net.version == b.version and net.subnet_of(b) for b in blocks):
+                    return True
+        return False
+
+    def _update_bird(self):
+        if not self.birds:
+            return
+        view = self.state.bgp_view()
+        ifaces = {n: ep.name for ep in self.state.local_endpoints()
+                  for n in ep.ipv4_nets + ep.ipv6_nets}
+        for version, bird in self.birds.items():
+            try:
+                bird.configure(render_bird_config(view, version, ifaces))
+            except DataplaneError as exc:
+                log.error("BIRD%s config rejected: %s", "" if version == 4 else "6", exc)
+
+    def _report_endpoints(self, endpoint_keys):
+        """Write "up" for programmed endpoints whose interface exists; clear gone ones."""
+        programmed_devs = {r.dev for r in self.dataplane.routes.programmed}
+        for key in endpoint_keys:
+            if key[0] != self.host:
+                continue
+            ep = self.state.endpoints.get(key)
+            try:
+                if ep is None:
+                    if key in self.state.reported:
+                        status.clear_endpoint(self.store, self.host, key)
+                        self.state.reported.pop(key, None)
+                    continue
+                up = ep.state == "active" and ep.name in self.ifaces and (
+                    ep.name in programmed_devs or not self.ep_routes.get(key))
+                want = "up" if up else "down"
+                if self.state.reported.get(key) != want:
+                    status.report_endpoint(self.store, self.host, key, want)
+                    self.state.reported[key] = want
+            except DatastoreError as exc:
+                log.warning("Cannot report endpoint %s: %s", key[3], exc)
+
+    def _apply_log_level(self):
+        level = self.log_level_override or self.state.config.log_level
+        logging.getLogger("calicoctl").setLevel(level)

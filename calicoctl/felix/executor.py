@@ -1,0 +1,373 @@
+"""The ONE place the agent changes the host: iptables, ipsets, routes, sysctls.
+
+- iptables: one `iptables-restore --noflush` per table and family per batch, holding only the
+  chains that changed (declaring a chain in --noflush mode flushes just that chain), so an
+  incremental change never rewrites the table.
+- ipsets: one `ipset restore` per batch: new sets created and filled, changed sets updated
+  member by member, and on a full sync every set filled under a temporary name and swapped in.
+- routes and sysctls through pyroute2 and /proc.
+
+A failing command raises DataplaneError (command, return code, stdout, stderr, input); commands
+are retried a few times first (xtables takes a lock other tools may hold for a moment).
+"""
+
+import logging
+import os
+import subprocess
+
+import tenacity
+
+from calicoctl.errors import DataplaneError
+from calicoctl.felix import ipsets as ipset_names
+from calicoctl.felix.nat import TOP_JUMPS as NAT_JUMPS
+from calicoctl.felix.policy import CHAIN_PREFIX, TOP_JUMPS as FILTER_JUMPS
+
+log = logging.getLogger(__name__)
+
+TOP_JUMPS = {"filter": FILTER_JUMPS, "nat": NAT_JUMPS}
+BACKENDS = {
+    # backend -> (restore, save) for IPv4 and IPv6
+    "nft": {4: ("iptables-restore", "iptables-save"), 6: ("ip6tables-restore", "ip6tables-save")},
+    "legacy": {4: ("iptables-legacy-restore", "iptables-legacy-save"),
+               6: ("ip6tables-legacy-restore", "ip6tables-legacy-save")},
+}
+
+
+def run_command(cmd, input_text=None):
+    """Run cmd; return stdout; DataplaneError on failure."""
+    try:
+        proc = subprocess.run(cmd, input=input_text, capture_output=True, text=True, check=False)
+    except OSError as exc:
+        raise DataplaneError(cmd, -1, "", str(exc), input_text)
+    if proc.returncode != 0:
+        raise DataplaneError(cmd, proc.returncode, proc.stdout, proc.stderr, input_text)
+    return proc.stdout
+
+
+def retrying(runner, attempts=3):
+    """Wrap a runner so transient failures (the xtables lock) are retried."""
+    @tenacity.retry(retry=tenacity.retry_if_exception_type(DataplaneError),
+                    stop=tenacity.stop_after_attempt(attempts),
+                    wait=tenacity.wait_exponential(multiplier=0.05, max=1), reraise=True)
+    def run(cmd, input_text=None):
+        return runner(cmd, input_text)
+    return run
+
+
+# --- iptables ---------------------------------------------------------------------------------
+
+def parse_save(text):
+    """iptables-save output of one table -> {chain: [rule text after '-A chain ']}."""
+    chains = {}
+    for line in text.splitlines():
+        if line.startswith(":"):
+            chains.setdefault(line[1:].split()[0], [])
+        elif line.startswith("-A "):
+            _, chain, rest = line.split(" ", 2) if line.count(" ") >= 2 else (line, "", "")
+            chains.setdefault(chain, []).append(rest)
+    return chains
+
+
+class IptablesTable:
+    """Our chains in one table of one family."""
+
+    def __init__(self, table, version, runner=run_command, backend="nft"):
+        self.table = table
+        self.version = version
+        self.run = runner
+        self.restore_cmd, self.save_cmd = BACKENDS[backend][version]
+        self.programmed = {}          # chain -> rules we last wrote
+        self.jumps = TOP_JUMPS[table]
+
+    def restore_input(self, updates, extra_lines=()):
+        """The iptables-restore text for {chain: rules or None}."""
+        lines = ["*%s" % self.table]
+        lines += [":%s - [0:0]" % chain for chain in sorted(updates)]
+        for chain in sorted(updates):
+            rules = updates[chain]
+            if rules:
+                lines += ["-A %s %s" % (chain, r) for r in rules]
+        lines += list(extra_lines)
+        lines += ["-X %s" % chain for chain in sorted(updates) if updates[chain] is None]
+        lines.append("COMMIT")
+        return "\n".join(lines) + "\n"
+
+    def apply(self, updates, extra_lines=()):
+        """Write only these chains (None = delete) in one --noflush restore."""
+        if not updates and not extra_lines:
+            return
+        text = self.restore_input(updates, extra_lines)
+        self.run([self.restore_cmd, "--noflush"], text)
+        for chain, rules in updates.items():
+            if rules is None:
+                self.programmed.pop(chain, None)
+            else:
+                self.programmed[chain] = list(rules)
+
+    def read_kernel(self):
+        return parse_save(self.run([self.save_cmd, "-t", self.table]))
+
+    def _jump_lines(self, kernel):
+        """Lines putting our one jump at the top of each built-in chain (moving it if needed)."""
+        lines = []
+        for builtin, ours in self.jumps.items():
+            rules = kernel.get(builtin, [])
+            jump = "-j %s" % ours
+            if rules[:1] == [jump] and rules.count(jump) == 1:
+                continue
+            lines += ["-D %s %s" % (builtin, jump)] * rules.count(jump)
+            lines.append("-I %s 1 %s" % (builtin, jump))
+        return lines
+
+    def sync(self, desired, full):
+        """Make the kernel match desired: full=True rewrites every chain of ours (start-up,
+        resync); full=False repairs chains whose rule count differs (periodic refresh: someone
+        flushed or deleted rules).  Chains of ours nobody wants are removed either way.
+        Returns the number of chains written."""
+        kernel = self.read_kernel()
+        updates = {}
+        for chain, rules in desired.items():
+            have = kernel.get(chain)
+            if full or have is None or len(have) != len(rules):
+                updates[chain] = rules
+        stale = [c for c in kernel if c.startswith(CHAIN_PREFIX) and c not in desired]
+        for chain in stale:
+            updates[chain] = None
+        jumps = self._jump_lines(kernel)
+        if not full and (updates or jumps):
+            log.warning("Repairing %s %s (IPv%d): %d chain(s) changed behind our back%s",
+                        self.table, "chains", self.version, len(updates),
+                        ", top-level jump restored" if jumps else "")
+        # Jumps first deleted/inserted after our chains exist: restore applies in order.
+        self.apply(updates, jumps)
+        self.programmed = {c: list(r) for c, r in desired.items()}
+        return len(updates)
+
+
+# --- ipsets -----------------------------------------------------------------------------------
+
+def _create_line(name, spec):
+    kind, family, _ = spec
+    # maxelem: the default 65536 would cap a tag at 64k addresses; a tag may hold every
+    # workload of a large cluster.
+    return "create %s %s family %s maxelem 1048576" % (name, kind, family)
+
+
+class IpsetManager:
+    def __init__(self, runner=run_command):
+        self.run = runner
+        self.programmed = {}       # name -> spec
+
+    def read_kernel(self):
+        """{name: number of entries} of our sets."""
+        out = self.run(["ipset", "list", "-t"])
+        sets, name = {}, None
+        for line in out.splitlines():
+            if line.startswith("Name: "):
+                name = line[6:].strip()
+            elif line.startswith("Number of entries:") and name:
+                if name.startswith(ipset_names.SET_PREFIX):
+                    sets[name] = int(line.split(":")[1])
+                name = None
+        return sets
+
+    def _fill(self, name, spec, exists):
+        """Lines that make set `name` hold exactly spec's members."""
+        members = sorted(spec[2])
+        if not exists:
+            return [_create_line(name, spec)] + ["add %s %s" % (name, m) for m in members]
+        tmp = ipset_names.temp_name(name)
+        return ([_create_line(tmp, spec)] + ["add %s %s" % (tmp, m) for m in members]
+                + ["swap %s %s" % (tmp, name), "destroy %s" % tmp])
+
+    def apply_updates(self, updates):
+        """Create and update sets (not deletions: those wait until no rule uses them)."""
+        lines = []
+        for name, spec in sorted(updates.items()):
+            if spec is None:
+                continue
+            old = self.programmed.get(name)
+            if old is None or old[:2] != spec[:2]:
+                lines += self._fill(name, spec, exists=old is not None)
+            else:
+                lines += ["del %s %s" % (name, m) for m in sorted(old[2] - spec[2])]
+                lines += ["add %s %s" % (name, m) for m in sorted(spec[2] - old[2])]
+            self.programmed[name] = spec
+        if lines:
+            self.run(["ipset", "restore", "-exist"], "\n".join(lines) + "\n")
+
+    def apply_deletions(self, names):
+        names = [n for n in names if n in self.programmed or n.startswith(
+            ipset_names.SET_PREFIX)]
+        if not names:
+            return
+        self.run(["ipset", "restore", "-exist"],
+                 "".join("destroy %s\n" % n for n in sorted(names)))
+        for n in names:
+            self.programmed.pop(n, None)
+
+    def sync(self, desired, full):
+        """Full: refill every set by swap; else repair sets missing or of the wrong size.
+        Returns the names of our sets nobody wants (destroy them after the iptables sync)."""
+        kernel = self.read_kernel()
+        lines = []
+        for name, spec in sorted(desired.items()):
+            have = kernel.get(name)
+            if full or have is None or have != len(spec[2]):
+                lines += self._fill(name, spec, exists=have is not None)
+        if lines:
+            self.run(["ipset", "restore", "-exist"], "\n".join(lines) + "\n")
+        self.programmed = dict(desired)
+        return [n for n in kernel if n not in desired]
+
+
+# --- routes, sysctls, tunnels -----------------------------------------------------------------
+
+def write_sysctl(path, value):
+    try:
+        with open(path, "w") as f:
+            f.write(value)
+        return True
+    except OSError as exc:
+        log.debug("Cannot set %s: %s", path, exc)
+        return False
+
+
+def present_interfaces(prefix):
+    """Names of this namespace's interfaces starting with prefix (cheap: one listdir)."""
+    try:
+        return {n for n in os.listdir("/sys/class/net") if n.startswith(prefix)}
+    except OSError:
+        return set()
+
+
+class RouteManager:
+    """Endpoint routes (scope link via the veth) and tunnel routes (onlink via tunl0)."""
+
+    def __init__(self):
+        self._ipr = None
+        self.programmed = set()
+
+    @property
+    def ipr(self):
+        if self._ipr is None:
+            from pyroute2 import IPRoute   # deferred: netlink socket only when needed
+            self._ipr = IPRoute()
+        return self._ipr
+
+    def _args(self, route):
+        idx = self.ipr.link_lookup(ifname=route.dev)
+        if not idx:
+            return None
+        args = {"dst": route.dst, "oif": idx[0]}
+        if route.gateway:
+            args.update(gateway=route.gateway, flags=4 if route.onlink else 0)  # RTNH_F_ONLINK
+        else:
+            args["scope"] = 253        # RT_SCOPE_LINK: the workload is on the veth
+        return args
+
+    def set_routes(self, desired):
+        """Install routes in desired not yet programmed and remove ones no longer desired."""
+        from pyroute2.netlink.exceptions import NetlinkError
+        for route in sorted(desired - self.programmed, key=str):
+            args = self._args(route)
+            if args is None:
+                continue
+            try:
+                self.ipr.route("replace", **args)
+            except NetlinkError as exc:
+                log.error("Cannot add route %s dev %s: %s", route.dst, route.dev, exc)
+                continue
+            self.programmed.add(route)
+            self._interface_sysctls(route)
+        for route in self.programmed - desired:
+            args = self._args(route)
+            if args is not None:
+                try:
+                    self.ipr.route("del", **args)
+                except NetlinkError:
+                    pass     # already gone (e.g. with its interface)
+        self.programmed &= desired
+
+    def repair(self, desired):
+        """Re-add any desired route the kernel lost (periodic refresh)."""
+        have = set()
+        for family in (2, 10):
+            for r in self.ipr.get_routes(family=family):
+                dst = r.get_attr("RTA_DST")
+                if dst is not None:
+                    have.add("%s/%d" % (dst, r["dst_len"]))
+        missing = {r for r in desired if r.dst not in have}
+        if missing:
+            log.warning("Restoring %d route(s) removed behind our back", len(missing))
+            self.programmed -= missing
+        self.set_routes(desired)
+
+    @staticmethod
+    def _interface_sysctls(route):
+        if route.gateway:
+            return
+        if ":" in route.dst:
+            write_sysctl("/proc/sys/net/ipv6/conf/%s/proxy_ndp" % route.dev, "1")
+        else:
+            # The workload's gateway 169.254.1.1 exists nowhere: the host answers for it.
+            write_sysctl("/proc/sys/net/ipv4/conf/%s/proxy_arp" % route.dev, "1")
+            write_sysctl("/proc/sys/net/ipv4/neigh/%s/proxy_delay" % route.dev, "0")
+
+    def close(self):
+        if self._ipr is not None:
+            self._ipr.close()
+            self._ipr = None
+
+
+def enable_forwarding():
+    write_sysctl("/proc/sys/net/ipv4/ip_forward", "1")
+    write_sysctl("/proc/sys/net/ipv6/conf/all/forwarding", "1")
+
+
+def ensure_tunnel(device, runner=run_command):
+    """True if the IPIP device exists (loading the module if we can); False if this kernel
+    has no ipip support."""
+    if os.path.exists("/sys/class/net/%s" % device):
+        return True
+    for cmd in (["modprobe", "ipip"], ["ip", "link", "add", "name", device, "type", "ipip"]):
+        try:
+            runner(cmd)
+        except DataplaneError:
+            pass
+        if os.path.exists("/sys/class/net/%s" % device):
+            break
+    if not os.path.exists("/sys/class/net/%s" % device):
+        return False
+    run_command(["ip", "link", "set", device, "up"])
+    return True
+
+
+
+class Dataplane:
+    """Every table, the ipsets and the routes, applied in a safe order: sets are created before
+    the rules that match on them and destroyed only after those rules are gone."""
+
+    def __init__(self, runner=None, backend="nft", versions=(4, 6)):
+        run = retrying(runner or run_command)
+        self.tables = {(t, v): IptablesTable(t, v, run, backend)
+                       for t in ("filter", "nat") for v in versions}
+        self.ipsets = IpsetManager(run)
+        self.routes = RouteManager()
+        self.run = run
+
+    def apply(self, delta):
+        self.ipsets.apply_updates(delta.sets)
+        for key, updates in sorted(delta.chains.items()):
+            if updates and key in self.tables:
+                self.tables[key].apply(updates)
+        self.ipsets.apply_deletions([n for n, spec in delta.sets.items() if spec is None])
+
+    def sync(self, desired, full):
+        """Make the kernel match the whole desired state (see IptablesTable.sync)."""
+        stale = self.ipsets.sync(desired.sets, full)
+        written = 0
+        for key, table in sorted(self.tables.items()):
+            written += table.sync(desired.chains.get(key, {}), full)
+        self.ipsets.apply_deletions(stale)
+        return written
