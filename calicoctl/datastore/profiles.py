@@ -40,8 +40,11 @@ def _require(store, name):
 
 
 def get_tags(store, name):
-    _require(store, name)
-    return json.loads(store.get(keys.profile_tags(name)) or "[]")
+    # One read when the profile exists (a command is mostly start-up and round trips).
+    value = store.get(keys.profile_tags(name))
+    if value is None:
+        _require(store, name)
+    return json.loads(value or "[]")
 
 
 def update_tags(store, name, mutate):
@@ -54,9 +57,9 @@ def update_tags(store, name, mutate):
 
 
 def get_rules(store, name):
-    _require(store, name)
     value = store.get(keys.profile_rules(name))
     if value is None:
+        _require(store, name)      # only now: one read when the profile exists
         return Rules(name)
     return Rules.from_json(name, json.loads(value), strict=False)
 
