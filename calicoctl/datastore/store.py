@@ -23,6 +23,7 @@ import time
 import urllib.parse
 from dataclasses import dataclass, field
 
+from calicoctl.datastore.etcd_errors import classify, quiet_python_etcd, tls_hint
 from calicoctl.errors import CalicoError, ConflictError, DatastoreError
 
 log = logging.getLogger(__name__)
@@ -186,7 +187,7 @@ class EtcdStore:
     def _client_for(self, endpoint):
         with self._lock:
             if not self._clients:
-                _quiet_python_etcd()
+                quiet_python_etcd()
             client = self._clients.get(endpoint)
             if client is None:
                 client = self._clients[endpoint] = self._make_client(endpoint)
@@ -203,10 +204,23 @@ class EtcdStore:
         first = self._endpoint_index
         return [(first + i) % n for i in range(n)]
 
+    def _auth_message(self, endpoint, reason):
+        if not self.settings.username:
+            return ("etcd at %s requires a user name and password (%s); set ETCD_USERNAME and "
+                    "ETCD_PASSWORD." % (endpoint, reason))
+        return ("etcd at %s refused user %s (%s): check ETCD_USERNAME and ETCD_PASSWORD, and "
+                "that the user's roles may read and write /calico." % (
+                    endpoint, self.settings.username, reason))
+
     def _use(self, index):
-        if index != self._endpoint_index:
-            log.warning("etcd: now using endpoint %s.", self.settings.endpoints[index])
-            self._endpoint_index = index
+        self._endpoint_index = index
+
+    @staticmethod
+    def _report_failover(problems, endpoint):
+        """The one log line a user sees when a member fails and another takes over."""
+        failed = ["%s (%s)" % (e, r) for e, r in problems.items() if e != endpoint]
+        if failed:
+            log.warning("etcd %s failed; continuing with %s.", ", ".join(failed), endpoint)
 
     def _call(self, op, *args, budget=None, **kwargs):
         """Run one python-etcd call, failing over between endpoints and mapping errors.
@@ -232,39 +246,50 @@ class EtcdStore:
                         etcd.EtcdEventIndexCleared) as exc:
                     self._use(index)  # an answer from etcd: this endpoint works
                     exc.calico_retried = retried
+                    self._report_failover(problems, endpoint)
                     raise
                 except etcd.EtcdWatchTimedOut as exc:
                     exc.calico_retried = retried
                     raise
                 except etcd.EtcdException as exc:
-                    kind, reason = _classify(exc)
+                    kind, reason = classify(exc)
                     if kind == "fatal":
                         raise DatastoreError("etcd at %s refused the request: %s" % (
                             endpoint, reason)) from None
                     if kind == "auth":
-                        raise DatastoreError(
-                            "etcd at %s rejected our credentials (%s); check ETCD_USERNAME and "
-                            "ETCD_PASSWORD." % (endpoint, reason)) from None
+                        raise DatastoreError(self._auth_message(endpoint, reason)) from None
+                    if kind == "transient" and problems.get(endpoint) == reason and any(
+                            s in reason for s in ("without response", "reset by peer")):
+                        # A dying member drops a connection once; one that does it on every
+                        # pass is no etcd we can talk to (e.g. a TLS port spoken to in HTTP).
+                        kind = "unreachable"
                     kinds.add(kind)
+                    # Said once, when another member answers (or in the final error).
+                    log.debug("etcd endpoint %s failed (%s); trying the next one.",
+                              endpoint, reason)
                     problems[endpoint] = reason
                     # Unreachable means the request never left; anything else may have landed.
                     retried = retried or kind != "unreachable"
-                    log.warning("etcd endpoint %s failed (%s); trying the next one.",
-                                endpoint, reason)
                     if time.monotonic() >= deadline:
                         break
                     continue
                 self._use(index)
+                self._report_failover(problems, endpoint)
                 return result
             detail = "; ".join("%s: %s" % (e, problems[e]) for e in endpoints if e in problems)
             if kinds == {"tls"}:
-                raise DatastoreError(
-                    "TLS with etcd failed (%s). Check ETCD_CA_CERT_FILE, ETCD_CERT_FILE and "
-                    "ETCD_KEY_FILE, and that the endpoints use https." % detail)
+                raise DatastoreError("TLS with etcd failed: %s (%s)." % (
+                    tls_hint(self.settings, detail), detail))
             if kinds <= {"unreachable", "tls"} or time.monotonic() >= deadline:
+                hint = ""
+                if "without response" in detail and any(
+                        e.startswith("http:") for e in endpoints):
+                    # What etcd's TLS listener does to a plain-HTTP request.
+                    hint = " If etcd serves https, use https:// endpoints or ETCD_SCHEME=https."
                 raise DatastoreError(
                     "Cannot reach etcd at %s (%s). Start etcd or point ETCD_ENDPOINTS / "
-                    "ETCD_AUTHORITY at a running member." % (self.settings.describe(), detail))
+                    "ETCD_AUTHORITY at a running member.%s" % (
+                        self.settings.describe(), detail, hint))
             # Members answer but the cluster is not ready (electing a leader): pass again soon.
             time.sleep(min(pause, max(0.0, deadline - time.monotonic())))
             pause = min(pause * 2, RETRY_PAUSE_MAX)
@@ -450,95 +475,17 @@ class EtcdStore:
 
     def current_index(self):
         """etcd's X-Etcd-Index, the point a snapshot is consistent at."""
-        result = self.read("/", quorum=True)
-        return result.etcd_index if result is not None else 0
+        import etcd
+        from calicoctl.datastore import keys
+        # Any key carries the cluster-wide index; Calico's root is one an etcd user restricted
+        # to /calico may read (the etcd root is not).
+        try:
+            return self._call("read", keys.ROOT, quorum=True).etcd_index
+        except etcd.EtcdKeyNotFound as exc:
+            payload = exc.payload if isinstance(exc.payload, dict) else {}
+            return int(payload.get("index", 0))
 
 
 def dump_json(obj):
     # Compact and key-ordered so equal objects store equal strings (CAS compares cheaply).
     return json.dumps(obj, separators=(",", ":"), sort_keys=True)
-
-
-def _quiet_python_etcd():
-    """python-etcd logs every failed request at ERROR; we fail over and say so ourselves, so its
-    lines would only repeat ours (and break the one-line error of a CLI command)."""
-    if not log.isEnabledFor(logging.DEBUG):
-        logging.getLogger("etcd.client").setLevel(logging.CRITICAL)
-
-
-# etcd v2 error codes and messages that mean "the cluster is busy, ask again": raft internal
-# error, leader election, and etcd 3's v2 emulation messages for a lost or changing leader.
-_TRANSIENT_CODES = (300, 301)
-_TRANSIENT_TEXT = ("request timed out", "leader changed", "no leader", "timed out",
-                   "election", "server stopped", "too many requests", "not capable")
-
-
-def _classify(exc):
-    """(kind, one-line reason) for a python-etcd failure other than an etcd answer.
-
-    kind: "unreachable" (the request never reached etcd), "tls" (the TLS handshake failed),
-    "transient" (connection lost mid-request, timeout, cluster busy: the request may have been
-    applied), "auth" (bad credentials) or "fatal" (etcd refused the request itself).
-    """
-    import ssl
-
-    import etcd
-    import urllib3.exceptions as u3
-    if isinstance(exc, etcd.EtcdInsufficientPermissions):
-        return "auth", _one_line(exc)
-    if isinstance(exc, etcd.EtcdLeaderElectionInProgress):
-        return "transient", _one_line(exc)
-    if isinstance(exc, etcd.EtcdConnectionFailed):
-        cause = exc.cause
-        reason = _root_reason(cause) if cause is not None else _one_line(exc)
-        if isinstance(cause, (u3.SSLError, ssl.SSLError)) or _mentions_tls(reason):
-            return "tls", reason
-        if isinstance(cause, u3.ConnectTimeoutError):  # NewConnectionError is one too
-            return "unreachable", reason
-        if isinstance(cause, u3.LocationValueError):
-            return "fatal", reason
-        if isinstance(cause, OSError) and not isinstance(cause, TimeoutError):
-            # Raised before the request was sent: e.g. a certificate file python cannot load.
-            return ("tls" if _mentions_tls(reason) else "unreachable"), reason
-        return "transient", reason
-    payload = exc.payload if isinstance(getattr(exc, "payload", None), dict) else {}
-    reason = _one_line(exc)
-    if payload.get("errorCode") in _TRANSIENT_CODES or payload.get("status", 0) >= 500:
-        return "transient", reason
-    if "http request to an https server" in reason.lower():
-        return "tls", "it serves https; use an https:// endpoint or ETCD_SCHEME=https"
-    if any(t in reason.lower() for t in _TRANSIENT_TEXT):
-        return "transient", reason
-    return "fatal", reason
-
-
-def _root_reason(error):
-    """The innermost error's message: '[Errno 111] Connection refused' rather than urllib3's
-    paragraph about pools and retries."""
-    for _ in range(10):  # a cause chain is short; never loop on a cycle
-        inner = getattr(error, "reason", None)
-        if not isinstance(inner, BaseException):
-            inner = error.__cause__
-        if not isinstance(inner, BaseException):
-            # urllib3's ProtocolError('Connection aborted.', ConnectionResetError(...))
-            inner = next((a for a in error.args if isinstance(a, BaseException)), None)
-        if inner is None:
-            break
-        error = inner
-    text = str(error)
-    # urllib3 prefixes its own connection object: keep what the system said.
-    if "Failed to establish a new connection: " in text:
-        text = text.split("Failed to establish a new connection: ", 1)[1]
-    return _one_line(text) if text else error.__class__.__name__
-
-
-def _mentions_tls(text):
-    text = text.lower()
-    return any(s in text for s in ("ssl", "certificate", "tls", "pem", "wrong version number"))
-
-
-def _one_line(exc):
-    text = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
-    if not text:
-        return exc.__class__.__name__ if isinstance(exc, BaseException) else ""
-    return " ".join(text)
