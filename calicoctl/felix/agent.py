@@ -17,7 +17,7 @@ from calicoctl.felix import routes as route_calc
 from calicoctl.felix import status
 from calicoctl.felix.bird import render_bird_config
 from calicoctl.felix.calc import DesiredState
-from calicoctl.felix.executor import enable_forwarding, ensure_tunnel, present_interfaces
+from calicoctl.felix.executor import ensure_tunnel, present_interfaces
 from calicoctl.felix.state import Changes, FelixState
 
 log = logging.getLogger(__name__)
@@ -53,7 +53,7 @@ class Agent:
 
     def run(self, once=False):
         """Serve until stop(); once=True returns after the first full sync (tests, bench)."""
-        enable_forwarding()
+        self.dataplane.prepare()
         while not self.stopping:
             try:
                 if not self.wait_ready():
@@ -130,25 +130,28 @@ class Agent:
 
     def watch_loop(self):
         while not self.stopping:
-            changes = Changes()
-            count = 0
-            while count < MAX_BATCH:
-                result = self.store.watch(keys.ROOT, self.index, WATCH_TIMEOUT if not count
-                                          else WATCH_TIMEOUT)
-                if result is None:
-                    break
-                self.index = result.modifiedIndex + 1
-                value = None if result.action in ("delete", "expire", "compareAndDelete") \
-                    else result.value
-                if result.dir and value is not None:
-                    continue          # a directory being created says nothing by itself
-                changes.merge(self.state.apply(result.key, value))
-                count += 1
-                if result.etcd_index is None or result.etcd_index < self.index:
-                    break             # nothing more is waiting: apply what we have
-            if changes:
-                self.apply(changes)
-            self.tick()
+            self.poll_once()
+
+    def poll_once(self):
+        """Wait (briefly) for events, apply them as one batch, then do periodic work."""
+        changes = Changes()
+        count = 0
+        while count < MAX_BATCH:
+            result = self.store.watch(keys.ROOT, self.index, WATCH_TIMEOUT)
+            if result is None:
+                break
+            self.index = result.modifiedIndex + 1
+            value = None if result.action in ("delete", "expire", "compareAndDelete") \
+                else result.value
+            count += 1
+            if result.dir and value is not None:
+                continue          # a directory being created says nothing by itself
+            changes.merge(self.state.apply(result.key, value))
+            if result.etcd_index is None or result.etcd_index < self.index:
+                break             # nothing more is waiting: apply what we have
+        if changes:
+            self.apply(changes)
+        self.tick()
 
     def apply(self, changes):
         if changes.ready and not self.state.ready:

@@ -356,6 +356,9 @@ class Dataplane:
         self.routes = RouteManager()
         self.run = run
 
+    def prepare(self):
+        enable_forwarding()
+
     def apply(self, delta):
         self.ipsets.apply_updates(delta.sets)
         for key, updates in sorted(delta.chains.items()):

@@ -1,0 +1,205 @@
+"""The agent against the real etcd fixture and a stateful fake of iptables/ipset:
+snapshot, watch, batching, resync after the watch index is cleared, bad data failing closed."""
+
+import json
+
+import pytest
+
+from calicoctl.datastore import keys
+from calicoctl.datastore.globals import ensure_defaults
+from calicoctl.felix.agent import Agent
+from calicoctl.felix.executor import Dataplane
+from tests.unit.felix_fakes import FakeKernel
+
+HOST = "testhost"
+
+
+class NoRoutes:
+    """Routes need root and real interfaces; the fake dataplane records what it would do."""
+    programmed = set()
+
+    def set_routes(self, desired):
+        self.programmed = set(desired)
+
+    def repair(self, desired):
+        self.set_routes(desired)
+
+
+@pytest.fixture
+def kernel():
+    return FakeKernel()
+
+
+@pytest.fixture
+def agent(store, kernel):
+    dp = Dataplane(runner=kernel)
+    dp.routes = NoRoutes()
+    ensure_defaults(store)
+    return Agent(store, HOST, dp, refresh_interval=3600)
+
+
+def write_endpoint(store, eid, ip, profiles, host=HOST, **extra):
+    data = {"state": "active", "name": ("cali" + eid)[:15], "mac": "ee:ee:ee:ee:ee:ee",
+            "profile_ids": profiles, "ipv4_nets": [ip + "/32"], "ipv6_nets": [],
+            "ipv4_gateway": "169.254.1.1", "ipv6_gateway": None}
+    data.update(extra)
+    store.set(keys.endpoint(host, "libnetwork", "libnetwork", eid), json.dumps(data))
+
+
+def write_profile(store, name, inbound=None, outbound=None, tags=None):
+    store.set(keys.profile_tags(name), json.dumps(tags if tags is not None else [name]))
+    store.set(keys.profile_rules(name), json.dumps({
+        "id": name, "inbound_rules": inbound if inbound is not None else [
+            {"action": "allow", "src_tag": name}],
+        "outbound_rules": outbound if outbound is not None else [{"action": "allow"}]}))
+
+
+def chains(kernel, version=4, table="filter"):
+    return kernel.table(version, table)
+
+
+def settle(agent, tries=20):
+    """Poll the watch until nothing more arrives (events are applied in batches)."""
+    for _ in range(tries):
+        before = agent.index
+        agent.poll_once()
+        if agent.index == before:
+            return
+
+
+def test_snapshot_programs_local_endpoints_and_every_hosts_tags(store, agent, kernel):
+    write_profile(store, "net1")
+    write_endpoint(store, "aa00000000000001", "10.0.0.1", ["net1"])
+    write_endpoint(store, "bb00000000000002", "10.0.0.2", ["net1"], host="otherhost")
+    agent.resync()
+    f = chains(kernel)
+    assert f["INPUT"][0] == "-j felix-INPUT" and f["FORWARD"][0] == "-j felix-FORWARD"
+    assert "felix-to-caliaa000000000" in f and "felix-from-caliaa000000000" in f
+    assert not any("bb0000" in c for c in f)           # other hosts' endpoints: tags only
+    assert kernel.sets["felix-v4-net1"][1] == {"10.0.0.1", "10.0.0.2"}
+    assert f["felix-p-net1-i"] == ["-m set --match-set felix-v4-net1 src -g felix-ALLOW"]
+    assert chains(kernel, 4, "nat")["POSTROUTING"][0] == "-j felix-POSTROUTING"
+
+
+def test_watch_applies_changes_in_place_without_rewriting_tables(store, agent, kernel):
+    write_profile(store, "net1")
+    write_endpoint(store, "aa00000000000001", "10.0.0.1", ["net1"])
+    agent.resync()
+    kernel.calls.clear()
+    write_endpoint(store, "cc00000000000003", "10.0.0.3", ["net1"], host="otherhost")
+    settle(agent)
+    # A remote member: one set update, no chain touched.
+    assert kernel.sets["felix-v4-net1"][1] == {"10.0.0.1", "10.0.0.3"}
+    assert [c[0][0] for c in kernel.calls] == ["ipset"]
+    assert kernel.calls[0][1] == "add felix-v4-net1 10.0.0.3\n"
+    kernel.calls.clear()
+    write_profile(store, "net1", inbound=[{"action": "allow", "protocol": "tcp",
+                                           "dst_ports": [80]}])
+    settle(agent)
+    assert chains(kernel)["felix-p-net1-i"] == ["-p tcp -m multiport --dports 80 -g felix-ALLOW"]
+    restores = [c for c in kernel.calls if c[0][0].endswith("restore") and "tables" in c[0][0]]
+    assert restores and all("--noflush" in c[0] for c in restores)
+    assert all(":felix-FORWARD" not in c[1] for c in restores)   # only changed chains
+
+
+def test_appending_a_profile_and_removing_an_endpoint(store, agent, kernel):
+    write_profile(store, "net1")
+    write_profile(store, "net2")
+    write_endpoint(store, "aa00000000000001", "10.0.0.1", ["net1"])
+    agent.resync()
+    write_endpoint(store, "aa00000000000001", "10.0.0.1", ["net1", "net2"])
+    settle(agent)
+    assert "-j felix-p-net2-i" in chains(kernel)["felix-to-caliaa000000000"]
+    assert kernel.sets["felix-v4-net2"][1] == {"10.0.0.1"}
+    store.delete(keys.endpoint(HOST, "libnetwork", "libnetwork", "aa00000000000001"))
+    settle(agent)
+    f = chains(kernel)
+    assert "felix-to-caliaa000000000" not in f and "felix-p-net1-i" not in f
+    assert f["felix-FROM-ENDPOINT"] == ["-j DROP"]
+
+
+def test_endpoint_status_reported_and_cleared(store, agent, monkeypatch):
+    from calicoctl.felix import agent as agent_mod
+    monkeypatch.setattr(agent_mod, "present_interfaces", lambda prefix: {"caliaa000000000"})
+    write_profile(store, "net1")
+    write_endpoint(store, "aa00000000000001", "10.0.0.1", ["net1"])
+    agent.resync()
+    key = keys.felix_endpoint_status(HOST, "libnetwork", "libnetwork", "aa00000000000001")
+    assert json.loads(store.get(key)) == {"status": "up"}
+    store.delete(keys.endpoint(HOST, "libnetwork", "libnetwork", "aa00000000000001"))
+    settle(agent)
+    assert store.get(key) is None
+    agent.tick()
+    assert json.loads(store.get(keys.felix_status(HOST)))["uptime"] >= 0
+    assert store.read(keys.felix_status(HOST)).ttl is not None
+
+
+def test_resync_after_the_watch_index_is_cleared(store, agent, kernel):
+    import etcd
+    write_profile(store, "net1")
+    agent.resync()
+    stale = agent.index
+    write_endpoint(store, "aa00000000000001", "10.0.0.1", ["net1"])
+    for i in range(1100):          # etcd keeps 1000 events: the old index falls out
+        store.set("/calico/v1/scratch", str(i))
+    agent.index = stale
+    with pytest.raises(etcd.EtcdEventIndexCleared):
+        agent.poll_once()
+    agent.resync()
+    assert "felix-to-caliaa000000000" in chains(kernel)
+
+
+def test_startup_removes_stale_chains_and_sets_of_ours(store, agent, kernel):
+    kernel.table(4, "filter")["felix-p-gone-i"] = ["-j DROP"]
+    kernel.sets["felix-v4-gone"] = ("hash:ip", {"10.9.9.9"})
+    kernel.table(4, "filter")["DOCKER-USER"] = ["-j RETURN"]
+    agent.resync()
+    assert "felix-p-gone-i" not in chains(kernel) and "felix-v4-gone" not in kernel.sets
+    assert chains(kernel)["DOCKER-USER"] == ["-j RETURN"]      # never touch others' chains
+
+
+def test_refresh_repairs_flushed_chains_and_jumps(store, agent, kernel):
+    write_profile(store, "net1")
+    write_endpoint(store, "aa00000000000001", "10.0.0.1", ["net1"])
+    agent.resync()
+    good = dict(chains(kernel))
+    f = chains(kernel)
+    f["felix-from-caliaa000000000"] = []
+    f["FORWARD"].remove("-j felix-FORWARD")
+    kernel.sets["felix-v4-net1"][1].clear()
+    agent.refresh()
+    assert chains(kernel)["felix-from-caliaa000000000"] == good["felix-from-caliaa000000000"]
+    assert chains(kernel)["FORWARD"][0] == "-j felix-FORWARD"
+    assert kernel.sets["felix-v4-net1"][1] == {"10.0.0.1"}
+
+
+def test_bad_data_fails_closed(store, agent, kernel):
+    write_profile(store, "net1", inbound=[
+        {"action": "deny", "protocol": "tcp", "dst_ports": ["bogus"]},
+        {"action": "allow"},
+        {"action": "allow", "dst_ports": [80]}])
+    write_endpoint(store, "aa00000000000001", "10.0.0.1", ["net1"])
+    store.set(keys.endpoint(HOST, "libnetwork", "libnetwork", "bad"), "{not json")
+    agent.resync()
+    # The broken deny becomes "deny everything"; the broken allow is skipped.
+    assert chains(kernel)["felix-p-net1-i"] == ["-j DROP", "-g felix-ALLOW"]
+    assert not any("calibad" in c for c in chains(kernel))
+
+
+def test_config_endpoint_to_host_and_log_level(store, agent, kernel):
+    store.set(keys.host_config(HOST, "DefaultEndpointToHostAction"), "ACCEPT")
+    agent.resync()
+    assert chains(kernel)["felix-INPUT"][-1] == "-i cali+ -j ACCEPT"
+    store.set(keys.host_config(HOST, "DefaultEndpointToHostAction"), "RETURN")
+    settle(agent)
+    assert chains(kernel)["felix-INPUT"][-1] == "-i cali+ -j felix-FROM-ENDPOINT"
+
+
+def test_nat_outgoing_pool_sets(store, agent, kernel):
+    store.set(keys.pool("192.168.0.0/16", 4), json.dumps({"cidr": "192.168.0.0/16",
+                                                          "masquerade": True}))
+    agent.resync()
+    assert chains(kernel, 4, "nat")["felix-POSTROUTING"] == [
+        "-m set --match-set felix-masq-v4 src -m set ! --match-set felix-pools-v4 dst "
+        "-j MASQUERADE"]
+    assert kernel.sets["felix-masq-v4"][1] == {"192.168.0.0/16"}
