@@ -1,0 +1,272 @@
+"""Fuzz the CLI argument grammar (hypothesis) through `main()` against the real test etcd.
+
+Every configuration command in calicoctl.cli.COMMANDS that exists when the test runs is fuzzed
+(commands that serve, or touch Docker or the host, are left out).  argv lists are built from the
+command's own usage words, placeholder values of the right and the wrong kind (CIDRs, addresses,
+ports, AS numbers, positions, names) and random unicode.  For every case:
+  - no traceback: the exit status is 0 or 1;
+  - on 1, stderr is exactly one line, or docopt's "Invalid arguments" line followed by the
+    command's usage section (what main() prints when the grammar does not match);
+  - on 1, nothing in etcd changed.
+The number of cases run is printed (run with -s) and recorded as a junit property.
+"""
+
+import importlib.util
+import re
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from calicoctl import cli as calico_cli
+
+# Commands that serve forever or need Docker / the host: fuzzed elsewhere or not at all.
+NOT_FUZZED = {"plugin", "felix", "node", "container", "status", "diags", "checksystem"}
+# Cases for the whole module, shared out between the commands found.  A case costs about 10 ms
+# here (two etcd dumps and the command; profile cases more), so this keeps the module near 30 s.  A fixed count, not a
+# clock: a clock would make hypothesis's replay of a failure flaky.
+TOTAL_CASES = 4800
+
+CASES = {}
+
+
+def fuzzed_commands():
+    found = []
+    for name, module in sorted(calico_cli.COMMANDS.items()):
+        if name in NOT_FUZZED:
+            continue
+        if importlib.util.find_spec("calicoctl.commands." + module) is None:
+            continue
+        found.append(name)
+    return found
+
+
+COMMAND_NAMES = fuzzed_commands()
+
+
+def usage_patterns(name):
+    """The command's usage patterns (one per 'calicoctl <name> ...' line, continuation lines
+    joined), each as a parsed docopt pattern (see parse_pattern)."""
+    module = importlib.import_module("calicoctl.commands." + calico_cli.COMMANDS[name])
+    lines = calico_cli._usage_section(module.__doc__).splitlines()[1:]
+    patterns = []
+    for line in lines:
+        if line.strip().startswith("calicoctl "):
+            patterns.append(line.strip().split(None, 2)[2] if len(line.split()) > 2 else "")
+        elif patterns:
+            patterns[-1] += " " + line.strip()
+    return [parse_pattern(p) for p in patterns]
+
+
+def parse_pattern(text):
+    """A small docopt pattern parser: ("seq", [items]), ("alt", [seqs]), ("opt", alt),
+    ("repeat", item), ("word", w).  Enough to *generate* argv that docopt mostly accepts."""
+    tokens = re.findall(r"\.\.\.|[()\[\]|]|[^\s()\[\]|]+", text)
+    pos = 0
+
+    def alternatives(closer):
+        nonlocal pos
+        seqs = [[]]
+        while pos < len(tokens) and tokens[pos] != closer:
+            tok = tokens[pos]
+            pos += 1
+            if tok == "|":
+                seqs.append([])
+            elif tok in "([":
+                inner = alternatives(")" if tok == "(" else "]")
+                pos += 1  # the closer
+                seqs[-1].append(("alt", inner) if tok == "(" else ("opt", ("alt", inner)))
+            elif tok == "..." and seqs[-1]:
+                seqs[-1][-1] = ("repeat", seqs[-1][-1])
+            else:
+                seqs[-1].append(("word", tok))
+        return [("seq", s) for s in seqs]
+
+    return ("alt", alternatives(None))
+
+
+# -- values -----------------------------------------------------------------------------------
+
+text = st.text(alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"),
+               max_size=12)
+numbers = st.one_of(st.integers(-3, 70000), st.integers(-2 ** 40, 2 ** 40),
+                    st.sampled_from([0, 1, 255, 256, 65535, 65536, 4294967295, 4294967296])
+                    ).map(str)
+ipv4 = st.ip_addresses(v=4).map(str)
+ipv6 = st.ip_addresses(v=6).map(str)
+cidrs = st.one_of(
+    st.tuples(ipv4, st.integers(-1, 34)).map(lambda t: "%s/%d" % t),
+    st.tuples(ipv6, st.integers(-1, 130)).map(lambda t: "%s/%d" % t),
+    st.sampled_from(["10.0.0.0/16", "10.0.0.0/26", "10.0.0.0/27", "fd80::/64", "fd80::/122",
+                     "0.0.0.0/0", "::/0", "10.0.0.0/8", "1.2.3/24", "10.0.0.0/", "/24"]),
+)
+addresses = st.one_of(ipv4, ipv6, st.sampled_from(["1.2.3", "::g", "256.1.1.1", "10.0.0.1/32"]))
+ports = st.one_of(numbers, st.tuples(st.integers(-2, 70000), st.integers(-2, 70000)).map(
+    lambda t: "%d:%d" % t), st.sampled_from(["80,443", "1-2", "80:", ":80", "²", "0x50"]))
+as_numbers = st.one_of(numbers, st.tuples(st.integers(0, 70000), st.integers(0, 70000)).map(
+    lambda t: "%d.%d" % t), st.sampled_from(["0.0", "1.", ".1", "01.02"]))
+names = st.one_of(st.from_regex(r"[a-zA-Z0-9_.-]{1,10}", fullmatch=True),
+                  st.sampled_from(["web", "db", "web/x", "..", ".", "-", "a b", "web\n"]), text)
+levels = st.sampled_from(["none", "debug", "info", "warning", "error", "critical", "loglevel",
+                          "LOGLEVEL", "on", "off"])
+
+
+def value_for(placeholder):
+    """Values for a usage placeholder: mostly of the kind it names, sometimes anything."""
+    p = placeholder.upper()
+    if "CIDR" in p:
+        kind = cidrs
+    elif "IP" in p:
+        kind = addresses
+    elif "PORT" in p:
+        kind = ports
+    elif "AS" in p:
+        kind = as_numbers
+    elif "POSITION" in p or "TYPE" in p or "CODE" in p:
+        kind = numbers
+    elif "VALUE" in p or "NAME" in p:
+        kind = st.one_of(levels, names)
+    else:
+        kind = names
+    return st.one_of(kind, kind, kind, cidrs, numbers, text)
+
+
+def all_words(node, found):
+    kind, body = node
+    if kind == "word":
+        if not body.startswith("<"):
+            found.add(body.split("=")[0])
+    elif kind in ("seq", "alt"):
+        for child in body:
+            all_words(child, found)
+    else:
+        all_words(body, found)
+    return found
+
+
+def fill(token):
+    if token.startswith("<"):
+        return value_for(token)
+    if "=<" in token:
+        option, placeholder = token.split("=", 1)
+        return value_for(placeholder).map(lambda v, o=option: "%s=%s" % (o, v))
+    return st.just(token)
+
+
+def generate(draw, node, out):
+    """Append to out an argv fragment for node, following the pattern with small deviations."""
+    kind, body = node
+    if kind == "word":
+        out.append(draw(fill(body)))
+    elif kind == "seq":
+        for child in body:
+            if draw(st.integers(0, 19)) == 0:
+                continue  # now and then leave a required part out
+            generate(draw, child, out)
+    elif kind == "alt":
+        generate(draw, draw(st.sampled_from(body)), out)
+    elif kind == "opt":
+        if draw(st.booleans()):
+            generate(draw, body, out)
+    elif kind == "repeat":
+        for _ in range(draw(st.integers(1, 3))):
+            generate(draw, body, out)
+
+
+@st.composite
+def argv_for(draw, name):
+    patterns = usage_patterns(name)
+    words = sorted(set().union(*(all_words(p, set()) for p in patterns)) or {name})
+    if draw(st.integers(0, 4)) == 0:
+        # Unstructured: any mix of the command's words, values and noise.
+        parts = st.one_of(st.sampled_from(words), cidrs, numbers, names, addresses, text)
+        return [name] + draw(st.lists(parts, max_size=8))
+    argv = [name]
+    generate(draw, draw(st.sampled_from(patterns)), argv)
+    if draw(st.integers(0, 9)) == 0:
+        argv.insert(draw(st.integers(1, len(argv))),
+                    draw(st.one_of(st.sampled_from(words), text, numbers)))
+    return argv
+
+
+stdin_docs = st.one_of(
+    st.just(""), text,
+    st.sampled_from(['{"id": "web", "inbound_rules": [], "outbound_rules": []}',
+                     '{"inbound_rules": [{"action": "allow", "protocol": "tcp", '
+                     '"dst_ports": [99999]}]}', "[]", "null", '{"id": 1}']),
+    st.recursive(st.one_of(st.none(), st.booleans(), st.integers(), text),
+                 lambda inner: st.one_of(st.lists(inner, max_size=3),
+                                         st.dictionaries(text, inner, max_size=3)),
+                 max_leaves=8).map(__import__("json").dumps),
+)
+
+
+# -- the property -----------------------------------------------------------------------------
+
+def check_result(name, argv, r, before, after):
+    assert r.code in (0, 1), (argv, r)
+    if r.code == 0:
+        return
+    lines = r.err.rstrip("\n").splitlines()
+    assert lines, (argv, r)
+    if lines[0].startswith("Invalid arguments for 'calicoctl"):
+        module = importlib.import_module("calicoctl.commands." + calico_cli.COMMANDS[name])
+        assert "\n".join(lines[1:]) == calico_cli._usage_section(module.__doc__), (argv, r)
+    else:
+        assert len(lines) == 1, (argv, r)
+    assert "Traceback" not in r.err
+    assert before == after, ("rejected input changed etcd", argv, r)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def report_cases(request):
+    yield
+    total = sum(CASES.values())
+    print("\nCLI fuzz cases run: %d (%s)" % (
+        total, ", ".join("%s %d" % kv for kv in sorted(CASES.items()))))
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("name", COMMAND_NAMES)
+def test_fuzz_command(name, cli, etcd_dump, record_property):
+    cli("pool", "show")  # first use writes the global defaults; later cases start from them
+    CASES[name] = 0
+
+    @settings(max_examples=TOTAL_CASES // max(1, len(COMMAND_NAMES)), deadline=None,
+              database=None,
+              suppress_health_check=[HealthCheck.function_scoped_fixture,
+                                     HealthCheck.too_slow, HealthCheck.data_too_large])
+    @given(argv=argv_for(name), stdin=stdin_docs)
+    def case(argv, stdin):
+        before = etcd_dump()
+        r = cli(*argv, stdin=stdin)
+        check_result(name, argv, r, before, etcd_dump())
+        CASES[name] += 1
+
+    case()
+    record_property("fuzz_cases", CASES[name])
+
+
+@settings(max_examples=200, deadline=None, database=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(argv=st.lists(st.one_of(text, st.sampled_from(sorted(calico_cli.COMMANDS) +
+                                                     ["--debug", "-h", "--version"])),
+                     max_size=4))
+def test_fuzz_top_level(argv, cli, etcd_dump):
+    """Unknown commands and stray top-level options: exit 0/1, one line, nothing written."""
+    if argv and argv[0] in NOT_FUZZED | {"--debug"}:
+        return  # --debug <command> runs the command: the per-command test covers those
+    if any(a in ("-h", "--help") for a in argv[1:]) or (argv and argv[0] in calico_cli.COMMANDS
+                                                          and argv[0] not in COMMAND_NAMES):
+        return
+    before = etcd_dump()
+    r = cli(*argv, stdin="")
+    name = argv[0] if argv and argv[0] in calico_cli.COMMANDS else None
+    if name:
+        check_result(name, argv, r, before, etcd_dump())
+    else:
+        assert r.code in (0, 1), (argv, r)
+        if r.code == 1 and argv:
+            assert len(r.err.strip().splitlines()) == 1, (argv, r)
+        assert before == etcd_dump()
+    CASES["top-level"] = CASES.get("top-level", 0) + 1
