@@ -137,5 +137,8 @@ def endpoint_profile_change(store, endpoint_id, filters, action, names):
             current.profile_ids = list(names)
         return current
     endpoints.update_endpoint(store, ep, change)
+    if not names:
+        msg("Profiles cleared for %s." % endpoint_id)
+        return
     past = {"append": "appended to", "remove": "removed from", "set": "set for"}[action]
     msg("Profiles %s %s %s." % (", ".join(names), past, endpoint_id))

@@ -110,8 +110,9 @@ def rule_from_arguments(arguments):
     families = set()
     for field, arg in (("src_net", "<SRCCIDR>"), ("dst_net", "<DSTCIDR>")):
         if arguments[arg] is not None:
-            raw[field] = str(parse_cidr(arguments[arg]))
-            families.add(parse_cidr(arguments[arg]).version)
+            net = parse_cidr(arguments[arg])
+            raw[field] = str(net)
+            families.add(net.version)
     for field, arg in (("src_ports", "<SRCPORTS>"), ("dst_ports", "<DSTPORTS>")):
         if arguments[arg] is not None:
             raw[field] = parse_ports(arguments[arg])
