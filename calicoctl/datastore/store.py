@@ -338,28 +338,39 @@ class EtcdStore:
 
     def create(self, key, value):
         """Create key only if absent.  True if we created it."""
+        return self.write_if(key, value, prev_exist=False) is not None
+
+    def write_if(self, key, value, prev_index=None, prev_exist=None):
+        """A conditional write: only if key's modifiedIndex is prev_index, or (prev_exist=False)
+        only if key is absent.  Returns the new modifiedIndex, or None if the condition failed.
+
+        Safe to use across a failing member: if the first attempt landed before its member died,
+        the retry's conflict is recognised as our own write (see _landed), never reported as a
+        lost race (which would make the caller apply its change a second time).
+        """
         import etcd
+        conditions = {}
+        if prev_index is not None:
+            conditions["prevIndex"] = prev_index
+        if prev_exist is not None:
+            conditions["prevExist"] = prev_exist
+        if not conditions:
+            raise ValueError("write_if needs prev_index or prev_exist")
         try:
-            self._call("write", key, value, prevExist=False)
-            return True
-        except etcd.EtcdAlreadyExist as exc:
-            if exc.calico_retried and self._landed(key, value, created=True):
-                return True
-            return False
+            return self._call("write", key, value, **conditions).modifiedIndex
+        except (etcd.EtcdAlreadyExist, etcd.EtcdCompareFailed, etcd.EtcdKeyNotFound) as exc:
+            if not exc.calico_retried:
+                return None
+            if prev_index is not None:
+                return self._landed(key, value, prev_index=prev_index)
+            return self._landed(key, value, created=True)
 
     def set_if_absent(self, key, value):
         return self.create(key, value)
 
     def cas(self, key, value, prev_index):
         """Write key only if its modifiedIndex is still prev_index.  True on success."""
-        import etcd
-        try:
-            self._call("write", key, value, prevIndex=prev_index)
-            return True
-        except (etcd.EtcdCompareFailed, etcd.EtcdKeyNotFound) as exc:
-            if exc.calico_retried and self._landed(key, value, prev_index=prev_index):
-                return True
-            return False
+        return self.write_if(key, value, prev_index=prev_index) is not None
 
     def delete(self, key, recursive=False, prev_index=None):
         """Delete key (or a directory, recursively).  True if something was deleted."""
@@ -378,10 +389,12 @@ class EtcdStore:
                 # likely that attempt removed it.  Either way the caller's goal holds.
                 return True
             if exc.calico_retried:
-                return self._landed(key, None, prev_index=prev_index)
+                return self._landed(key, None, prev_index=prev_index) is not None
             return False
         except etcd.EtcdCompareFailed as exc:
-            return bool(exc.calico_retried) and self._landed(key, None, prev_index=prev_index)
+            if not exc.calico_retried:
+                return False
+            return self._landed(key, None, prev_index=prev_index) is not None
         except etcd.EtcdNotDir:
             self._call("delete", key)
             return True
@@ -441,6 +454,7 @@ class EtcdStore:
 
     def _landed(self, key, value, prev_index=None, created=False):
         """Did our own conditional write, retried after a failure, land before the retry?
+        Its modifiedIndex if so, else None.
 
         The retry found the key changed (or present).  etcd keeps the key's recent history, so
         look at the first change after prev_index (CAS, compare-and-delete) or at the key's
@@ -453,9 +467,11 @@ class EtcdStore:
             if created:
                 current = self.read(key, quorum=True)
                 if current is None:
-                    return False
+                    return None
                 event = self._call("read", key, wait=True, waitIndex=current.createdIndex)
-                return event.value == value and event.modifiedIndex == current.createdIndex
+                if event.value == value and event.modifiedIndex == current.createdIndex:
+                    return event.modifiedIndex
+                return None
             event = self._call("read", key, wait=True, waitIndex=prev_index + 1)
         except etcd.EtcdEventIndexCleared:
             current = self.read(key, quorum=True)
@@ -463,15 +479,18 @@ class EtcdStore:
                 current is not None and current.value == value)
             log.warning("etcd history for %s is compacted; judged our retried write %s by the "
                         "current value.", key, "landed" if landed else "lost")
-            return landed
+            if not landed:
+                return None
+            return current.modifiedIndex if current is not None else prev_index
         prev = getattr(event, "_prev_node", None)
         ours = (prev is not None and prev.modifiedIndex == prev_index and
                 (event.action in ("compareAndDelete", "delete", "expire") if value is None
                  else event.value == value))
-        if ours:
-            log.warning("etcd: our write to %s landed before its member failed; not repeating "
-                        "it.", key)
-        return ours
+        if not ours:
+            return None
+        log.warning("etcd: our write to %s landed before its member failed; not repeating it.",
+                    key)
+        return event.modifiedIndex
 
     def current_index(self):
         """etcd's X-Etcd-Index, the point a snapshot is consistent at."""

@@ -217,8 +217,27 @@ def test_landed_tells_our_write_from_theirs(etcd_env, raw_etcd):
     raw_etcd.write("/calico/test/f", "theirs", prevIndex=index)
     raw_etcd.write("/calico/test/f", "ours")
     # The first change after index was theirs, even though the key now holds our value.
-    assert store._landed("/calico/test/f", "ours", prev_index=index) is False
-    assert store._landed("/calico/test/f", "theirs", prev_index=index) is True
+    assert store._landed("/calico/test/f", "ours", prev_index=index) is None
+    assert store._landed("/calico/test/f", "theirs", prev_index=index) == index + 1
+
+
+def test_write_if_returns_the_index_of_a_write_that_landed_before_its_member_died(
+        etcd_env, raw_etcd):
+    """write_if (used by IPAM, which needs the new index) gets the same protection as cas."""
+    member = FaultyMember("drop-writes", upstream=("127.0.0.1", etcd_env.client_port))
+    try:
+        store = EtcdStore(EtcdSettings(endpoints=[member.url, etcd_env.url]))
+        index = raw_etcd.write("/calico/test/i", "old").modifiedIndex
+        new_index = store.write_if("/calico/test/i", "new", prev_index=index)
+        assert new_index == raw_etcd.read("/calico/test/i").modifiedIndex
+        store._endpoint_index = 0  # back to the member that drops answers
+        created = store.write_if("/calico/test/j", "v", prev_exist=False)
+        assert created == raw_etcd.read("/calico/test/j").modifiedIndex
+        assert member.requests == 2
+        assert store.write_if("/calico/test/j", "w", prev_exist=False) is None
+        assert store.write_if("/calico/test/j", "w", prev_index=index) is None
+    finally:
+        member.close()
 
 
 def test_delete_retried_after_lost_answer(dropping, raw_etcd):
