@@ -47,7 +47,7 @@ def run(arguments):
     if not 0 <= felix_wait <= 60:
         raise ValidationError("--felix-wait must be a number of seconds from 0 to 60.")
     logging.getLogger().setLevel(getattr(logging, level))
-    for noisy in ("urllib3", "docker", "werkzeug"):
+    for noisy in ("urllib3", "docker", "werkzeug", "pyroute2"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     app, learner, _ = server.build(open_store(), node_name(), prefix, felix_wait)
     server.serve(arguments["--socket"], app, learner)

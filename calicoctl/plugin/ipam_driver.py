@@ -134,6 +134,8 @@ class IpamDriver:
             ip = ipaddress.ip_address(request["Address"].split("/")[0])
         except ValueError:
             raise ValidationError("Invalid address %r." % request["Address"])
+        if ip.is_unspecified:
+            return {}      # the 0.0.0.0/0 "gateway" of RequestPool's answer: never allocated
         not_allocated = self.ipam.release([ip])
         if not_allocated:
             log.info("ReleaseAddress %s: it was not allocated (already released)", ip)

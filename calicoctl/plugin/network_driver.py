@@ -260,17 +260,17 @@ class NetworkDriver:
     @staticmethod
     def _secondary_routes(record, ep, n_others):
         """A further Calico interface in a sandbox gets no default route (the first one has it).
-        It reaches its own network's subnet (when the network has one) through its own
-        link-local next hop, 169.254.1.<n+1>: the host proxy-ARPs for any address, and a
-        distinct one keeps the connected routes of the interfaces from clashing."""
-        if not ep.ipv4_nets:
+        Docker-IPAM addresses carry the subnet's prefix, so the kernel already routes that
+        subnet on-link through this interface (the host proxy-ARPs for its members).  A Calico
+        IPAM network with its own pool reaches the pool through this interface's own link-local
+        next hop, 169.254.1.<n+1>: the host proxy-ARPs for any address, and a distinct one keeps
+        the interfaces' connected routes from clashing.  A network drawing from any pool has no
+        subnet of its own to route, so its traffic follows the default route (documented)."""
+        if not ep.ipv4_nets or record.get("ipam") != "calico" or not record.get("pool"):
             return []
         hop = "169.254.1.%d" % min(1 + n_others, 254)
-        routes = [{"Destination": hop + "/32", "RouteType": ROUTE_CONNECTED, "NextHop": ""}]
-        if record.get("pool"):
-            routes.append({"Destination": record["pool"], "RouteType": ROUTE_NEXTHOP,
-                           "NextHop": hop})
-        return routes
+        return [{"Destination": hop + "/32", "RouteType": ROUTE_CONNECTED, "NextHop": ""},
+                {"Destination": record["pool"], "RouteType": ROUTE_NEXTHOP, "NextHop": hop}]
 
     def _wait_for_agent(self, ep):
         """When the agent runs here, give it a bounded moment to program the endpoint, so the

@@ -409,19 +409,25 @@ def test_default_ipam_address_clash_between_hosts(store, plugin, netns, etcd_dum
 
 def test_second_network_in_a_sandbox_gets_no_gateway(store, plugin):
     add_pool(store, Pool(cidr=ipaddress.ip_network("10.9.0.0/24")))
+    add_pool(store, Pool(cidr=ipaddress.ip_network("10.8.0.0/24")))
     pool_id = calico_network(plugin)
-    plugin.ok("NetworkDriver.CreateNetwork", {
-        "NetworkID": NET2, "IPv4Data": [{"AddressSpace": "LocalDefault", "Pool": "10.5.0.0/24"}]})
+    pool2 = calico_network(plugin, network_id=NET2, pool="10.8.0.0/24")
     _, _, first = start_container(plugin, pool_id)
     assert first["Gateway"] == "169.254.1.1"
-    plugin.ok("NetworkDriver.CreateEndpoint", {"NetworkID": NET2, "EndpointID": EP2,
-                                               "Interface": {"Address": "10.5.0.2/24"}})
-    second = plugin.ok("NetworkDriver.Join", {"NetworkID": NET2, "EndpointID": EP2,
-                                              "SandboxKey": ETH_SANDBOX})
+    _, _, second = start_container(plugin, pool2, endpoint_id=EP2, network_id=NET2)
     assert "Gateway" not in second and second["DisableGatewayService"] is True
     assert second["StaticRoutes"] == [
         {"Destination": "169.254.1.2/32", "RouteType": 1, "NextHop": ""},
-        {"Destination": "10.5.0.0/24", "RouteType": 0, "NextHop": "169.254.1.2"}]
+        {"Destination": "10.8.0.0/24", "RouteType": 0, "NextHop": "169.254.1.2"}]
+    # A Docker-IPAM network: the kernel routes the subnet on-link already; no routes at all.
+    plugin.ok("NetworkDriver.CreateNetwork", {
+        "NetworkID": "c3" * 32,
+        "IPv4Data": [{"AddressSpace": "LocalDefault", "Pool": "10.5.0.0/24"}]})
+    plugin.ok("NetworkDriver.CreateEndpoint", {"NetworkID": "c3" * 32, "EndpointID": "d4" * 32,
+                                               "Interface": {"Address": "10.5.0.2/24"}})
+    third = plugin.ok("NetworkDriver.Join", {"NetworkID": "c3" * 32, "EndpointID": "d4" * 32,
+                                             "SandboxKey": ETH_SANDBOX})
+    assert "Gateway" not in third and third["StaticRoutes"] == []
 
 
 def test_ipv6_endpoint(store, plugin, netns, etcd_dump):
