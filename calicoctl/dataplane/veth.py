@@ -121,8 +121,11 @@ def remove_host_route(host_ifname, net):
         index = ex.link_index(host_ifname)
         if index is None:
             return   # the kernel removed the route with the link
+        # The same attributes as the add: the kernel only deletes a route that matches them.
         ex.call(["route", "del", str(net), "dev", host_ifname], ex.ipr.route, "del",
-                dst=str(net), oif=index, family=fam, ignore=(errno.ESRCH, errno.ENOENT))
+                dst=str(net), oif=index, family=fam, proto=_HOST_ROUTE_PROTO,
+                scope=RT_SCOPE_LINK if net.version == 4 else 0,
+                ignore=(errno.ESRCH, errno.ENOENT))
 
 
 def remove_veth(host_ifname):
