@@ -262,24 +262,23 @@ class Agent:
                 log.error("BIRD%s config rejected: %s", "" if version == 4 else "6", exc)
 
     def _report_endpoints(self, endpoint_keys):
-        """Write "up" for programmed endpoints whose interface exists; clear gone ones."""
+        """Write "up" for programmed endpoints whose interface exists; remove the report of
+        endpoints that are gone or not (yet) up.  Only changes are written, so a restart with
+        thousands of endpoints writes nothing it had already reported."""
         programmed_devs = {r.dev for r in self.dataplane.routes.programmed}
         for key in endpoint_keys:
             if key[0] != self.host:
                 continue
             ep = self.state.endpoints.get(key)
+            up = ep is not None and ep.state == "active" and ep.name in self.ifaces and (
+                ep.name in programmed_devs or not self.ep_routes.get(key))
             try:
-                if ep is None:
-                    if key in self.state.reported:
-                        status.clear_endpoint(self.store, self.host, key)
-                        self.state.reported.pop(key, None)
-                    continue
-                up = ep.state == "active" and ep.name in self.ifaces and (
-                    ep.name in programmed_devs or not self.ep_routes.get(key))
-                want = "up" if up else "down"
-                if self.state.reported.get(key) != want:
-                    status.report_endpoint(self.store, self.host, key, want)
-                    self.state.reported[key] = want
+                if up and self.state.reported.get(key) != "up":
+                    status.report_endpoint(self.store, self.host, key, "up")
+                    self.state.reported[key] = "up"
+                elif not up and key in self.state.reported:
+                    status.clear_endpoint(self.store, self.host, key)
+                    self.state.reported.pop(key, None)
             except DatastoreError as exc:
                 log.warning("Cannot report endpoint %s: %s", key[3], exc)
 

@@ -38,7 +38,9 @@ class DesiredState:
         self.config = None
         self.rendered = {}              # local endpoint key -> Endpoint as last rendered
         self.profile_users = {}         # profile -> local endpoint keys using it
-        self.buckets = {}               # bucket -> local interface names
+        # version -> bucket -> local interface names with an address of that family: an
+        # endpoint gets no chains in a family it has no address in (the dispatch drops it).
+        self.buckets = {v: {} for v in VERSIONS}
         self.ep_tags = {}               # any endpoint key -> frozenset(tags)
         self.tag_eps = {}               # tag -> endpoint keys carrying it
         self.profile_eps = {}           # profile -> endpoint keys (any host)
@@ -185,28 +187,30 @@ class DesiredState:
         touched = set()
         if old is not None:
             for profile in old.profile_ids:
-                users = self.profile_users.get(profile, set())
-                users.discard(key)
+                self.profile_users.get(profile, set()).discard(key)
                 touched.add(profile)
-            if ep is None or ep.name != old.name:
-                bucket = policy.bucket_of(old.name, prefix)
-                self.buckets.get(bucket, set()).discard(old.name)
-                buckets_dirty.add(bucket)
-                for v in VERSIONS:
-                    for chain in policy.endpoint_chains(old, v):
-                        self._put(delta, "filter", v, chain, None)
         if ep is not None:
             self.rendered[key] = ep
             for profile in ep.profile_ids:
                 self.profile_users.setdefault(profile, set()).add(key)
                 touched.add(profile)
-            bucket = policy.bucket_of(ep.name, prefix)
-            if ep.name not in self.buckets.get(bucket, set()):
-                self.buckets.setdefault(bucket, set()).add(ep.name)
-                buckets_dirty.add(bucket)
-            for v in VERSIONS:
-                for chain, rules in policy.endpoint_chains(ep, v).items():
-                    self._put(delta, "filter", v, chain, rules)
+        for v in VERSIONS:
+            old_chains = set(policy.endpoint_chains(old, v)) if old is not None else set()
+            new_chains = policy.endpoint_chains(ep, v) if ep is not None else {}
+            for chain in old_chains - set(new_chains):
+                self._put(delta, "filter", v, chain, None)
+            for chain, rules in new_chains.items():
+                self._put(delta, "filter", v, chain, rules)
+            buckets = self.buckets[v]
+            if old_chains and (not new_chains or ep.name != old.name):
+                bucket = policy.bucket_of(old.name, prefix)
+                buckets.get(bucket, set()).discard(old.name)
+                buckets_dirty.add((v, bucket))
+            if new_chains:
+                bucket = policy.bucket_of(ep.name, prefix)
+                if ep.name not in buckets.get(bucket, set()):
+                    buckets.setdefault(bucket, set()).add(ep.name)
+                    buckets_dirty.add((v, bucket))
         delta.endpoints.add(key)
         return touched
 
@@ -232,20 +236,20 @@ class DesiredState:
 
     def _update_dispatch(self, buckets_dirty, prefix, delta, full):
         if full:
-            buckets_dirty = set(self.buckets) | buckets_dirty
-        for bucket in buckets_dirty:
-            members = self.buckets.get(bucket, set())
+            buckets_dirty = buckets_dirty | {(v, b) for v in VERSIONS for b in self.buckets[v]}
+        for v, bucket in buckets_dirty:
+            members = self.buckets[v].get(bucket, set())
             for direction in ("from", "to"):
                 chain = policy.bucket_chain(direction, bucket)
                 rules = policy.dispatch_bucket(direction, members) if members else None
-                for v in VERSIONS:
-                    self._put(delta, "filter", v, chain, rules)
+                self._put(delta, "filter", v, chain, rules)
             if not members:
-                self.buckets.pop(bucket, None)
-        for direction, root in (("from", policy.FROM_ENDPOINT), ("to", policy.TO_ENDPOINT)):
-            rules = policy.dispatch_root(direction, self.buckets, prefix)
-            for v in VERSIONS:
-                self._put(delta, "filter", v, root, rules)
+                self.buckets[v].pop(bucket, None)
+        for v in VERSIONS:
+            for direction, root in (("from", policy.FROM_ENDPOINT),
+                                    ("to", policy.TO_ENDPOINT)):
+                self._put(delta, "filter", v, root,
+                          policy.dispatch_root(direction, self.buckets[v], prefix))
 
 
 def _tags_in(rules):

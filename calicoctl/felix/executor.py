@@ -359,18 +359,35 @@ class Dataplane:
     def prepare(self):
         enable_forwarding()
 
+    def _each_table(self, work):
+        """Run work(key, table) for every table at once: the IPv4 and IPv6 restores are
+        separate processes on separate kernel tables, so a change to both costs one."""
+        keys_ = [k for k in sorted(self.tables) if work(k, None) is not False]
+        if len(keys_) <= 1:
+            return [work(k, self.tables[k]) for k in keys_]
+        from concurrent.futures import ThreadPoolExecutor
+        with ThreadPoolExecutor(max_workers=len(keys_)) as pool:
+            return list(pool.map(lambda k: work(k, self.tables[k]), keys_))
+
     def apply(self, delta):
         self.ipsets.apply_updates(delta.sets)
-        for key, updates in sorted(delta.chains.items()):
-            if updates and key in self.tables:
-                self.tables[key].apply(updates)
+
+        def work(key, table):
+            updates = delta.chains.get(key)
+            if table is None:
+                return bool(updates)
+            table.apply(updates)
+        self._each_table(work)
         self.ipsets.apply_deletions([n for n, spec in delta.sets.items() if spec is None])
 
     def sync(self, desired, full):
         """Make the kernel match the whole desired state (see IptablesTable.sync)."""
         stale = self.ipsets.sync(desired.sets, full)
-        written = 0
-        for key, table in sorted(self.tables.items()):
-            written += table.sync(desired.chains.get(key, {}), full)
+
+        def work(key, table):
+            if table is None:
+                return True
+            return table.sync(desired.chains.get(key, {}), full)
+        written = sum(self._each_table(work))
         self.ipsets.apply_deletions(stale)
         return written

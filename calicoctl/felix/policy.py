@@ -171,9 +171,7 @@ def _anti_spoof(endpoint, version):
     lines = []
     if endpoint.mac:
         lines.append("-m mac ! --mac-source %s -j DROP" % endpoint.mac.lower())
-    if not nets:
-        lines.append("-j DROP")          # no address of this family: it may send none
-    elif len(nets) == 1:
+    if len(nets) == 1:
         lines.append("! -s %s -j DROP" % nets[0])
     else:
         lines.append("-j MARK --set-xmark %s" % SPOOF_MARK)
@@ -184,8 +182,12 @@ def _anti_spoof(endpoint, version):
 
 
 def endpoint_chains(endpoint, version):
-    """felix-to-<iface> and felix-from-<iface> of one local endpoint."""
+    """felix-to-<iface> and felix-from-<iface> of one local endpoint; none in a family the
+    endpoint has no address of (its traffic of that family is dropped by the dispatch chain,
+    which also halves the rules of single-stack hosts)."""
     chains = {}
+    if not (endpoint.ipv4_nets if version == 4 else endpoint.ipv6_nets):
+        return chains
     for direction, profile_dir in (("to", "inbound"), ("from", "outbound")):
         lines = _anti_spoof(endpoint, version) if direction == "from" else []
         if endpoint.state == "active":

@@ -4,6 +4,7 @@ only jump to chains that exist, -X needs an unreferenced chain, sets in use cann
 """
 
 import re
+import threading
 
 from calicoctl.errors import DataplaneError
 
@@ -16,11 +17,17 @@ class FakeKernel:
         self.tables = {}          # (version, table) -> {chain: [rules]}
         self.sets = {}            # name -> (type, set(members))
         self.calls = []           # (cmd, input)
+        # The executor runs the IPv4 and IPv6 restores at once; the kernel serialises them.
+        self.lock = threading.RLock()
 
     def table(self, version, name):
         return self.tables.setdefault((version, name), {c: [] for c in BUILTIN[name]})
 
     def __call__(self, cmd, input_text=None):
+        with self.lock:
+            return self._call(cmd, input_text)
+
+    def _call(self, cmd, input_text):
         self.calls.append((list(cmd), input_text))
         prog = cmd[0]
         version = 6 if prog.startswith("ip6") else 4

@@ -57,6 +57,9 @@ def test_force_writes_other_names_and_values(cli, etcd_dump):
     (("config", "felix", "a/b", "1", "--force"), "Invalid configuration name"),
     (("config", "bgp", "x y", "1", "--force"), "Invalid configuration name"),
     (("config", "felix", "Name", " ", "--force"), "non-empty"),
+    (("config", "felix", "..", "--remove", "--force"), "Invalid configuration name"),
+    (("config", "felix", "web\n"), "not recognized"),
+    (("config", "felix", "loglevel", "info\nx"), "not recognized"),
 ])
 def test_bad_input_one_line_nothing_written(cli, etcd_dump, argv, contains):
     assert cli("config", "felix", "loglevel", "info").code == 0

@@ -203,3 +203,16 @@ def test_nat_outgoing_pool_sets(store, agent, kernel):
         "-m set --match-set felix-masq-v4 src -m set ! --match-set felix-pools-v4 dst "
         "-j MASQUERADE"]
     assert kernel.sets["felix-masq-v4"][1] == {"192.168.0.0/16"}
+
+
+def test_read_status_for_calicoctl_status(store, agent, monkeypatch):
+    from calicoctl.felix import agent as agent_mod
+    from calicoctl.felix.status import read_status
+    assert read_status(store, HOST)["alive"] is False
+    monkeypatch.setattr(agent_mod, "present_interfaces", lambda prefix: {"caliaa000000000"})
+    write_profile(store, "net1")
+    write_endpoint(store, "aa00000000000001", "10.0.0.1", ["net1"])
+    agent.resync()
+    agent.tick()
+    status = read_status(store, HOST)
+    assert status["alive"] and status["endpoints"] == {"up": 1, "down": 0, "error": 0}

@@ -177,6 +177,8 @@ def test_rule_json_and_update_round_trip(cli, etcd_dump):
 @pytest.mark.parametrize("argv, contains", [
     (("profile", "add", "a/b"), "Invalid profile name"),
     (("profile", "add", "has space"), "Invalid profile name"),
+    (("profile", "add", ".."), "Invalid profile name"),
+    (("profile", "add", "p\n"), "Invalid profile name"),
     (("profile", "bad!", "rule", "show"), "Invalid profile name"),
     (("profile", "nope", "rule", "show"), "does not exist"),
     (("profile", "nope", "rule", "add", "inbound", "allow"), "does not exist"),
