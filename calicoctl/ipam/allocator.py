@@ -25,6 +25,7 @@ host that comes back finishes or drops its own half-done claims.
 
 import concurrent.futures
 import ipaddress
+import itertools
 import logging
 import random
 import threading
@@ -45,6 +46,8 @@ log = logging.getLogger(__name__)
 CAS_ATTEMPTS = 40
 # Lost claim races tolerated in one allocation before we stop claiming and borrow instead.
 CLAIM_ATTEMPTS = 32
+# Claims pick among the lowest SPREAD free blocks at random (see _spread).
+SPREAD = 8
 # How long a cached pool list may steer the fast path.  Adding or removing a pool while an
 # allocation is in flight is a race in any design; this bounds it to about a second, and every
 # slow-path decision (claiming, borrowing, exhaustion) re-reads the pools by quorum.
@@ -252,7 +255,7 @@ class IPAMClient:
         # 2. Claim a block nobody has.
         lost = 0
         for pool in usable:
-            for cidr in blocks.free_blocks(pool.cidr, existing):
+            for cidr in _spread(blocks.free_blocks(pool.cidr, existing)):
                 state = self._claim(cidr)
                 if state is None:
                     lost += 1
@@ -443,6 +446,15 @@ class IPAMClient:
                                           "Calico's." % (ip, pool.cidr))
                 return pool
         raise ValidationError("%s is not in any configured IPv%d pool." % (ip, ip.version))
+
+
+def _spread(candidates):
+    """The free blocks in a slightly shuffled order: hosts claiming at the same moment would
+    otherwise all race for the lowest free block and lose to each other in turn."""
+    head = list(itertools.islice(candidates, SPREAD))
+    random.shuffle(head)
+    yield from head
+    yield from candidates
 
 
 def _usable(pools, wanted):
