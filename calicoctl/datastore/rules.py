@@ -22,7 +22,8 @@ _PORT_RE = re.compile(r"^([0-9]+)(?:[:-]([0-9]+))?\Z")
 
 
 def validate_name(name, what="profile"):
-    if not isinstance(name, str) or not NAME_RE.match(name):
+    # "." and ".." are path steps to etcd, not names: /calico/v1/config/.. is /calico/v1.
+    if not isinstance(name, str) or not NAME_RE.match(name) or name in (".", ".."):
         raise ValidationError(
             "Invalid %s name %r: use only letters, digits, '_', '.' and '-'." % (what, name))
     return name
