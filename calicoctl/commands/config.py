@@ -76,7 +76,7 @@ def resolve(component, known, name, value, force):
     """(stored name, stored value or None): refuses unknown names and values unless forced."""
     if name not in known:
         if not force:
-            raise ValidationError("The configuration '%s' is not recognized as a valid option "
+            raise ValidationError("The configuration %r is not recognized as a valid option "
                                   "for 'config %s'; known: %s. Use the --force option to "
                                   "override." % (name, component, ", ".join(sorted(known))))
         # Forced names are written as given, but must stay one etcd key segment.
@@ -87,7 +87,7 @@ def resolve(component, known, name, value, force):
     if value.lower() in valid:
         return stored_name, convert(value.lower())
     if not force:
-        raise ValidationError("The configuration value '%s' is not recognized as a valid value "
+        raise ValidationError("The configuration value %r is not recognized as a valid value "
                               "for %s (use one of: %s). Use the --force option to override."
                               % (value, name, " ".join(valid)))
     return stored_name, _check_forced_value(value)
