@@ -83,6 +83,50 @@ class NodeSettings:
     libnetwork_image: str = None          # None: no plugin container
     tls_files: list = field(default_factory=list)
     docker_socket: str = "/var/run/docker.sock"
+    missing_caps: list = field(default_factory=list)   # capabilities this host withholds
+
+
+# Linux capability numbers -> Docker's names (include/uapi/linux/capability.h order).
+CAPABILITIES = [
+    "CHOWN", "DAC_OVERRIDE", "DAC_READ_SEARCH", "FOWNER", "FSETID", "KILL", "SETGID", "SETUID",
+    "SETPCAP", "LINUX_IMMUTABLE", "NET_BIND_SERVICE", "NET_BROADCAST", "NET_ADMIN", "NET_RAW",
+    "IPC_LOCK", "IPC_OWNER", "SYS_MODULE", "SYS_RAWIO", "SYS_CHROOT", "SYS_PTRACE", "SYS_PACCT",
+    "SYS_ADMIN", "SYS_BOOT", "SYS_NICE", "SYS_RESOURCE", "SYS_TIME", "SYS_TTY_CONFIG", "MKNOD",
+    "LEASE", "AUDIT_WRITE", "AUDIT_CONTROL", "SETFCAP", "MAC_OVERRIDE", "MAC_ADMIN", "SYSLOG",
+    "WAKE_ALARM", "BLOCK_SUSPEND", "AUDIT_READ", "PERFMON", "BPF", "CHECKPOINT_RESTORE",
+]
+
+
+def missing_capabilities(status_path="/proc/self/status",
+                         last_cap_path="/proc/sys/kernel/cap_last_cap"):
+    """Capabilities the kernel knows but this process's bounding set lacks.
+
+    A privileged container asks for every capability; where the host itself runs without some
+    (a sandboxed VM withholding CAP_SYS_RESOURCE, say) runc fails with "unable to apply caps".
+    dockerd runs beside us with the same bounding set, so ours tells what it can grant.
+    """
+    try:
+        with open(last_cap_path) as f:
+            last = int(f.read())
+        with open(status_path) as f:
+            bounding = next(int(line.split()[1], 16) for line in f if line.startswith("CapBnd:"))
+    except (OSError, ValueError, StopIteration):
+        return []
+    return [CAPABILITIES[n] if n < len(CAPABILITIES) else "CAP_%d" % n
+            for n in range(last + 1) if not bounding >> n & 1]
+
+
+def privilege_options(missing_caps):
+    """Docker options for a container that manages the host's network.
+
+    privileged=True where the host allows it; otherwise every capability the host has, with
+    /proc/sys writable (systempaths=unconfined: the agent and plugin set sysctls such as
+    proxy_arp) and no seccomp filter -- what privileged gives, minus what the host withholds.
+    """
+    if not missing_caps:
+        return {"privileged": True}
+    return {"cap_add": ["ALL"], "cap_drop": sorted(missing_caps),
+            "security_opt": ["seccomp=unconfined"], "unmask_system_paths": True}
 
 
 def _common_env(settings):
@@ -110,8 +154,8 @@ def node_container_spec(settings):
         # Host network: the agent programs this host's routes and iptables and BIRD peers from
         # the host's address.  Privileged: iptables, ipsets, sysctls and routes need it.
         "network_mode": "host",
-        "privileged": True,
         "restart_policy": {"Name": "unless-stopped"},
+        **privilege_options(settings.missing_caps),
     }
 
 
@@ -130,8 +174,8 @@ def plugin_container_spec(settings):
         "environment": env,
         "volumes": volumes,
         "network_mode": "host",
-        "privileged": True,
         "restart_policy": {"Name": "unless-stopped"},
+        **privilege_options(settings.missing_caps),
     }
 
 
@@ -250,13 +294,37 @@ def ensure_container(client, spec, healthy, unhealthy_what, say, before_start=No
     if before_start:
         before_start()
     say("Starting %s (image %s)." % (spec["name"], spec["image"]))
-    kwargs = dict(spec)
-    kwargs["labels"] = {CONFIG_LABEL: wanted}
-    container = client.containers.run(detach=True, **kwargs)
+    import docker
+    try:
+        container = create_and_start(client, spec, {CONFIG_LABEL: wanted})
+    except docker.errors.APIError as exc:
+        leftover = find_container(client, spec["name"])
+        if leftover is not None:
+            leftover.remove(force=True)
+        raise CalicoError("Docker could not start %s: %s" % (
+            spec["name"], exc.explanation or _one_line(exc)))
     say("Waiting for %s to be healthy..." % spec["name"])
     wait_healthy(container, healthy, unhealthy_what)
     say("%s is running." % spec["name"])
     return "started"
+
+
+def create_and_start(client, spec, labels):
+    """docker run -d, through the low-level API: docker-py's high-level one cannot clear the
+    masked and read-only /proc paths (the CLI's --security-opt systempaths=unconfined)."""
+    host_config = client.api.create_host_config(
+        binds=spec["volumes"], network_mode=spec["network_mode"],
+        restart_policy=spec["restart_policy"], privileged=spec.get("privileged", False),
+        cap_add=spec.get("cap_add"), cap_drop=spec.get("cap_drop"),
+        security_opt=spec.get("security_opt"))
+    if spec.get("unmask_system_paths"):
+        host_config["MaskedPaths"] = []
+        host_config["ReadonlyPaths"] = []
+    created = client.api.create_container(
+        spec["image"], command=spec["command"], name=spec["name"],
+        environment=spec["environment"], labels=labels, host_config=host_config)
+    client.api.start(created["Id"])
+    return client.containers.get(created["Id"])
 
 
 def start_node(client, store, settings, say):

@@ -74,7 +74,12 @@ def start(request, store, say, report_check, docker_factory=None):
             tls_files=[p for p in (store.settings.ca_cert, store.settings.cert,
                                    store.settings.key) if p],
             docker_socket=containers.docker_socket_path() if request.libnetwork
-            else "/var/run/docker.sock")
+            else "/var/run/docker.sock",
+            missing_caps=containers.missing_capabilities())
+        if settings.missing_caps:
+            say("This host withholds %s, so the containers cannot be fully privileged; they "
+                "get every other capability instead." % ", ".join(
+                    "CAP_" + c for c in settings.missing_caps))
         client = cached_client()
         for image in filter(None, (settings.node_image, settings.libnetwork_image)):
             containers.image_id(client, image)

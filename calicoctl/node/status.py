@@ -11,29 +11,17 @@ from dataclasses import dataclass, field
 from calicoctl.errors import CalicoError
 from calicoctl.node import containers
 
-# Where the agent's BIRD listens for birdc, inside calico-node and on a host that runs
-# `calicoctl felix serve` itself.  The agent's birdproc module owns the real value; this is the
-# fallback used when that module is absent.
 FALLBACK_BIRD_SOCKETS = {4: "/var/run/calico/bird.ctl", 6: "/var/run/calico/bird6.ctl"}
 
 
 def bird_socket(version=4):
+    """Where the agent's BIRD listens for birdc (inside calico-node, or on a host that runs
+    `calicoctl felix serve` itself).  The agent's birdproc module owns the path."""
     try:
-        from calicoctl.felix import birdproc
+        from calicoctl.felix.birdproc import BirdProcess
     except ImportError:
         return FALLBACK_BIRD_SOCKETS[version]
-    for name in (("BIRD_SOCKET", "BIRD_CTL", "CONTROL_SOCKET") if version == 4 else
-                 ("BIRD6_SOCKET", "BIRD6_CTL", "CONTROL6_SOCKET")):
-        value = getattr(birdproc, name, None)
-        if isinstance(value, str):
-            return value
-    fn = getattr(birdproc, "control_socket", None)
-    if callable(fn):
-        try:
-            return fn(version)
-        except TypeError:
-            return fn()
-    return FALLBACK_BIRD_SOCKETS[version]
+    return BirdProcess(version).ctl
 
 
 @dataclass

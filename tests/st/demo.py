@@ -1,0 +1,420 @@
+"""The seed's libnetwork demonstration, end to end, on two namespace hosts.
+
+    python -m tests.st.demo            # what `make demo` runs (as root)
+    KEEP=1 python -m tests.st.demo     # leave etcd and the hosts up afterwards
+
+It brings up etcd and the hosts calico-01 and calico-02 (each with its own dockerd), loads the
+node images into both, and then does what a person following the seed would type, printing each
+command (as `calico-01$ ...`) and its output:
+
+  calicoctl node --libnetwork on each host, docker ps, calicoctl checksystem, then for every way of
+  creating the networks (Docker's default IPAM and Calico IPAM, each without and with
+  ipip/nat-outgoing) the three networks on each host, workloads A, B, C on calico-01 and D, E on
+  calico-02, the pings that must work and those that must fail, docker network ls, and the walk
+  docker network inspect -> calicoctl endpoint <ID> profile show -> calicoctl profile <name> rule
+  show.  It ends with a table of which workload reached which (expected and seen) and exits 1 if
+  any disagree.
+
+Two honest differences from the seed, both explained where they happen:
+  - Docker 20.10 has no cluster store, so every network is created on each host.  With Docker's
+    default IPAM each host allocates on its own, so each host gets its own --ip-range.
+  - `workload-E.net1` resolves only on E's own host (Docker's embedded DNS knows the containers
+    of its own engine), so A pings E by the address calico-02's Docker reports.
+The ipip variants need the kernel's ipip module; where it is missing they say so and are skipped.
+
+calicoctl runs inside each host through nsenter: the venv's console script, or the one-file
+binary with CALICOCTL=dist/calicoctl.
+"""
+
+import ipaddress
+import json
+import os
+import shlex
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from tests.st.harness import Testbed, cleanup_stale, exclusive, wait_for  # noqa: E402
+from tests.st.harness.errors import HarnessError  # noqa: E402
+
+WORKLOADS = {"workload-A": ("calico-01", "net1"), "workload-B": ("calico-01", "net2"),
+             "workload-C": ("calico-01", "net1"), "workload-D": ("calico-02", "net3"),
+             "workload-E": ("calico-02", "net1")}
+NETWORKS = ("net1", "net2", "net3")
+SUBNETS = {"net1": "192.168.0.0/24", "net2": "192.168.1.0/24", "net3": "192.168.2.0/24"}
+CALICO_POOL = "192.168.0.0/16"
+ROUTE_TIMEOUT = 60          # BGP: a new workload's route reaches the other host within seconds
+
+
+@dataclass
+class Variant:
+    title: str
+    ipam: str               # "default" | "calico"
+    cloud: bool             # ipip + nat-outgoing
+
+
+VARIANTS = [
+    Variant("Docker's default IPAM, non-cloud", "default", False),
+    Variant("Docker's default IPAM, cloud (nat-outgoing + ipip)", "default", True),
+    Variant("Calico IPAM, non-cloud", "calico", False),
+    Variant("Calico IPAM, cloud (nat-outgoing + ipip)", "calico", True),
+]
+
+
+@dataclass
+class Outcome:
+    variant: str
+    rows: list = field(default_factory=list)      # (source, target, expected, seen)
+    failures: list = field(default_factory=list)  # seed steps that did not do what they should
+    skipped: str = None
+
+
+def default_calicoctl():
+    chosen = os.environ.get("CALICOCTL")
+    if chosen:
+        return str(Path(chosen).resolve())
+    return str(REPO / ".venv" / "bin" / "calicoctl")
+
+
+class Demo:
+    def __init__(self, bed, calicoctl=None, out=print):
+        self.bed = bed
+        self.hosts = {h.name: h for h in bed.hosts}
+        self.calicoctl_path = calicoctl or default_calicoctl()
+        self.etcd_authority = bed.etcd_url.split("//", 1)[1]
+        self.out = out
+        self.outcomes = []
+
+    # ---- running things as a person would -------------------------------------------------
+
+    def say(self, text=""):
+        self.out(text)
+
+    def sh(self, host, shown, argv, timeout=120):
+        """Run argv in host, print `host$ shown` and the output; return the CompletedProcess."""
+        self.say("%s$ %s" % (host, shown))
+        result = self.hosts[host].run(argv, check=False, timeout=timeout)
+        text = (result.stdout + result.stderr).rstrip()
+        if text:
+            self.say(text)
+        return result
+
+    def calicoctl(self, host, *args, timeout=180):
+        # Clean environment apart from etcd: the host's own hostname is the node name, and
+        # Docker is the host's default socket.
+        argv = ["env", "-u", "DOCKER_HOST", "-u", "CALICO_HOSTNAME", "-u", "ETCD_ENDPOINTS",
+                "ETCD_AUTHORITY=" + self.etcd_authority, self.calicoctl_path, *args]
+        return self.sh(host, "calicoctl " + " ".join(shlex.quote(a) for a in args), argv,
+                       timeout)
+
+    def docker(self, host, *args, timeout=120):
+        return self.sh(host, "docker " + " ".join(shlex.quote(a) for a in args),
+                       ["/usr/bin/docker", *args], timeout)
+
+    def quiet_docker(self, host, *args):
+        return self.hosts[host].run(["/usr/bin/docker", *args], check=False, timeout=120)
+
+    def section(self, title):
+        self.say("")
+        self.say("=" * 78)
+        self.say(title)
+        self.say("=" * 78)
+
+    def note(self, text):
+        self.say("# " + text)
+
+    # ---- the demonstration ------------------------------------------------------------------
+
+    def start_nodes(self):
+        self.section("Starting Calico services")
+        ok = True
+        for host in self.hosts:
+            ok &= self.calicoctl(host, "node", "--libnetwork").returncode == 0
+        for host in self.hosts:
+            self.docker(host, "ps")
+        self.calicoctl("calico-01", "status")
+        self.calicoctl("calico-01", "node", "show")
+        if not ok:
+            raise HarnessError("calicoctl node --libnetwork failed; see above")
+
+    def ipip_available(self):
+        result = self.calicoctl("calico-01", "checksystem")
+        return "kernel: ipip" in result.stdout and not any(
+            line.startswith("kernel: ipip") and "WARNING" in line
+            for line in result.stdout.splitlines())
+
+    def run_variant(self, variant, ipip):
+        outcome = Outcome(variant.title)
+        self.outcomes.append(outcome)
+        self.section("Networks with " + variant.title)
+        if variant.cloud and not ipip:
+            outcome.skipped = "this kernel has no ipip module (calicoctl checksystem says so)"
+            self.note("Skipped: %s. The commands would be:" % outcome.skipped)
+            for line in self._network_commands(variant, "calico-01"):
+                self.note("  " + line)
+            return outcome
+        try:
+            self._create_networks(variant, outcome)
+            addresses = self._run_workloads(outcome)
+            if addresses:
+                self._wait_for_routes(addresses)
+                self._seed_pings(addresses, outcome)
+                for host in self.hosts:
+                    self.docker(host, "network", "ls")
+                self._policy_walk(outcome)
+                self._matrix(addresses, outcome)
+        finally:
+            self._clean_variant(variant)
+        return outcome
+
+    def _network_commands(self, variant, host):
+        opts = "--opt nat-outgoing=true --opt ipip=true " if variant.cloud else ""
+        if variant.ipam == "calico":
+            lines = ["calicoctl pool add %s%s" % (CALICO_POOL,
+                                                  " --ipip --nat-outgoing" if variant.cloud else "")]
+            lines += ["docker network create --driver=calico --ipam-driver calico %s" % n
+                      for n in NETWORKS]
+            return lines
+        index = list(self.hosts).index(host)
+        lines = []
+        for net in NETWORKS:
+            subnet = ipaddress.ip_network(SUBNETS[net])
+            # Each host's Docker allocates on its own: give each a quarter of the subnet.
+            ip_range = list(subnet.subnets(new_prefix=subnet.prefixlen + 2))[index]
+            lines.append("docker network create --driver=calico %s--subnet=%s --ip-range=%s %s"
+                         % (opts, subnet, ip_range, net))
+        return lines
+
+    def _create_networks(self, variant, outcome):
+        if variant.ipam == "default":
+            self.note("Docker 20.10 has no cluster store: each network is created on each host. "
+                      "Docker's default IPAM allocates per host, so each host gets its own "
+                      "--ip-range inside the subnet.")
+        else:
+            self.note("Calico IPAM hands out addresses from the pool across hosts (blocks with "
+                      "host affinity); the networks are still created on each host.")
+        for host in self.hosts:
+            for line in self._network_commands(variant, host):
+                argv = shlex.split(line)
+                if argv[0] == "calicoctl":
+                    if host != "calico-01":
+                        continue            # the pool lives in etcd: once is enough
+                    result = self.calicoctl(host, *argv[1:])
+                else:
+                    result = self.docker(host, *argv[1:])
+                if result.returncode != 0:
+                    outcome.failures.append("%s: %s" % (host, line))
+
+    def _run_workloads(self, outcome):
+        self.section("Workloads")
+        addresses = {}
+        for name, (host, net) in WORKLOADS.items():
+            result = self.docker(host, "run", "--net", net, "--name", name, "-tid", "busybox")
+            if result.returncode != 0:
+                outcome.failures.append("%s: docker run %s" % (host, name))
+        for name, (host, net) in WORKLOADS.items():
+            ip = self.quiet_docker(host, "inspect", "--format",
+                                   "{{ .NetworkSettings.Networks.%s.IPAddress }}" % net,
+                                   name).stdout.strip()
+            if ip:
+                addresses[name] = ip
+        self.note("addresses: " + ", ".join("%s %s (%s)" % (n, a, WORKLOADS[n][0])
+                                            for n, a in addresses.items()))
+        if len(addresses) != len(WORKLOADS):
+            outcome.failures.append("not every workload got an address")
+            return None
+        return addresses
+
+    def _wait_for_routes(self, addresses):
+        """Cross-host pings need the peer's route, which BGP carries within seconds."""
+        t0 = time.monotonic()
+        for name, ip in addresses.items():
+            home = WORKLOADS[name][0]
+            for host in self.hosts:
+                if host == home:
+                    continue
+                via = self.hosts[home].ip
+
+                def learnt(host=host, ip=ip, via=via):
+                    r = self.hosts[host].run(["ip", "route", "get", ip], check=False)
+                    return "via %s" % via in r.stdout
+                try:
+                    wait_for(learnt, timeout=ROUTE_TIMEOUT, what="route to %s on %s" % (ip, host))
+                except HarnessError as exc:
+                    self.note("no route: %s" % exc)
+        self.note("every host has every other host's workload routes (BGP, %.1f s)"
+                  % (time.monotonic() - t0))
+
+    def _ping(self, host, source, target, count=4, shown_target=None):
+        deadline = count + 1
+        return self.docker(host, "exec", source, "ping", "-c", str(count), "-w", str(deadline),
+                           target) if shown_target is None else self.sh(
+            host, "docker exec %s ping -c %d -w %d %s" % (source, count, deadline, shown_target),
+            ["/usr/bin/docker", "exec", source, "ping", "-c", str(count), "-w", str(deadline),
+             target])
+
+    def _seed_pings(self, addresses, outcome):
+        self.section("Validation: the seed's pings")
+        self.note("A can ping C (same network, same host) by name:")
+        if self._ping("calico-01", "workload-A", "workload-C.net1").returncode != 0:
+            outcome.failures.append("A could not ping workload-C.net1")
+        self.note("workload-E.net1 is on calico-02: Docker's embedded DNS only knows the "
+                  "containers of its own engine, so the name does not resolve on calico-01:")
+        self._ping("calico-01", "workload-A", "workload-E.net1", count=1)
+        self.note("so A pings E by the address calico-02's Docker reports:")
+        self.docker("calico-02", "inspect", "--format",
+                    "{{ .NetworkSettings.Networks.net1.IPAddress }}", "workload-E")
+        if self._ping("calico-01", "workload-A", addresses["workload-E"]).returncode != 0:
+            outcome.failures.append("A could not ping E across hosts")
+        self.note("A cannot ping B (another network on the same host); these pings fail:")
+        fmt = "{{ .NetworkSettings.Networks.net2.IPAddress }}"
+        if self._ping("calico-01", "workload-A", addresses["workload-B"],
+                      shown_target='`docker inspect --format "%s" workload-B`' % fmt
+                      ).returncode == 0:
+            outcome.failures.append("A reached B")
+        self.note("A cannot ping D (another network on the other host); D's address from "
+                  "calico-02:")
+        self.docker("calico-02", "inspect", "--format",
+                    "{{ .NetworkSettings.Networks.net3.IPAddress }}", "workload-D")
+        if self._ping("calico-01", "workload-A", addresses["workload-D"]).returncode == 0:
+            outcome.failures.append("A reached D")
+
+    def _policy_walk(self, outcome):
+        self.section("Policy: docker network inspect -> calicoctl endpoint -> calicoctl profile")
+        result = self.docker("calico-01", "network", "inspect", "net1")
+        try:
+            info = json.loads(result.stdout)[0]
+            endpoint_id = next(c["EndpointID"] for c in info["Containers"].values()
+                               if c.get("Name") == "workload-A")
+        except (ValueError, IndexError, KeyError, StopIteration):
+            outcome.failures.append("docker network inspect net1 showed no endpoint for A")
+            return
+        result = self.calicoctl("calico-01", "endpoint", endpoint_id, "profile", "show")
+        profiles = [line.strip("| ").strip() for line in result.stdout.splitlines()
+                    if line.startswith("|")][1:]
+        if result.returncode != 0 or not profiles:
+            outcome.failures.append("calicoctl endpoint %s profile show" % endpoint_id)
+            return
+        self.note("the profile is named after the network, so the same-named network on the "
+                  "other host shares it")
+        if self.calicoctl("calico-01", "profile", profiles[0], "rule", "show").returncode != 0:
+            outcome.failures.append("calicoctl profile %s rule show" % profiles[0])
+
+    def _matrix(self, addresses, outcome):
+        self.section("Who reaches whom (every pair: ping -c 1 -w 2)")
+        for source, (host, net) in WORKLOADS.items():
+            for target, (_thost, tnet) in WORKLOADS.items():
+                if source == target:
+                    continue
+                expected = net == tnet
+                argv = ["/usr/bin/docker", "exec", source, "ping", "-c", "1", "-w", "2",
+                        addresses[target]]
+                seen = self.hosts[host].run(argv, check=False, timeout=30).returncode == 0
+                if expected and not seen:   # one more chance: a lost first packet is not policy
+                    seen = self.hosts[host].run(argv, check=False, timeout=30).returncode == 0
+                outcome.rows.append((source, target, expected, seen))
+                self.say("%s -> %s (%s): %s" % (source, target, addresses[target],
+                                                "reached" if seen else "no reply"))
+
+    def _clean_variant(self, variant):
+        self.note("cleaning up this variant")
+        for name, (host, _net) in WORKLOADS.items():
+            self.quiet_docker(host, "rm", "-f", name)
+        for host in self.hosts:
+            for net in NETWORKS:
+                self.quiet_docker(host, "network", "rm", net)
+        argv = ["env", "ETCD_AUTHORITY=" + self.etcd_authority, self.calicoctl_path]
+        shown = self.hosts["calico-01"].run(argv + ["pool", "show"], check=False).stdout
+        for line in shown.splitlines():
+            cells = [c.strip() for c in line.strip("|").split("|")]
+            if cells and cells[0].startswith("192.168."):
+                self.hosts["calico-01"].run(argv + ["pool", "remove", cells[0], "--force"],
+                                            check=False)
+
+    def stop_nodes(self):
+        for host in self.hosts:
+            self.hosts[host].run(["env", "ETCD_AUTHORITY=" + self.etcd_authority,
+                                  self.calicoctl_path, "node", "stop", "--force"], check=False,
+                                 timeout=120)
+
+    # ---- summary ----------------------------------------------------------------------------
+
+    def summary(self):
+        from prettytable import PrettyTable
+        self.section("Summary")
+        bad = 0
+        for outcome in self.outcomes:
+            if outcome.skipped:
+                self.say("%s: skipped (%s)" % (outcome.variant, outcome.skipped))
+                continue
+            table = PrettyTable(["from", "to", "expected", "seen", ""])
+            table.align = "l"
+            for source, target, expected, seen in outcome.rows:
+                agree = expected == seen
+                bad += not agree
+                table.add_row([source, target, "reach" if expected else "blocked",
+                               "reach" if seen else "blocked", "" if agree else "MISMATCH"])
+            self.say(outcome.variant)
+            self.say(table.get_string())
+            for failure in outcome.failures:
+                bad += 1
+                self.say("FAILED: " + failure)
+        ran = [o for o in self.outcomes if not o.skipped]
+        if not ran:
+            self.say("No variant ran.")
+            return 1
+        self.say("All %d variant(s) run behaved as expected." % len(ran) if not bad else
+                 "%d disagreement(s)." % bad)
+        return 1 if bad else 0
+
+    def run(self):
+        self.start_nodes()
+        ipip = self.ipip_available()
+        for variant in VARIANTS:
+            self.run_variant(variant, ipip)
+        return self.summary()
+
+
+def enter_instructions(bed):
+    lines = ["The testbed is still up (KEEP=1). Enter a host with:"]
+    authority = bed.etcd_url.split("//", 1)[1]
+    for h in bed.hosts:
+        lines.append("  nsenter -t %d -n -u -m -- env ETCD_AUTHORITY=%s bash   # %s (%s)"
+                     % (h.pid, authority, h.name, h.ip))
+    lines.append("  or: python -m tests.st.harness shell calico-01")
+    lines.append("Tear it down with: python -m tests.st.harness down")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    keep = os.environ.get("KEEP", "") not in ("", "0")
+    out = lambda text="": print(text, flush=True)  # noqa: E731
+    progress = lambda text: print("[testbed] %s" % text, file=sys.stderr, flush=True)  # noqa
+    from tests.st.harness.hosts import check_host_support
+    reason = check_host_support()
+    if reason:
+        print("error: %s" % reason, file=sys.stderr)
+        return 1
+    with exclusive():
+        cleanup_stale(progress=progress)
+        bed = Testbed().up(n_hosts=2, progress=progress)
+        code = 1
+        try:
+            from tests.st.harness.node_images import load_node_images
+            load_node_images(bed.hosts, progress=progress)
+            code = Demo(bed, out=out).run()
+        finally:
+            if keep:
+                out(enter_instructions(bed))
+            else:
+                bed.down(progress=progress)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,26 @@
+"""The seed's libnetwork demonstration (tests/st/demo.py) on the session's testbed: every step
+must do what the seed says, and the who-reaches-whom table must match what is expected."""
+
+import sys
+
+from tests.st.demo import Demo
+
+
+def test_libnetwork_demonstration(testbed, node_images, capsys):
+    lines = []
+
+    def out(text=""):
+        lines.append(text)
+        print(text, file=sys.stderr)
+
+    demo = Demo(testbed, out=out)
+    try:
+        code = demo.run()
+    finally:
+        demo.stop_nodes()
+    transcript = "\n".join(lines)
+    assert code == 0, transcript[-6000:]
+    ran = [o for o in demo.outcomes if not o.skipped]
+    assert len(ran) >= 2                       # default IPAM and Calico IPAM, at least
+    for outcome in ran:
+        assert len(outcome.rows) == 20 and not outcome.failures
