@@ -147,32 +147,22 @@ def main(argv=None):
         return 0
     arguments = _parse(doc, argv)
     if arguments is None:
-        sys.stderr.write("Invalid arguments for 'calicoctl %s'. Usage:\n%s\n" % (
-            name, _usage_section(doc)))
+        # One line, like every other user error; the usage is one --help away.
+        sys.stderr.write("Invalid arguments for 'calicoctl %s'; run 'calicoctl %s --help' for "
+                         "its usage.\n" % (name, name))
         return 1
     try:
         result = module.run(arguments)
     except CalicoError as exc:
         if debug:
             logging.exception("calicoctl %s failed", name)
-        sys.stderr.write("%s\n" % exc)
+        # Messages may quote user input holding newlines; the contract is one line.
+        sys.stderr.write("%s\n" % " ".join(str(exc).split()))
         return 1
     except KeyboardInterrupt:
         return 130
     return 0 if result is None else int(result)
 
-
-def _usage_section(doc):
-    lines = doc.strip().splitlines()
-    out, inside = [], False
-    for line in lines:
-        if line.lower().startswith("usage:"):
-            inside = True
-        elif inside and not line.strip():
-            break
-        if inside:
-            out.append(line)
-    return "\n".join(out)
 
 
 def console():
