@@ -1,14 +1,15 @@
 """IPAM speed against the raw compare-and-swap speed of the same etcd, in one run.
 
-    .venv/bin/python bench/ipam.py [--rounds 3] [--ops 1500] [--no-handle]
+    .venv/bin/python bench/ipam.py [--rounds 3] [--ops 1500]
 
 Starts its own etcd (tests/unit/etcd_server.EtcdServer), then for 1 and for 8 concurrent
 processes measures
   - raw CAS: each process compare-and-swaps its own key, reusing the modifiedIndex etcd returned
     (one round trip per operation: the floor for any correct allocator);
-  - allocation: each process is a different host with its own IPAMClient calling auto_assign
-    with a fresh handle id per address (as the libnetwork plugin does), in a /12 pool (room to
-    claim a block every 64 addresses);
+  - allocation: each process is a different host with its own IPAMClient calling auto_assign in
+    a /12 pool (room to claim a block every 64 addresses), without a handle (Docker's IPAM
+    RequestAddress carries no endpoint id) and with a fresh handle id per address (calicoctl
+    container add), which costs a second etcd write (the handle record);
 and prints operations/s and p50/p99 latency of each, and the ratios.  Every round uses a wiped
 key space; the figures reported are the medians over the rounds.
 """
@@ -59,17 +60,31 @@ def allocation_worker(authority, worker, ops, start, results, with_handle):
     results.put((begin, time.perf_counter(), latencies))
 
 
+def guarded(target, args):
+    """Run a worker; a failure is reported on the results queue instead of hanging the run."""
+    results = args[4]
+    try:
+        target(*args)
+    except BaseException:
+        import traceback
+        results.put(traceback.format_exc())
+
+
 def run_workers(target, args, workers, ops):
     ctx = multiprocessing.get_context("spawn")
     start, results = ctx.Event(), ctx.Queue()
-    procs = [ctx.Process(target=target, args=(args[0], w, ops, start, results) + args[1:])
+    procs = [ctx.Process(target=guarded,
+                         args=(target, (args[0], w, ops, start, results) + args[1:]))
              for w in range(workers)]
     for p in procs:
         p.start()
     # Give every process time to import and connect before the common start.
     time.sleep(1.0 + 0.2 * workers)
     start.set()
-    outs = [results.get(timeout=600) for _ in procs]
+    outs = [results.get(timeout=300) for _ in procs]
+    for o in outs:
+        if isinstance(o, str):
+            raise SystemExit("a benchmark worker failed:\n" + o)
     for p in procs:
         p.join()
         if p.exitcode:
@@ -96,11 +111,24 @@ def reset(server):
     pools.add_pool(open_store(), Pool(cidr=ipaddress.ip_network("10.0.0.0/12")))
 
 
+MODES = (("cas", "raw CAS"), ("alloc", "allocation, no handle"),
+         ("handle", "allocation + handle"))
+
+
+def measure(server, workers, ops):
+    reset(server)
+    result = {"cas": run_workers(raw_cas_worker, (server.authority,), workers, ops)}
+    reset(server)
+    result["alloc"] = run_workers(allocation_worker, (server.authority, False), workers, ops)
+    reset(server)
+    result["handle"] = run_workers(allocation_worker, (server.authority, True), workers, ops)
+    return result
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--ops", type=int, default=1500, help="operations per process")
-    parser.add_argument("--no-handle", action="store_true", help="allocate without handle ids")
     options = parser.parse_args()
     server = EtcdServer(name="bench").start()
     figures = {}
@@ -108,37 +136,29 @@ def main():
         for rnd in range(options.rounds):
             for workers in (1, 8):
                 ops = options.ops if workers == 1 else max(100, options.ops // 4)
-                reset(server)
-                cas = run_workers(raw_cas_worker, (server.authority,), workers, ops)
-                reset(server)
-                alloc = run_workers(allocation_worker,
-                                    (server.authority, not options.no_handle), workers, ops)
-                for name, value in (("cas", cas), ("alloc", alloc)):
+                result = measure(server, workers, ops)
+                for mode, value in result.items():
                     for k, v in value.items():
-                        figures.setdefault((workers, name, k), []).append(v)
-                print("round %d, %d process%s: raw CAS %.0f/s p50 %.2f ms p99 %.2f ms | "
-                      "allocation %.0f/s p50 %.2f ms p99 %.2f ms" % (
-                          rnd + 1, workers, "" if workers == 1 else "es", cas["rate"],
-                          cas["p50"], cas["p99"], alloc["rate"], alloc["p50"], alloc["p99"]),
-                      flush=True)
+                        figures.setdefault((workers, mode, k), []).append(v)
+                print("round %d, %d process%s: " % (rnd + 1, workers, "" if workers == 1 else
+                                                    "es") +
+                      " | ".join("%s %.0f/s p50 %.2f ms p99 %.2f ms" % (
+                          label, result[m]["rate"], result[m]["p50"], result[m]["p99"])
+                          for m, label in MODES), flush=True)
     finally:
         server.stop()
     med = {k: statistics.median(v) for k, v in figures.items()}
-    print("\nmedians over %d rounds (allocation %s handle ids):" % (
-        options.rounds, "without" if options.no_handle else "with"))
+    print("\nmedians over %d rounds:" % options.rounds)
     for workers in (1, 8):
-        print("  %d process%s: raw CAS %7.0f/s (p50 %.2f ms, p99 %.2f ms)   allocation %7.0f/s "
-              "(p50 %.2f ms, p99 %.2f ms)   allocation/CAS rate %.0f%%" % (
-                  workers, "  " if workers == 1 else "es", med[(workers, "cas", "rate")],
-                  med[(workers, "cas", "p50")], med[(workers, "cas", "p99")],
-                  med[(workers, "alloc", "rate")], med[(workers, "alloc", "p50")],
-                  med[(workers, "alloc", "p99")],
-                  100 * med[(workers, "alloc", "rate")] / med[(workers, "cas", "rate")]))
-    slowdown = med[(8, "alloc", "p50")] / med[(1, "alloc", "p50")]
-    cas_slowdown = med[(8, "cas", "p50")] / med[(1, "cas", "p50")]
-    print("  per-allocation p50 at 8 vs 1: %.2fx (raw CAS on the same etcd: %.2fx; "
-          "allocation relative to CAS: %.2fx)" % (slowdown, cas_slowdown,
-                                                  slowdown / cas_slowdown))
+        for mode, label in MODES:
+            ratio = "" if mode == "cas" else "   = %3.0f%% of the raw CAS rate" % (
+                100 * med[(workers, mode, "rate")] / med[(workers, "cas", "rate")])
+            print("  %d proc  %-22s %6.0f/s  p50 %6.2f ms  p99 %7.2f ms%s" % (
+                workers, label, med[(workers, mode, "rate")], med[(workers, mode, "p50")],
+                med[(workers, mode, "p99")], ratio))
+    for mode, label in MODES:
+        print("  p50 per operation at 8 vs 1, %-22s %.2fx" % (
+            label + ":", med[(8, mode, "p50")] / med[(1, mode, "p50")]))
 
 
 if __name__ == "__main__":

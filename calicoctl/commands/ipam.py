@@ -57,10 +57,10 @@ def ipam_info(ipam, ip):
 
 
 def ipam_release(ipam, ip):
-    msg(RELEASE_WARNING)
     if ipam.release([ip]):
         raise NotFoundError("IP %s is not assigned; nothing was released." % ip)
     out("Released %s." % ip)
+    msg(RELEASE_WARNING)
 
 
 def ipam_show(store, host):

@@ -13,7 +13,6 @@ again at once.  Every function here works on a copy and does no I/O, so the allo
 inside a compare-and-swap loop and the tests can exercise it without etcd.
 """
 
-import copy
 import ipaddress
 
 from calicoctl.datastore.models import BLOCK_PREFIX
@@ -58,12 +57,13 @@ def normalise(block):
     """A well-formed copy of a stored block; tolerates data without `unallocated`."""
     if not isinstance(block, dict) or "cidr" not in block:
         raise ValidationError("Stored IPAM block is not a JSON object with a cidr.")
-    b = copy.deepcopy(block)
+    b = dict(block)
     allocations = b.get("allocations")
     if not isinstance(allocations, list) or len(allocations) != BLOCK_SIZE:
         raise ValidationError("Stored IPAM block %s does not have %d allocations." % (
             b["cidr"], BLOCK_SIZE))
-    b.setdefault("attributes", [])
+    b["allocations"] = list(allocations)
+    b["attributes"] = list(b.get("attributes") or [])
     free = [o for o in range(BLOCK_SIZE) if allocations[o] is None]
     queue = b.get("unallocated")
     if not isinstance(queue, list) or sorted(queue) != free:
