@@ -142,3 +142,37 @@ def test_processes_as_hosts_never_share_an_address(store, etcd_env, etcd_dump):
     keyed = sorted(k for k in data if k.startswith("/calico/ipam/v2/host/"))
     assert keyed == sorted("/calico/ipam/v2/host/%s/ipv4/block/%s" % (
         blocks.affine_host(b), str(c).replace("/", "-")) for c, (b, _) in found.items())
+
+
+def _die_mid_claim(authority):
+    """Claim a block for host "dead", but exit (like kill -9) right after the affinity write."""
+    os.environ["ETCD_AUTHORITY"] = authority
+    os.environ.pop("ETCD_ENDPOINTS", None)
+    from calicoctl.datastore import open_store
+    from calicoctl.ipam import records
+    from calicoctl.ipam.allocator import IPAMClient
+
+    def killed(store, cidr, block, prev_index):
+        if prev_index is None:
+            os._exit(9)
+    records.write_block = killed
+    IPAMClient(open_store(), host="dead").auto_assign(4)
+
+
+def test_claimant_killed_between_affinity_and_block(store, etcd_env, etcd_dump):
+    pools.add_pool(store, Pool(cidr=ipaddress.ip_network("10.8.0.0/26")))   # one block only
+    proc = multiprocessing.get_context("spawn").Process(target=_die_mid_claim,
+                                                        args=(etcd_env.authority,))
+    proc.start()
+    proc.join(60)
+    assert proc.exitcode == 9
+    assert "/calico/ipam/v2/host/dead/ipv4/block/10.8.0.0-26" in etcd_dump()
+    assert not [k for k in etcd_dump() if "/assignment/" in k]
+    # Another host takes the block at once; the dead host's key no longer advertises it.
+    from calicoctl.ipam.allocator import IPAMClient
+    assert IPAMClient(store, host="alive").auto_assign(4) == ipaddress.ip_address("10.8.0.0")
+    data = etcd_dump()
+    assert [k for k in data if k.startswith("/calico/ipam/v2/host/")] == [
+        "/calico/ipam/v2/host/alive/ipv4/block/10.8.0.0-26"]
+    assert blocks.affine_host(list_blocks(store, 4)[ipaddress.ip_network("10.8.0.0/26")][0]) \
+        == "alive"
