@@ -9,8 +9,10 @@ is not protected by such a write is taken on a quorum read.
 Speed comes from what the client remembers.  It keeps the last state it wrote (or read) of each
 block with that state's modifiedIndex, so the common allocation is a single compare-and-swap on
 the host's block; a stale memory only costs a failed CAS and one re-read.  When a handle is given,
-the handle record is written at the same time as the block (on a second connection), so it costs
-no extra round trip of latency.
+its record is written first, without reading it, for the block the address will most likely
+come from (create-if-absent; corrected in the rare case the guess was wrong): two round trips.
+Handle first means a crash in between leaves a harmless surplus count, never an address that
+release_by_handle cannot find.
 
 Finding a block to claim reads the existing blocks in one recursive listing and computes free
 block CIDRs arithmetically (block.free_blocks): an IPv6 /64 pool, 2**58 blocks, costs what a
@@ -23,7 +25,6 @@ itself affine to a block that does not say so, an affinity key without a block b
 host that comes back finishes or drops its own half-done claims.
 """
 
-import concurrent.futures
 import ipaddress
 import itertools
 import logging
@@ -32,7 +33,6 @@ import threading
 import time
 
 from calicoctl.datastore import pools as pool_store
-from calicoctl.datastore.store import EtcdStore
 from calicoctl.errors import (CalicoError, ConflictError, PoolExhaustedError,
                               ValidationError)
 from calicoctl.ipam import block as blocks
@@ -72,8 +72,6 @@ class IPAMClient:
         self._pools = {}                  # version -> (monotonic time read, [Pool])
         self._repaired = set()            # versions whose affinity keys we have reconciled
         self._lock = threading.Lock()
-        self._executor = None
-        self._side_store = None
 
     # -- public API -----------------------------------------------------------------------------
 
@@ -86,24 +84,18 @@ class IPAMClient:
             if pool.version != version:
                 raise ValidationError("Pool %s is not an IPv%d pool." % (pool, version))
         guess = self._fast_guess(version, pool)
-        pending = None
-        if handle_id is not None and guess is not None:
-            # Common case: the block is known, so write the handle alongside the block.
-            pending = self._in_background(self._change_handle, handle_id, {guess: 1}, True)
+        early = handle_id is not None and guess is not None
+        if early:
+            self._change_handle(handle_id, {guess: 1}, assume_new=True)
         try:
             ip, cidr = self._auto_assign(version, handle_id, attributes, pool, guess)
         except BaseException:
-            if pending is not None:
-                self._settle(pending, handle_id, {guess: -1})
+            if early:
+                self._settle(handle_id, {guess: -1})
             raise
-        if handle_id is not None:
+        if handle_id is not None and not (early and cidr == guess):
             try:
-                if pending is not None:
-                    pending.result()
-                    if cidr != guess:
-                        self._change_handle(handle_id, {guess: -1, cidr: 1})
-                else:
-                    self._change_handle(handle_id, {cidr: 1})
+                self._change_handle(handle_id, {guess: -1, cidr: 1} if early else {cidr: 1})
             except CalicoError:
                 self.release([ip])      # no handle record, no address: leave nothing behind
                 raise
@@ -137,7 +129,7 @@ class IPAMClient:
                                 "try again." % (ip, pool.cidr, CAS_ATTEMPTS))
         except BaseException:
             if handle_id is not None:
-                self._settle(None, handle_id, {cidr: -1})
+                self._settle(handle_id, {cidr: -1})
             raise
 
     def release(self, ips):
@@ -153,7 +145,7 @@ class IPAMClient:
             not_allocated.update(ip for ip in members
                                  if blocks.ordinal_of(cidr, ip) not in released)
             for handle_id, count in handles.items():
-                self._settle(None, handle_id, {cidr: -count})
+                self._settle(handle_id, {cidr: -count})
         return not_allocated
 
     def release_by_handle(self, handle_id):
@@ -385,9 +377,12 @@ class IPAMClient:
 
     # -- handles --------------------------------------------------------------------------------
 
-    def _change_handle(self, handle_id, deltas, assume_new=False, store=None):
-        """Add deltas ({block network: +n/-n}) to a handle's counts; delete it at zero."""
-        store = store or self.store
+    def _change_handle(self, handle_id, deltas, assume_new=False):
+        """Add deltas ({block network: +n/-n}) to a handle's counts; delete it at zero.
+
+        assume_new skips the first read: try create-if-absent, fall back to read and CAS.
+        """
+        store = self.store
         state = (None, None) if assume_new else None
         for attempt in range(CAS_ATTEMPTS):
             _backoff(attempt)
@@ -408,27 +403,13 @@ class IPAMClient:
         raise ConflictError("Gave up updating handle %s after %d conflicting writes; try again."
                             % (handle_id, CAS_ATTEMPTS))
 
-    def _settle(self, pending, handle_id, deltas):
+    def _settle(self, handle_id, deltas):
         """Undo a handle change after a failed allocation, best effort (a surplus is harmless:
         release_by_handle frees only what the blocks say the handle holds)."""
         try:
-            if pending is not None:
-                pending.result()
             self._change_handle(handle_id, deltas)
         except CalicoError as exc:
             log.warning("Could not correct handle %s: %s", handle_id, exc)
-
-    def _in_background(self, fn, *args):
-        """Run fn on a second etcd connection so its round trip overlaps ours."""
-        with self._lock:
-            if self._executor is None:
-                self._executor = concurrent.futures.ThreadPoolExecutor(
-                    max_workers=4, thread_name_prefix="ipam-handle")
-                if isinstance(self.store, EtcdStore):
-                    self._side_store = EtcdStore(self.store.settings, self.store.timeout)
-                else:
-                    self._side_store = self.store
-        return self._executor.submit(fn, *args, store=self._side_store)
 
     # -- pools ----------------------------------------------------------------------------------
 
