@@ -231,24 +231,25 @@ class Demo:
         return addresses
 
     def _wait_for_routes(self, addresses):
-        """Cross-host pings need the peer's route, which BGP carries within seconds."""
+        """Cross-host pings need the peer's route, which BGP carries within seconds.  One
+        deadline for all of them; what is still missing is said, and the pings will show it."""
         t0 = time.monotonic()
-        for name, ip in addresses.items():
-            home = WORKLOADS[name][0]
-            for host in self.hosts:
-                if host == home:
-                    continue
-                via = self.hosts[home].ip
+        wanted = [(host, ip, self.hosts[WORKLOADS[name][0]].ip, name)
+                  for name, ip in addresses.items() for host in self.hosts
+                  if host != WORKLOADS[name][0]]
 
-                def learnt(host=host, ip=ip, via=via):
-                    r = self.hosts[host].run(["ip", "route", "get", ip], check=False)
-                    return "via %s" % via in r.stdout
-                try:
-                    wait_for(learnt, timeout=ROUTE_TIMEOUT, what="route to %s on %s" % (ip, host))
-                except HarnessError as exc:
-                    self.note("no route: %s" % exc)
-        self.note("every host has every other host's workload routes (BGP, %.1f s)"
-                  % (time.monotonic() - t0))
+        def missing():
+            return [(host, ip, via, name) for host, ip, via, name in wanted
+                    if "via %s" % via not in self.hosts[host].run(
+                        ["ip", "route", "get", ip], check=False).stdout]
+        try:
+            wait_for(lambda: not missing(), timeout=ROUTE_TIMEOUT, what="BGP routes")
+            self.note("each host has learnt the other's workload routes over BGP (%.1f s)"
+                      % (time.monotonic() - t0))
+        except HarnessError:
+            for host, ip, via, name in missing():
+                self.note("after %d s %s still has no route to %s (%s) via %s" % (
+                    ROUTE_TIMEOUT, host, name, ip, via))
 
     def _ping(self, host, source, target, count=4, shown_target=None):
         deadline = count + 1

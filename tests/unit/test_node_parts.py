@@ -166,3 +166,18 @@ def test_diags_command_prints_the_path(cli, tmp_path):
     assert r.code == 0, r
     assert r.out.strip().endswith(".tar.gz")
     tarfile.open(r.out.strip()).close()
+
+
+def test_privilege_falls_back_to_explicit_capabilities(tmp_path):
+    status_file = tmp_path / "status"
+    last_cap = tmp_path / "cap_last_cap"
+    last_cap.write_text("40\n")
+    status_file.write_text("Name:\tx\nCapBnd:\t000001ffffffffff\n")
+    assert containers.missing_capabilities(str(status_file), str(last_cap)) == []
+    assert containers.privilege_options([]) == {"privileged": True}
+    status_file.write_text("Name:\tx\nCapBnd:\t000001fffeffffff\n")   # no CAP_SYS_RESOURCE
+    missing = containers.missing_capabilities(str(status_file), str(last_cap))
+    assert missing == ["SYS_RESOURCE"]
+    options = containers.privilege_options(missing)
+    assert options["cap_add"] == ["ALL"] and options["cap_drop"] == ["SYS_RESOURCE"]
+    assert options["unmask_system_paths"] and "privileged" not in options
