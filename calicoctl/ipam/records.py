@@ -15,17 +15,14 @@ from calicoctl.errors import ValidationError
 from calicoctl.ipam import block as blocks
 
 
-def _write(store, key, value, **conditions):
-    """One conditional etcd write; the new modifiedIndex, or None if the condition failed.
+def _write(store, key, value, prev_index):
+    """CAS on prev_index, or create-if-absent when None: the new modifiedIndex, or None.
 
-    EtcdStore.cas/create answer only True/False; the allocator needs the index etcd assigned, so
-    this goes through the store's one request path (_call: endpoint failover, error mapping).
+    The index lets the allocator's next compare-and-swap skip re-reading the block.
     """
-    import etcd
-    try:
-        return store._call("write", key, value, **conditions).modifiedIndex
-    except (etcd.EtcdCompareFailed, etcd.EtcdKeyNotFound, etcd.EtcdAlreadyExist):
-        return None
+    if prev_index is None:
+        return store.write_if(key, value, prev_exist=False)
+    return store.write_if(key, value, prev_index=prev_index)
 
 
 def _parse_block(value):
@@ -58,10 +55,7 @@ def list_blocks(store, version):
 
 def write_block(store, cidr, block, prev_index):
     """CAS the block on prev_index (create-if-absent when None); the new index or None."""
-    key = keys.block(cidr, cidr.version)
-    if prev_index is None:
-        return _write(store, key, dump_json(block), prevExist=False)
-    return _write(store, key, dump_json(block), prevIndex=prev_index)
+    return _write(store, keys.block(cidr, cidr.version), dump_json(block), prev_index)
 
 
 def delete_block(store, cidr, prev_index):
@@ -119,10 +113,7 @@ def read_handle(store, handle_id):
 
 
 def write_handle(store, handle_id, handle, prev_index):
-    key = keys.handle(handle_id)
-    if prev_index is None:
-        return _write(store, key, dump_json(handle), prevExist=False)
-    return _write(store, key, dump_json(handle), prevIndex=prev_index)
+    return _write(store, keys.handle(handle_id), dump_json(handle), prev_index)
 
 
 def delete_handle(store, handle_id, prev_index):
