@@ -44,7 +44,7 @@ class Bench:
                         check=check, timeout=300)
 
     def ping_ok(self, host, source, ip):
-        return host.docker("exec", source, "ping", "-c", "1", "-w", "1", ip,
+        return host.docker("exec", source, "ping", "-c", "1", "-W", "1", "-w", "1", ip,
                            check=False, timeout=30).returncode == 0
 
     def address(self, host, name):
