@@ -170,18 +170,24 @@ def raw_loads(desired, n):
     from calicoctl.felix.executor import IptablesTable
     chains = desired.chains[("filter", 4)]
     table = IptablesTable("filter", 4)
-    full = table.restore_input(chains)
+    # One endpoint: the full ruleset is loaded without it, then its two chains and its two
+    # dispatch buckets are written with --noflush (what the agent does for a new endpoint).
+    iface = sorted(i for b in desired.buckets[4].values() for i in b)[0]
+    bucket = policy.bucket_of(iface, "cali")
+    mine = [policy.endpoint_chain(iface, "to"), policy.endpoint_chain(iface, "from")]
+    buckets = [policy.bucket_chain("from", bucket), policy.bucket_chain("to", bucket)]
+    without = {c: r for c, r in chains.items() if c not in mine}
+    for c in buckets:
+        without[c] = [r for r in chains[c] if iface not in r.split()]
+    # The top-level jumps belong to the ruleset: nf_tables checks the jump graph reachable
+    # from the base chains on every change that adds a jump, so they change what loads cost.
+    full = table.restore_input(without, ["-A INPUT -j felix-INPUT",
+                                         "-A FORWARD -j felix-FORWARD"])
+    full = full.replace("*filter\n", "*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n", 1)
+    one_text = table.restore_input({c: chains[c] for c in mine + buckets})
     sets = "".join("create %s %s family %s\n" % (name, spec[0], spec[1]) + "".join(
         "add %s %s\n" % (name, m) for m in sorted(spec[2]))
         for name, spec in desired.sets.items() if spec[1] == "inet")
-    # One endpoint: its two chains and its two dispatch buckets (what the agent writes).
-    iface = sorted(i for b in desired.buckets[4].values() for i in b)[0]
-    bucket = policy.bucket_of(iface, "cali")
-    one = {c: chains[c] for c in (policy.endpoint_chain(iface, "to"),
-                                  policy.endpoint_chain(iface, "from"),
-                                  policy.bucket_chain("from", bucket),
-                                  policy.bucket_chain("to", bucket))}
-    one_text = table.restore_input(one)
     nft_text = to_native_nft(full, desired.sets)
     with tempfile.TemporaryDirectory() as d:
         paths = {}

@@ -102,7 +102,29 @@ def _protocol(rule, version):
         return None
     if proto == "icmpv6":
         return "ipv6-icmp"     # the name ip6tables-save prints
+    if isinstance(proto, int):
+        # iptables-save prints the /etc/protocols name; use it too, so a read-back compares
+        # equal and an unchanged chain is never rewritten.
+        return _protocol_names().get(proto, str(proto))
     return str(proto)
+
+
+_PROTOCOLS = {}
+
+
+def _protocol_names():
+    """number -> name from /etc/protocols (what iptables itself uses), read once."""
+    if not _PROTOCOLS:
+        _PROTOCOLS[-1] = None                # read at most once, even if the file is missing
+        try:
+            with open("/etc/protocols") as f:
+                for line in f:
+                    words = line.split("#", 1)[0].split()
+                    if len(words) >= 2 and words[1].isdigit():
+                        _PROTOCOLS.setdefault(int(words[1]), words[0])
+        except OSError:
+            pass
+    return _PROTOCOLS
 
 
 def rule_to_iptables(rule, version, ipset_name):
@@ -267,3 +289,19 @@ def top_chains(version, prefix, endpoint_to_host="DROP", ipip_hosts_set=None):
         inp.append("-i %s -j %s" % (wl, endpoint_to_host))
     return {FORWARD_CHAIN: forward, INPUT_CHAIN: inp,
             ALLOW_CHAIN: ["-j MARK --set-xmark %s" % ALLOW_MARK]}
+
+
+def chain_rank(chain):
+    """Order in which chains are filled when a change is split over several restores: a chain
+    is filled before any chain that jumps to it, so nothing reachable is ever half-written."""
+    if chain == ALLOW_CHAIN:
+        return 0
+    if chain.startswith(CHAIN_PREFIX + "p-"):
+        return 1
+    if chain.startswith((CHAIN_PREFIX + "to-", CHAIN_PREFIX + "from-")):
+        return 2
+    if chain.startswith((CHAIN_PREFIX + "TO-EP-", CHAIN_PREFIX + "FROM-EP-")):
+        return 3
+    if chain in (FROM_ENDPOINT, TO_ENDPOINT):
+        return 4
+    return 5
