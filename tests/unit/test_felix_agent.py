@@ -216,3 +216,35 @@ def test_read_status_for_calicoctl_status(store, agent, monkeypatch):
     agent.tick()
     status = read_status(store, HOST)
     assert status["alive"] and status["endpoints"] == {"up": 1, "down": 0, "error": 0}
+
+
+def test_large_change_is_split_and_filled_before_it_is_reachable(kernel, monkeypatch):
+    from calicoctl.felix import executor
+    from calicoctl.felix.executor import IptablesTable
+    monkeypatch.setattr(executor, "BATCH_CHAINS", 2)
+    table = IptablesTable("filter", 4, kernel)
+    updates = {"felix-ALLOW": ["-j MARK --set-xmark 0x1000000/0x1000000"],
+               "felix-p-a-i": ["-g felix-ALLOW"],
+               "felix-to-cali1": ["-j felix-p-a-i", "-j DROP"],
+               "felix-TO-EP-1": ["-o cali1 -g felix-to-cali1", "-j DROP"],
+               "felix-TO-ENDPOINT": ["-o cali1+ -g felix-TO-EP-1", "-j DROP"]}
+    table.apply(updates)
+    restores = [text for cmd, text in kernel.calls if cmd[0] == "iptables-restore"]
+    assert len(restores) > 2                      # split
+    batch = {line.split()[1]: i for i, text in enumerate(restores)
+             for line in text.splitlines() if line.startswith("-A ")}
+    # Each restore is atomic; across restores, a chain is filled no later than its callers.
+    order = ["felix-ALLOW", "felix-p-a-i", "felix-to-cali1", "felix-TO-EP-1",
+             "felix-TO-ENDPOINT"]
+    assert [batch[c] for c in order] == sorted(batch[c] for c in order)
+    assert batch["felix-TO-ENDPOINT"] > batch["felix-ALLOW"]
+    assert chains(kernel)["felix-TO-ENDPOINT"] == updates["felix-TO-ENDPOINT"]
+
+
+def test_felix_command_rejects_bad_options(cli):
+    r = cli("felix", "serve", "--log-level=LOUD")
+    assert r.code == 1 and r.err.count("\n") == 1 and "--log-level" in r.err
+    r = cli("felix", "serve", "--refresh-interval=soon")
+    assert r.code == 1 and "--refresh-interval" in r.err
+    r = cli("felix", "serve", "--backend=iptables")
+    assert r.code == 1 and "--backend" in r.err
