@@ -31,6 +31,9 @@ _DOCKER_OPTIONS = {"com.docker.network.enable_ipv6"}
 # Join answers a connected route to the gateway (RouteType 1: no next hop).
 ROUTE_CONNECTED, ROUTE_NEXTHOP = 1, 0
 FELIX_POLL_INTERVAL = 0.05
+# Container start-up is on the critical path of every `docker run`; the uplink's MTU and the
+# pools' ipip flags change rarely, so they are re-read at most this often.
+MTU_CACHE_SECONDS = 10.0
 
 
 def parse_options(generic):
@@ -68,6 +71,8 @@ def _is_calico_ipam(data):
 class NetworkDriver:
     def __init__(self, store, host, interface_prefix="eth", felix_wait=5.0, dataplane=None):
         self.dataplane = dataplane or Dataplane()
+        self._mtu_cache = {}          # ipip flag -> (monotonic time, mtu)
+        self._pool_cache = (0.0, [])  # (monotonic time, IPv4 pools)
         self.store = store
         self.host = host
         self.interface_prefix = interface_prefix
@@ -223,21 +228,38 @@ class NetworkDriver:
         ipip = bool((record.get("options") or {}).get("ipip"))
         if record.get("ipam") == "calico" and nets4:
             ip = ipaddress.ip_address(_ip(nets4[0]))
-            ipip = any(p.ipip and ip in p.cidr for p in pools_store.list_pools(self.store, 4))
-        return self.dataplane.workload_mtu(ipip=ipip)
+            ipip = any(p.ipip and ip in p.cidr for p in self._pools_v4())
+        now = time.monotonic()
+        cached = self._mtu_cache.get(ipip)
+        if cached and now - cached[0] < MTU_CACHE_SECONDS:
+            return cached[1]
+        mtu = self.dataplane.workload_mtu(ipip=ipip)
+        self._mtu_cache[ipip] = (now, mtu)
+        return mtu
+
+    def _pools_v4(self):
+        read_at, pools = self._pool_cache
+        if time.monotonic() - read_at >= MTU_CACHE_SECONDS:
+            pools = pools_store.list_pools(self.store, 4)
+            self._pool_cache = (time.monotonic(), pools)
+        return pools
 
     def join(self, request):
         network_id, endpoint_id = request["NetworkID"], request["EndpointID"]
         sandbox = request["SandboxKey"]
         record = records.get_network(self.store, network_id)
-        ep = records.endpoint_of(self.store, self.host, endpoint_id)
+        host_eps = records.host_endpoints(self.store, self.host)
+        ep = next((e for e in host_eps if e.endpoint_id == endpoint_id), None)
+        if ep is None:
+            raise NotFoundError("Endpoint %s is not known to Calico on %s." % (
+                endpoint_id[:12], self.host))
         if not self.dataplane.veth_exists(ep.name):    # e.g. a crash undid the veth
             self.dataplane.set_up_workload(ep.name, veth.temp_peer_name(endpoint_id),
                                  self._mtu(record, ep.ipv4_nets), ep.ipv4_nets, ep.ipv6_nets,
                                  ep.mac or WORKLOAD_MAC)
-        others = [e for e in records.host_endpoints(self.store, self.host)
+        others = [e for e in host_eps
                   if e.extra.get("sandbox") == sandbox and e.endpoint_id != endpoint_id]
-        records.update_endpoint_fields(self.store, ep, sandbox=sandbox)
+        records.set_endpoint_fields(self.store, ep, sandbox=sandbox)
         answer = {"InterfaceName": {"SrcName": veth.temp_peer_name(endpoint_id),
                                     "DstPrefix": self.interface_prefix},
                   # Our gateway is on the veth; Docker must never add docker_gwbridge (traffic

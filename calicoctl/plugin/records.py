@@ -94,6 +94,20 @@ def update_endpoint_fields(store, ep, profile_ids=None, **extra):
         return None
 
 
+def set_endpoint_fields(store, ep, **extra):
+    """Like update_endpoint_fields, but first tries one compare-and-swap against the index the
+    endpoint was listed at (one round trip on the hot path); re-reads only on a conflict."""
+    index = ep.extra.get("_index")
+    if index is not None:
+        current = Endpoint.from_json(ep.host, ep.orchestrator, ep.workload, ep.endpoint_id,
+                                     ep.to_json())
+        current.extra.pop("_index", None)
+        current.extra.update(extra)
+        if store.cas(endpoints.endpoint_key(ep), dump_json(current.to_json()), index):
+            return current
+    return update_endpoint_fields(store, ep, **extra)
+
+
 # --- address claims (Docker's default IPAM) ----------------------------------------------------
 
 def claim_address(store, ip, host, endpoint_id):
