@@ -45,8 +45,9 @@ images: deps
 demo: deps
 	$(PY) -m tests.st.demo
 
+# PyInstaller only: installing '.[binary]' would replace the venv's editable calicoctl.
 binary: deps
-	$(PIP) install -q '.[binary]'
+	$(PIP) install -q 'pyinstaller>=6'
 	$(VENV)/bin/pyinstaller --noconfirm --clean calicoctl.spec
 
 bench: deps
