@@ -35,6 +35,7 @@ BACKENDS = {
     "legacy": {4: ("iptables-legacy-restore", "iptables-legacy-save", "iptables-legacy"),
                6: ("ip6tables-legacy-restore", "ip6tables-legacy-save", "ip6tables-legacy")},
 }
+DOCKER_USER = "-j DOCKER-USER"
 # Chains a quick refresh checks (see IptablesTable.quick_sync): the entry points, whose loss
 # would open or cut every workload at once.
 QUICK_CHAINS = ("felix-INPUT", "felix-FORWARD", "felix-ALLOW", "felix-FROM-ENDPOINT",
@@ -135,7 +136,10 @@ class IptablesTable:
         for builtin, ours in self.jumps.items():
             rules = kernel.get(builtin, [])
             jump = "-j %s" % ours
-            if rules[:1] == [jump] and rules.count(jump) == 1:
+            # First, or right after Docker's DOCKER-USER jump (dockerd puts that first whenever
+            # it starts; both insisting on the top would swap places at every refresh).
+            if rules.count(jump) == 1 and (rules[:1] == [jump] or rules[:2] == [DOCKER_USER,
+                                                                                  jump]):
                 continue
             lines += ["-D %s %s" % (builtin, jump)] * rules.count(jump)
             lines.append("-I %s 1 %s" % (builtin, jump))

@@ -248,3 +248,13 @@ def test_felix_command_rejects_bad_options(cli):
     assert r.code == 1 and "--refresh-interval" in r.err
     r = cli("felix", "serve", "--backend=iptables")
     assert r.code == 1 and "--backend" in r.err
+
+
+def test_our_jump_may_follow_dockers_user_chain_without_fighting(store, agent, kernel):
+    agent.resync()
+    f = chains(kernel)
+    f["FORWARD"].insert(0, "-j DOCKER-USER")       # dockerd restarted
+    kernel.calls.clear()
+    agent.refresh()
+    assert chains(kernel)["FORWARD"][:2] == ["-j DOCKER-USER", "-j felix-FORWARD"]
+    assert not [c for c in kernel.calls if "restore" in c[0][0] and "tables" in c[0][0]]
