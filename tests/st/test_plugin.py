@@ -262,3 +262,26 @@ def test_reconciliation_after_calls_were_missed(two_hosts, etcd_on_bridge, plugi
     h1.docker("rm", "-f", "g2")
     h1.docker("network", "rm", "net1")
     _no_leftovers(two_hosts, etcd)
+
+
+def test_ipv6_network(two_hosts, etcd_on_bridge, plugins, clean):
+    h1, _ = two_hosts
+    etcd = etcd_on_bridge
+    calicoctl(h1, etcd, "pool", "add", "192.168.0.0/16")
+    calicoctl(h1, etcd, "pool", "add", "fd80:24e2:f998:72d6::/64")
+    h1.docker("network", "create", "--driver", "calico", "--ipam-driver", "calico", "--ipv6",
+              "net6")
+    h1.docker("run", "--net", "net6", "--name", "v1", "-tid", "busybox")
+    h1.docker("run", "--net", "net6", "--name", "v2", "-tid", "busybox")
+    info = json.loads(h1.docker("inspect", "--format", "{{json .NetworkSettings.Networks}}",
+                                "v2").stdout)["net6"]
+    ip6 = info["GlobalIPv6Address"]
+    assert ip6.startswith("fd80:24e2:f998:72d6:"), info
+    routes = h1.docker("exec", "v1", "ip", "-6", "route").stdout
+    assert "default via fe80::1 dev eth0" in routes, routes
+    result = h1.docker("exec", "v1", "ping", "-6", "-c", "1", "-W", "5", ip6, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert ip6 in host_routes(h1) or ip6 in h1.run(["ip", "-6", "route"]).stdout
+    h1.docker("rm", "-f", "v1", "v2")
+    h1.docker("network", "rm", "net6")
+    _no_leftovers(two_hosts, etcd)

@@ -523,3 +523,19 @@ def test_reconcile_removes_what_docker_forgot(store, plugin, plugin_parts, netns
     # Docker forgot the network too: its record goes.
     assert reconciler.run(DockerView())["networks"] == [NET]
     assert keys.libnetwork_network(NET) not in etcd_dump()
+
+
+def test_same_named_networks_share_one_profile(store, plugin, plugin_parts, etcd_dump):
+    """Each host's Docker has its own network id; one name is one Calico network."""
+    calico_network(plugin, network_id=NET)
+    calico_network(plugin, network_id=NET2)          # as if created on a second host
+    learner = plugin_parts[1]
+    learner.learn_network(NET, "net1")
+    learner.learn_network(NET2, "net1")
+    assert json.loads(etcd_dump()[keys.profile_rules("net1")]) == {
+        "id": "net1", "inbound_rules": [{"action": "allow", "src_tag": "net1"}],
+        "outbound_rules": [{"action": "allow"}]}
+    plugin.ok("NetworkDriver.DeleteNetwork", {"NetworkID": NET})
+    assert keys.profile_tags("net1") in etcd_dump()
+    plugin.ok("NetworkDriver.DeleteNetwork", {"NetworkID": NET2})
+    assert not [k for k in etcd_dump() if "/profile/" in k]
