@@ -258,3 +258,32 @@ def test_our_jump_may_follow_dockers_user_chain_without_fighting(store, agent, k
     agent.refresh()
     assert chains(kernel)["FORWARD"][:2] == ["-j DOCKER-USER", "-j felix-FORWARD"]
     assert not [c for c in kernel.calls if "restore" in c[0][0] and "tables" in c[0][0]]
+
+
+def test_run_resyncs_after_a_lost_watch_and_an_etcd_outage(store, agent, monkeypatch):
+    import threading
+
+    import etcd
+
+    from calicoctl.errors import DatastoreError
+    from calicoctl.felix import agent as agent_mod
+    monkeypatch.setattr(agent_mod, "RETRY_DELAY", 0.01)
+    monkeypatch.setattr(agent.dataplane, "prepare", lambda: None)
+    resyncs = []
+    real_resync = agent.resync
+    failures = [etcd.EtcdEventIndexCleared("cleared"), DatastoreError("etcd restarted")]
+
+    def resync():
+        resyncs.append(1)
+        real_resync()
+        if len(resyncs) >= 3:
+            agent.stop()
+
+    def poll_once():
+        raise failures.pop(0)
+    monkeypatch.setattr(agent, "resync", resync)
+    monkeypatch.setattr(agent, "poll_once", poll_once)
+    t = threading.Thread(target=agent.run)
+    t.start()
+    t.join(10)
+    assert not t.is_alive() and len(resyncs) == 3 and not failures
