@@ -188,7 +188,9 @@ def raw_loads(desired, n):
     sets = "".join("create %s %s family %s\n" % (name, spec[0], spec[1]) + "".join(
         "add %s %s\n" % (name, m) for m in sorted(spec[2]))
         for name, spec in desired.sets.items() if spec[1] == "inet")
-    nft_text = to_native_nft(full, desired.sets)
+    import shutil
+    # Native nft is only a comparison (apt-get install nftables); skipped where absent.
+    nft_text = to_native_nft(full, desired.sets) if shutil.which("nft") else None
     with tempfile.TemporaryDirectory() as d:
         paths = {}
         for name, text in (("full", full), ("sets", sets), ("one", one_text),
