@@ -1,66 +1,23 @@
-"""A real etcd (v2 API enabled) for tests: started on free loopback ports, removed afterwards."""
+"""The unit tests' etcd: the harness's EtcdServer on loopback, so there is one implementation.
 
-import os
-import shutil
-import socket
-import subprocess
-import tempfile
-import time
-import urllib.request
+Kept as a module because the unit fixtures, the etcd cluster helper and the benchmarks import
+`EtcdServer` and `free_port` from here; `start()` returns the server (chaining) rather than its URL.
+"""
 
+from tests.st.harness.etcd_server import EtcdServer as _HarnessEtcd
+from tests.st.harness.etcd_server import free_port
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+__all__ = ["EtcdServer", "free_port"]
 
 
-class EtcdServer:
+class EtcdServer(_HarnessEtcd):
     def __init__(self, name="test"):
-        self.name = name
-        self.client_port = free_port()
-        self.peer_port = free_port()
-        self.data_dir = tempfile.mkdtemp(prefix="calico-etcd-")
-        self.proc = None
+        super().__init__("127.0.0.1", name=name)
 
     @property
-    def url(self):
-        return "http://127.0.0.1:%d" % self.client_port
-
-    @property
-    def authority(self):
-        return "127.0.0.1:%d" % self.client_port
+    def client_port(self):
+        return self.port
 
     def start(self, timeout=30):
-        etcd = shutil.which("etcd")
-        if etcd is None:
-            raise RuntimeError("etcd is not installed: run 'make test' (it installs etcd-server)")
-        self.log = open(os.path.join(self.data_dir, "etcd.log"), "w")
-        self.proc = subprocess.Popen(
-            [etcd, "--name", self.name, "--data-dir", os.path.join(self.data_dir, "data"),
-             "--listen-client-urls", self.url, "--advertise-client-urls", self.url,
-             "--listen-peer-urls", "http://127.0.0.1:%d" % self.peer_port,
-             "--initial-advertise-peer-urls", "http://127.0.0.1:%d" % self.peer_port,
-             "--initial-cluster", "%s=http://127.0.0.1:%d" % (self.name, self.peer_port),
-             "--enable-v2=true"],
-            stdout=self.log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError("etcd exited; see %s" % self.log.name)
-            try:
-                with urllib.request.urlopen(self.url + "/v2/keys/", timeout=1):
-                    return self
-            except OSError:
-                time.sleep(0.05)
-        raise RuntimeError("etcd did not become ready in %ss" % timeout)
-
-    def stop(self):
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        shutil.rmtree(self.data_dir, ignore_errors=True)
+        super().start(timeout)
+        return self
