@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-from tests.st.harness import procs, wait_for
+from tests.st.harness import wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 PYTHON = str(REPO / ".venv" / "bin" / "python") if (REPO / ".venv").exists() else sys.executable
@@ -27,17 +27,21 @@ def calicoctl(host, etcd, *args, check=True, timeout=60):
 class PluginProcess:
     """`calicoctl plugin serve` in one host; its log is <host log dir>/plugin.log."""
 
-    def __init__(self, host, etcd, log_name="plugin"):
+    def __init__(self, host, etcd, log_name="plugin", args=("plugin", "serve",
+                                                              "--log-level=debug")):
         self.host, self.etcd, self.log_name = host, etcd, log_name
+        self.args = list(args)
         self.proc = None
 
     @property
     def socket_path(self):
         return Path(self.host.root_path(SOCKET))
 
-    def start(self, timeout=20):
-        cmd = [PYTHON, "-m", "calicoctl", "plugin", "serve", "--log-level=debug"]
+    def start(self, timeout=20, wait=True):
+        cmd = [PYTHON, "-m", "calicoctl", *self.args]
         self.proc = self.host.popen(cmd, self.log_name, env=etcd_env(self.etcd))
+        if not wait:
+            return self
 
         def up():
             if self.proc.poll() is not None:
@@ -49,26 +53,12 @@ class PluginProcess:
     def stop(self, sig=signal.SIGTERM, timeout=10):
         if self.proc is None or self.proc.poll() is not None:
             return None
-        # The popen'd process is nsenter; the plugin is its child in the host's namespaces.
-        for pid in self._plugin_pids():
-            try:
-                import os
-                os.kill(pid, sig)
-            except ProcessLookupError:
-                pass
+        # nsenter (without a pid namespace) execs the command: the popen'd pid is ours.
+        self.proc.send_signal(sig)
         self.proc.wait(timeout=timeout)
         code = self.proc.returncode
         self.proc = None
         return code
-
-    def _plugin_pids(self):
-        pids = []
-        for pid in procs.pids_in_namespaces_of(self.host.pid):
-            argv = procs.cmdline(pid)
-            if "plugin" in argv and "serve" in argv and "calicoctl" in argv \
-                    and argv[0] != "nsenter":
-                pids.append(pid)
-        return pids
 
     def log(self):
         path = self.host.log_path(self.log_name)
