@@ -263,11 +263,9 @@ class Agent:
         if not self.birds:
             return
         view = self.state.bgp_view()
-        ifaces = {n: ep.name for ep in self.state.local_endpoints()
-                  for n in ep.ipv4_nets + ep.ipv6_nets}
         for version, bird in self.birds.items():
             try:
-                bird.configure(render_bird_config(view, version, ifaces))
+                bird.configure(render_bird_config(view, version))
             except DataplaneError as exc:
                 log.error("BIRD%s config rejected: %s", "" if version == 4 else "6", exc)
 

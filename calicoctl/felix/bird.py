@@ -45,6 +45,10 @@ def _prefix_set(nets):
     return "[ %s ]" % ", ".join("%s+" % n for n in nets)
 
 
+def _exact_set(nets):
+    return "[ %s ]" % ", ".join(str(n) for n in nets)
+
+
 def _in_pools(net, pools):
     return any(net.version == p.version and net.subnet_of(p.cidr) for p in pools)
 
@@ -64,11 +68,9 @@ def exported_routes(view, version):
     return blocks, nets
 
 
-def render_bird_config(view, version, endpoint_ifaces=None):
+def render_bird_config(view, version):
     """The config text for bird (version 4) or bird6 (version 6), or None when this node has no
-    address of that family (then that daemon is not run).
-
-    endpoint_ifaces: {endpoint net string: interface} for the workload statics."""
+    address of that family (then that daemon is not run)."""
     node = view.nodes.get(view.me, {})
     my_ip = node.get("ip%d" % version)
     if not my_ip:
@@ -93,8 +95,12 @@ def render_bird_config(view, version, endpoint_ifaces=None):
             "  reject;",
             "}",
             "filter calico_export {",
-            '  if ( proto = "calico_blocks" || proto = "calico_endpoints" ) && '
-            '( net ~ %s ) then accept;' % _prefix_set(pools),
+            '  if ( proto = "calico_blocks" ) && ( net ~ %s ) then accept;' % _prefix_set(pools),
+        ]
+        if nets:
+            out.append("  if ( source = RTS_INHERIT ) && ( net ~ %s ) then accept;"
+                       % _exact_set(nets))
+        out += [
             "  reject;",
             "}",
         ]
@@ -120,10 +126,23 @@ def render_bird_config(view, version, endpoint_ifaces=None):
         '  interface -"%s*", "*";' % view.iface_prefix,
         "}",
         "",
+        "# Workload addresses outside this host's blocks (Docker-IPAM pools, borrowed addresses)",
+        "# are announced one by one.  BIRD learns them from the /32 (/128) routes the agent puts",
+        "# on each cali interface: a static 'via \"cali...\"' route would never come up, because",
+        "# BIRD 1.x only counts an interface as up once it has an address, and ours have none.",
+        "filter calico_learn {",
+    ]
+    if nets:
+        out.append("  if ( net ~ %s ) then accept;" % _exact_set(nets))
+    out += [
+        "  reject;",
+        "}",
+        "",
         "protocol kernel {",
         "  persist;          # keep routes while BIRD restarts (agent restarts keep traffic)",
         "  scan time 2;",
-        "  import none;",
+        "  learn;            # see calico_learn",
+        "  import filter calico_learn;",
         "  export filter calico_kernel;",
         "  graceful restart;",
         "}",
@@ -132,9 +151,6 @@ def render_bird_config(view, version, endpoint_ifaces=None):
         "protocol static calico_blocks {",
     ]
     out += ["  route %s blackhole;" % b for b in blocks]
-    out += ["}", "", "protocol static calico_endpoints {"]
-    ifaces = endpoint_ifaces or {}
-    out += ['  route %s via "%s";' % (n, ifaces[str(n)]) for n in nets if str(n) in ifaces]
     out += ["}", ""]
     out += [
         "template bgp calico_peer {",

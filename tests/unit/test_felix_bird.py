@@ -44,19 +44,28 @@ def test_mesh_off_and_node_as():
 
 
 def test_exports_only_own_blocks_and_pool_workloads_outside_them():
-    text = render_bird_config(view(), 4, {"10.9.0.5/32": "cali0001", "192.168.0.3/32": "cali02"})
+    text = render_bird_config(view(), 4)
     statics = text[text.index("protocol static calico_blocks"):text.index("template bgp")]
     assert statics == (
         "protocol static calico_blocks {\n"
         "  route 192.168.0.0/26 blackhole;\n"
         "  route 192.168.9.0/26 blackhole;\n"          # 172.16.0.0/26 is in no pool
-        "}\n\n"
-        "protocol static calico_endpoints {\n"
-        '  route 10.9.0.5/32 via "cali0001";\n'         # a Docker-IPAM pool address
         "}\n\n")
-    assert 'if ( proto = "calico_blocks" || proto = "calico_endpoints" ) && ' \
-           '( net ~ [ 192.168.0.0/16+, 10.9.0.0/24+ ] ) then accept;' in text
+    # A Docker-IPAM pool address is learnt from the agent's kernel route and announced alone;
+    # 192.168.0.3 is inside an own block, 172.31.0.9 in no pool.
+    assert "filter calico_learn {\n  if ( net ~ [ 10.9.0.5/32 ] ) then accept;\n  reject;\n}" \
+        in text
+    assert "  learn;" in text and "  import filter calico_learn;" in text
+    assert 'if ( proto = "calico_blocks" ) && ( net ~ [ 192.168.0.0/16+, 10.9.0.0/24+ ] ) ' \
+           'then accept;' in text
+    assert "if ( source = RTS_INHERIT ) && ( net ~ [ 10.9.0.5/32 ] ) then accept;" in text
     assert "protocol direct {\n  interface -\"cali*\", \"*\";\n}" in text
+
+
+def test_no_workloads_outside_blocks_learns_nothing():
+    text = render_bird_config(view(endpoint_nets={"192.168.0.3/32"}), 4)
+    assert "filter calico_learn {\n  reject;\n}" in text
+    assert "RTS_INHERIT" not in text
 
 
 def test_ipv6_config_and_no_address_no_daemon():
@@ -82,8 +91,7 @@ def test_no_pools_exports_nothing():
 @pytest.mark.parametrize("version", [4, 6])
 def test_bird_accepts_the_config(tmp_path, version):
     conf = tmp_path / "bird.cfg"
-    conf.write_text(render_bird_config(view(global_peers={4: {"198.18.0.200": "1"}}), version,
-                                       {"10.9.0.5/32": "cali0001"}))
+    conf.write_text(render_bird_config(view(global_peers={4: {"198.18.0.200": "1"}}), version))
     binary = "bird" if version == 4 else "bird6"
     proc = subprocess.run([binary, "-p", "-c", str(conf)], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
