@@ -10,8 +10,9 @@ every 10 ms, so no `docker exec` overhead lands in the figure).  Then it starts 
 containers at once, a few rounds, and reads each plugin call's duration from the plugin's debug
 log ("call <Name> took <ms> ms") to give p50/p99 per call.
 
-The agent is not run: iptables ACCEPT rules for cali+ stand in for it (dockerd's FORWARD policy
-is DROP), so the figures are the plugin's and the dataplane's, without Join's wait for the agent.
+By default the agent is not run: iptables ACCEPT rules for cali+ stand in for it (dockerd's
+FORWARD policy is DROP), so the figures are the plugin's and the dataplane's alone.  With --agent,
+`calicoctl felix serve --no-bgp` runs and Join waits for its per-endpoint "up" report.
 """
 
 import argparse
@@ -113,6 +114,9 @@ def main():
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--parallel", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--agent", action="store_true",
+                        help="run the agent (calicoctl felix serve --no-bgp) instead of the "
+                             "stand-in ACCEPT rules: Join then waits for its 'up' report")
     args = parser.parse_args()
     with exclusive():
         cleanup_stale(progress=lambda m: None)
@@ -126,8 +130,13 @@ def main():
 def run(bed, args):
     host = bed.hosts[0]
     plugin = PluginProcess(host, bed.etcd).start()
-    allow_forwarding(host)
     calicoctl(host, bed.etcd, "pool", "add", "192.168.0.0/16")
+    agent = None
+    if args.agent:
+        agent = PluginProcess(host, bed.etcd, log_name="felix",
+                              args=("felix", "serve", "--no-bgp")).start(wait=False)
+    else:
+        allow_forwarding(host)
     host.docker("network", "create", "--driver", "calico", "--ipam-driver", "calico", "calinet")
     # Docker's built-in bridge is the reference the goal names.  A user-defined bridge network
     # is shown too: like every user-defined network (Calico's included) it gets Docker's
@@ -168,6 +177,8 @@ def run(bed, args):
     print_calls("Plugin calls under %d concurrent `docker run`s (%d rounds, %.1f s, then "
                 "removal)" % (args.parallel, args.rounds, wall), plugin.log()[log_before:])
     plugin.stop()
+    if agent is not None:
+        agent.stop()
 
 
 def print_calls(title, log_text):

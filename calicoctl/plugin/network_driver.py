@@ -5,6 +5,7 @@ calls a driver, so nothing here calls back into Docker (names.py learns names fr
 """
 
 import ipaddress
+import json
 import logging
 import time
 
@@ -30,7 +31,6 @@ KNOWN_OPTIONS = {
 _DOCKER_OPTIONS = {"com.docker.network.enable_ipv6"}
 # Join answers a connected route to the gateway (RouteType 1: no next hop).
 ROUTE_CONNECTED, ROUTE_NEXTHOP = 1, 0
-FELIX_POLL_INTERVAL = 0.05
 # Container start-up is on the critical path of every `docker run`; the uplink's MTU and the
 # pools' ipip flags change rarely, so they are re-read at most this often.
 MTU_CACHE_SECONDS = 10.0
@@ -296,18 +296,37 @@ class NetworkDriver:
 
     def _wait_for_agent(self, ep):
         """When the agent runs here, give it a bounded moment to program the endpoint, so the
-        workload's first packets are not dropped for want of policy or a route."""
+        workload's first packets are not dropped for want of policy or a route.  Watches the
+        report key (answering the moment it lands) rather than polling."""
         if not self.felix_wait or self.store.get(keys.felix_status(self.host)) is None:
             return
         key = keys.felix_endpoint_status(self.host, ep.orchestrator, ep.workload,
                                          ep.endpoint_id)
         deadline = time.monotonic() + self.felix_wait
-        while time.monotonic() < deadline:
-            status = self.store.get_json(key)
-            if status and status.get("status") == "up":
-                return
-            time.sleep(FELIX_POLL_INTERVAL)
-        log.warning("The agent did not report endpoint %s up within %.0f s; answering Join "
+        # The index first, then the read: a report written in between is seen by the watch.
+        index = self.store.current_index()
+        if _is_up(self.store.get_json(key)):
+            return
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            try:
+                change = self.store.watch(key, index + 1, timeout=remaining)
+            except Exception:  # noqa: BLE001 - e.g. the index left etcd's history: start over
+                index = self.store.current_index()
+                if _is_up(self.store.get_json(key)):
+                    return
+                continue
+            if change is None:
+                continue
+            index = change.modifiedIndex
+            try:
+                if _is_up(json.loads(change.value or "null")):
+                    return
+            except ValueError:
+                continue
+        log.warning("The agent did not report endpoint %s up within %.1f s; answering Join "
                     "anyway", ep.endpoint_id[:12], self.felix_wait)
 
     def leave(self, request):
@@ -341,6 +360,10 @@ def remove_endpoint_state(store, ep):
     for net in ep.ipv4_nets + ep.ipv6_nets:
         records.release_claim(store, _ip(net), ep.endpoint_id)
     endpoints.delete_endpoint(store, ep)
+
+
+def _is_up(status):
+    return isinstance(status, dict) and status.get("status") == "up"
 
 
 def _host_net(cidr, version):
