@@ -58,11 +58,16 @@ def error_field(call):
     return "Error" if call.startswith("IpamDriver.") else "Err"
 
 
-def create_app(network, ipam):
+def create_app(network, ipam, pending=None):
+    """pending: a PendingReleases; its deferrable teardown calls survive an etcd outage."""
     from flask import Flask, Response, request
 
     app = Flask("calico-plugin")
     table = handlers(network, ipam)
+    if pending is not None:
+        from calicoctl.plugin.pending import DEFERRABLE
+        for call in DEFERRABLE:
+            table[call] = pending.guard(call, table[call])
 
     def answer(call, body, status=200):
         return Response(json.dumps(body), status=status, content_type=CONTENT_TYPE)

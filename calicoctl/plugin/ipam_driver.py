@@ -59,10 +59,11 @@ def parse_pool_id(pool_id):
 
 
 class IpamDriver:
-    def __init__(self, store, host, ipam):
+    def __init__(self, store, host, ipam, pending=None):
         self.store = store
         self.host = host
         self.ipam = ipam
+        self.pending = pending      # PendingReleases, told of every address given out
 
     def get_default_address_spaces(self):
         return dict(ADDRESS_SPACES)
@@ -124,6 +125,8 @@ class IpamDriver:
         else:
             ip = self.ipam.auto_assign(version, handle_id=handle, attributes=attributes,
                                        pool=pool)
+        if self.pending is not None:
+            self.pending.forget_address(ip)
         prefix = 32 if ip.version == 4 else 128
         log.info("Assigned %s (handle %s)", ip, handle)
         return {"Address": "%s/%d" % (ip, prefix), "Data": {}}
@@ -139,4 +142,28 @@ class IpamDriver:
         not_allocated = self.ipam.release([ip])
         if not_allocated:
             log.info("ReleaseAddress %s: it was not allocated (already released)", ip)
+        return {}
+
+    def release_deferred(self, request):
+        """ReleaseAddress replayed after an etcd outage (pending.py): the address may meanwhile
+        have been freed and given to a new container, so release it only while one of this
+        host's plugin handles still holds it and no endpoint of this host has it."""
+        from calicoctl.plugin import records
+        parse_pool_id(request["PoolID"])
+        ip = ipaddress.ip_address(request["Address"].split("/")[0])
+        if ip.is_unspecified:
+            return {}
+        assignment = self.ipam.get_assignment(ip)
+        if assignment is None:
+            return {}
+        if not str(assignment.get("handle_id") or "").startswith(handle_prefix(self.host)):
+            log.info("Deferred release of %s skipped: it is now held by %s", ip,
+                     assignment.get("handle_id"))
+            return {}
+        for ep in records.host_endpoints(self.store, self.host):
+            if ip in ep.addresses():
+                log.info("Deferred release of %s skipped: endpoint %s holds it", ip,
+                         ep.endpoint_id[:12])
+                return {}
+        self.ipam.release([ip])
         return {}

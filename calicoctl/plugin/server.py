@@ -41,18 +41,28 @@ def prepare_socket(path):
 
 
 def build(store, host, interface_prefix="eth", felix_wait=5.0, docker_factory=None,
-          reconcile=True, dataplane=None):
-    """(app, learner, reconciler) wired together; nothing started yet."""
+          reconcile=True, dataplane=None, pending_path=None):
+    """(app, learner, reconciler) wired together; nothing started yet.  app.pending is the
+    PendingReleases (teardown calls kept while etcd is unreachable; serve() starts its
+    replays); pending_path=None keeps them at pending.DEFAULT_PATH."""
     from calicoctl.ipam.allocator import IPAMClient
     from calicoctl.plugin import names
     from calicoctl.plugin.app import create_app
     from calicoctl.plugin.ipam_driver import IpamDriver
     from calicoctl.plugin.network_driver import NetworkDriver
+    from calicoctl.plugin.pending import DEFAULT_PATH, PendingReleases
     from calicoctl.plugin.reconcile import Reconciler
 
     ipam = IPAMClient(store, host)
     network = NetworkDriver(store, host, interface_prefix, felix_wait, dataplane)
-    app = create_app(network, IpamDriver(store, host, ipam))
+    pending = PendingReleases(pending_path or DEFAULT_PATH, host)
+    ipam_driver = IpamDriver(store, host, ipam, pending)
+    pending.appliers = {"NetworkDriver.Leave": network.leave,
+                        "NetworkDriver.DeleteEndpoint": network.delete_endpoint,
+                        "NetworkDriver.DeleteNetwork": network.delete_network,
+                        "IpamDriver.ReleaseAddress": ipam_driver.release_deferred}
+    app = create_app(network, ipam_driver, pending)
+    app.pending = pending
     reconciler = Reconciler(store, host, ipam, network)
     learner = names.NameLearner(store, host, docker_factory or names.default_docker_factory)
     if reconcile:
@@ -64,6 +74,7 @@ def build(store, host, interface_prefix="eth", felix_wait=5.0, docker_factory=No
 def serve(socket_path, app, learner=None):
     import waitress.server
     prepare_socket(socket_path)
+    pending = getattr(app, "pending", None)
     server = waitress.server.create_server(app, unix_socket=socket_path,
                                            unix_socket_perms="600", threads=WORKER_THREADS)
 
@@ -73,6 +84,8 @@ def serve(socket_path, app, learner=None):
     previous = signal.signal(signal.SIGTERM, on_term)
     if learner is not None:
         learner.start()
+    if pending is not None:
+        pending.start()       # replays at once what an earlier run could not apply
     log.warning("Calico network and IPAM driver serving on %s", socket_path)
     try:
         server.run()
@@ -80,6 +93,8 @@ def serve(socket_path, app, learner=None):
         signal.signal(signal.SIGTERM, previous)
         if learner is not None:
             learner.stop()
+        if pending is not None:
+            pending.stop()
         server.close()
         try:
             os.unlink(socket_path)
