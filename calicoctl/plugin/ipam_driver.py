@@ -19,6 +19,7 @@ import uuid
 
 from calicoctl.datastore import pools as pools_store
 from calicoctl.errors import NotFoundError, ValidationError
+from calicoctl.plugin.schemas import shown
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +56,7 @@ def parse_pool_id(pool_id):
             pass
         else:
             return net.version, net
-    raise NotFoundError("Pool id %r was not made by Calico's IPAM driver." % (pool_id,))
+    raise NotFoundError("Pool id %s was not made by Calico's IPAM driver." % shown(pool_id))
 
 
 class IpamDriver:
@@ -81,8 +82,8 @@ class IpamDriver:
             try:
                 net = ipaddress.ip_network(subnet)
             except ValueError:
-                raise ValidationError("Invalid --subnet %r: use a CIDR such as 192.168.0.0/16."
-                                      % subnet)
+                raise ValidationError("Invalid --subnet %s: use a CIDR such as 192.168.0.0/16."
+                                      % shown(subnet))
             if net.version != version:
                 raise ValidationError("--subnet %s is not an IPv%d subnet." % (subnet, version))
             pool = self._configured_pool(net)
@@ -116,7 +117,7 @@ class IpamDriver:
             try:
                 ip = ipaddress.ip_address(wanted.split("/")[0])
             except ValueError:
-                raise ValidationError("Invalid address %r." % wanted)
+                raise ValidationError("Invalid address %s." % shown(wanted))
             if ip.version != version:
                 raise ValidationError("%s is not an IPv%d address." % (ip, version))
             if pool is not None and ip not in pool:
@@ -136,7 +137,7 @@ class IpamDriver:
         try:
             ip = ipaddress.ip_address(request["Address"].split("/")[0])
         except ValueError:
-            raise ValidationError("Invalid address %r." % request["Address"])
+            raise ValidationError("Invalid address %s." % shown(request["Address"]))
         if ip.is_unspecified:
             return {}      # the 0.0.0.0/0 "gateway" of RequestPool's answer: never allocated
         not_allocated = self.ipam.release([ip])

@@ -16,6 +16,7 @@ from calicoctl.datastore.models import (IPIP_DEVICE, IPV4_GATEWAY, WORKLOAD_MAC,
 from calicoctl.errors import ConflictError, NotFoundError, ValidationError
 from calicoctl.plugin import records
 from calicoctl.plugin.ipam_driver import ANY_POOL, is_calico_address_space
+from calicoctl.plugin.schemas import shown
 
 log = logging.getLogger(__name__)
 
@@ -41,14 +42,14 @@ def parse_options(generic):
     unknown = sorted(k for k in generic if k not in KNOWN_OPTIONS and k not in _DOCKER_OPTIONS)
     if unknown:
         raise ValidationError("Unknown --opt %s; Calico networks know: %s." % (
-            ", ".join(unknown), "; ".join("%s=%s" % kv for kv in sorted(KNOWN_OPTIONS.items()))))
+            ", ".join(shown(k)[1:-1] for k in unknown), "; ".join("%s=%s" % kv for kv in sorted(KNOWN_OPTIONS.items()))))
     opts = {}
     for name in ("ipip", "nat-outgoing"):
         if name in generic:
             value = str(generic[name]).strip().lower()
             if value not in ("true", "false"):
-                raise ValidationError("--opt %s must be true or false, not %r." % (
-                    name, generic[name]))
+                raise ValidationError("--opt %s must be true or false, not %s." % (
+                    name, shown(generic[name])))
             opts[name] = value == "true"
     if "mtu" in generic:
         try:
@@ -57,8 +58,8 @@ def parse_options(generic):
             mtu = 0
         # 1280 is IPv6's minimum link MTU; 65535 the largest a veth takes.
         if not 1280 <= mtu <= 65535:
-            raise ValidationError("--opt mtu must be a number from 1280 to 65535, not %r."
-                                  % (generic["mtu"],))
+            raise ValidationError("--opt mtu must be a number from 1280 to 65535, not %s."
+                                  % shown(generic["mtu"]))
         opts["mtu"] = mtu
     return opts
 
@@ -370,7 +371,7 @@ def _host_net(cidr, version):
     try:
         iface = ipaddress.ip_interface(cidr)
     except ValueError:
-        raise ValidationError("Invalid address %r from Docker." % (cidr,))
+        raise ValidationError("Invalid address %s from Docker." % shown(cidr))
     if iface.version != version:
         raise ValidationError("%s is not an IPv%d address." % (cidr, version))
     return str(ipaddress.ip_network(iface.ip))

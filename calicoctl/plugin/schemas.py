@@ -7,6 +7,7 @@ import re
 
 from calicoctl.errors import ValidationError
 
+_MAC = re.compile(r"^[0-9A-Fa-f]{2}(:[0-9A-Fa-f]{2}){5}$")
 _ID = re.compile(r"^[0-9A-Za-z][0-9A-Za-z_.-]{0,127}$")   # ids end up in etcd keys: no '/'
 _STR, _DICT, _LIST, _BOOL = (str,), (dict, type(None)), (list, type(None)), (bool, type(None))
 
@@ -43,6 +44,15 @@ SCHEMAS = {
 }
 
 _LIST_ITEMS = {"IPv4Data", "IPv6Data"}
+# Values from a request are quoted in error messages, which Docker shows the user on one line;
+# a 20 kB id must not turn the sentence into a page.
+SHOWN_MAX = 60
+
+
+def shown(value):
+    """repr(value), cut to SHOWN_MAX characters."""
+    text = repr(value)
+    return text if len(text) <= SHOWN_MAX else text[:SHOWN_MAX - 3] + "..."
 
 
 def validate(call, body):
@@ -57,13 +67,44 @@ def validate(call, body):
             continue
         if kind == "id":
             if not isinstance(value, str) or not _ID.match(value):
-                raise ValidationError("%s: %s %r is not a valid id." % (call, name, value))
+                raise ValidationError("%s: %s %s is not a valid id." % (call, name, shown(value)))
         elif not isinstance(value, kind):
             raise ValidationError("%s: %s has the wrong type (%s)." % (
                 call, name, type(value).__name__))
         if name in _LIST_ITEMS:
             for item in value:
-                if not isinstance(item, dict) or not isinstance(item.get("Pool", ""), str):
-                    raise ValidationError("%s: each %s entry must be an object with a Pool."
-                                          % (call, name))
+                _check_ip_data(call, name, item)
+        if name == "Interface":
+            _check_interface(call, value)
     return body
+
+
+def _check_interface(call, iface):
+    """CreateEndpoint's Interface: string addresses and a unicast MAC (the kernel refuses a
+    multicast one on the veth, half-way through creating it)."""
+    for field in ("Address", "AddressIPv6", "MacAddress"):
+        if not isinstance(iface.get(field) or "", str):
+            raise ValidationError("%s: Interface %s must be a string, not %s." % (
+                call, field, shown(iface.get(field))))
+    mac = iface.get("MacAddress") or ""
+    if mac and (not _MAC.match(mac) or int(mac[:2], 16) & 1):
+        raise ValidationError("%s: Interface MacAddress %s is not a unicast MAC address such as "
+                              "ee:ee:ee:ee:ee:ee." % (call, shown(mac)))
+
+
+def _check_ip_data(call, name, item):
+    """One IPv4Data/IPv6Data entry: an object whose Pool is a CIDR of the list's family (the
+    driver reads the first entry's Pool unguarded)."""
+    import ipaddress
+    version = 4 if name == "IPv4Data" else 6
+    pool = item.get("Pool") if isinstance(item, dict) else None
+    try:
+        ok = isinstance(pool, str) and ipaddress.ip_network(pool, strict=False).version == version
+    except ValueError:
+        ok = False
+    if not ok:
+        raise ValidationError("%s: each %s entry must be an object whose Pool is an IPv%d CIDR, "
+                              "not %s." % (call, name, version, shown(pool)))
+    for field in ("AddressSpace", "Gateway"):
+        if not isinstance(item.get(field) or "", str):
+            raise ValidationError("%s: %s %s must be a string." % (call, name, field))
