@@ -62,11 +62,18 @@ def _interrupt(signum, frame):
     raise KeyboardInterrupt(f"signal {signum}")
 
 
-@pytest.fixture(scope="session")
-def testbed(testbed_lock):
+@pytest.fixture(scope="session", autouse=False)
+def _sigterm_as_interrupt():
     # A SIGTERM (CI stopping, `timeout`) becomes an interrupt, so pytest still runs the
     # teardown below instead of leaving dockerds behind.
     signal.signal(signal.SIGTERM, _interrupt)
+
+
+# Fresh hosts and a fresh etcd for every test module: modules leave agents, BIRD, iptables
+# chains and liveness keys behind by design (each tests a running system), and one module's
+# leftovers must never decide another's result.  Bringing a testbed up takes ~2 s.
+@pytest.fixture(scope="module")
+def testbed(testbed_lock, _sigterm_as_interrupt):
     cleanup_stale()          # a crashed earlier run must not make this one fail
     bed = Testbed()
     bed.up(n_hosts=2, progress=lambda msg: print(f"[testbed] {msg}", file=sys.stderr))
@@ -78,17 +85,17 @@ def testbed(testbed_lock):
         cleanup_stale(progress=lambda msg: None, keep_logs=True)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def etcd_on_bridge(testbed):
     return testbed.etcd
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def two_hosts(testbed):
     return testbed.hosts[0], testbed.hosts[1]
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def node_images(two_hosts):
     from tests.st.harness.node_images import load_node_images
     return load_node_images(two_hosts, progress=lambda msg: print(msg, file=sys.stderr))
