@@ -9,12 +9,12 @@ number of endpoints.
 import logging
 from dataclasses import dataclass, field
 
-from calicoctl.felix import ipsets, nat, policy
+from calicoctl.felix import ipsets, nat, policy, raw
 from calicoctl.felix.routes import ipip_pools
 
 log = logging.getLogger(__name__)
 VERSIONS = (4, 6)
-TABLES = ("filter", "nat")
+TABLES = ("filter", "nat", "raw")
 
 
 @dataclass
@@ -122,6 +122,8 @@ class DesiredState:
                 self._put(delta, "filter", v, chain, rules)
             for chain, rules in nat.nat_chains(pools, v).items():
                 self._put(delta, "nat", v, chain, rules)
+            for chain, rules in raw.raw_chains(self.config.interface_prefix).items():
+                self._put(delta, "raw", v, chain, rules)
             for name, spec in ipsets.pool_sets(pools, v).items():
                 self._put_set(delta, name, spec)
         for name, spec in ipsets.hosts_set(state.host_ips.values()).items():

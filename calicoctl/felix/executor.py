@@ -21,13 +21,14 @@ from calicoctl.errors import DataplaneError
 from calicoctl.felix import ipsets as ipset_names
 from calicoctl.felix.nat import TOP_JUMPS as NAT_JUMPS
 from calicoctl.felix.policy import CHAIN_PREFIX, TOP_JUMPS as FILTER_JUMPS, chain_rank
+from calicoctl.felix.raw import TOP_JUMPS as RAW_JUMPS
 
 log = logging.getLogger(__name__)
 
 # Chains per iptables-restore when a change is large (see IptablesTable.apply); 100-300
 # measured best at 10,000 endpoints, 200 keeps changes of up to 200 chains atomic.
 BATCH_CHAINS = 200
-TOP_JUMPS = {"filter": FILTER_JUMPS, "nat": NAT_JUMPS}
+TOP_JUMPS = {"filter": FILTER_JUMPS, "nat": NAT_JUMPS, "raw": RAW_JUMPS}
 BACKENDS = {
     # backend -> (restore, save, list) for IPv4 and IPv6
     "nft": {4: ("iptables-restore", "iptables-save", "iptables"),
@@ -39,7 +40,7 @@ DOCKER_USER = "-j DOCKER-USER"
 # Chains a quick refresh checks (see IptablesTable.quick_sync): the entry points, whose loss
 # would open or cut every workload at once.
 QUICK_CHAINS = ("felix-INPUT", "felix-FORWARD", "felix-ALLOW", "felix-FROM-ENDPOINT",
-                "felix-TO-ENDPOINT", "felix-POSTROUTING")
+                "felix-TO-ENDPOINT", "felix-POSTROUTING", "felix-PREROUTING")
 
 
 def run_command(cmd, input_text=None):
@@ -397,7 +398,7 @@ class Dataplane:
     def __init__(self, runner=None, backend="nft", versions=(4, 6)):
         run = retrying(runner or run_command)
         self.tables = {(t, v): IptablesTable(t, v, run, backend)
-                       for t in ("filter", "nat") for v in versions}
+                       for t in TOP_JUMPS for v in versions}
         self.ipsets = IpsetManager(run)
         self.routes = RouteManager()
         self.run = run

@@ -9,7 +9,8 @@ import threading
 from calicoctl.errors import DataplaneError
 
 BUILTIN = {"filter": ["INPUT", "FORWARD", "OUTPUT"], "nat": ["PREROUTING", "INPUT", "OUTPUT",
-                                                            "POSTROUTING"]}
+                                                            "POSTROUTING"],
+           "raw": ["PREROUTING", "OUTPUT"]}
 
 
 class FakeKernel:
