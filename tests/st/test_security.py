@@ -187,6 +187,78 @@ def test_forged_mac_gets_nothing_through(spoof_net, version):
     assert received(r["host"], r["name"], s[version], version) > before
 
 
+# A receiver for one UDP flow: answers every datagram with "pong" and prints what it got from
+# whom, until `seconds` pass.
+UDP_RECEIVER = """
+import socket, sys, time
+family = socket.AF_INET if sys.argv[1] == "4" else socket.AF_INET6
+s = socket.socket(family, socket.SOCK_DGRAM)
+s.bind(("0.0.0.0" if family == socket.AF_INET else "::", int(sys.argv[2])))
+s.settimeout(0.2)
+print("ready", flush=True)
+end = time.monotonic() + float(sys.argv[3])
+while time.monotonic() < end:
+    try:
+        data, peer = s.recvfrom(2048)
+    except socket.timeout:
+        continue
+    print("got", peer[0], peer[1], data.decode(errors="replace"), flush=True)
+    s.sendto(b"pong", peer)
+"""
+
+# Sends datagrams from (source address, source port) and waits for one answer.
+UDP_SENDER = """
+import socket, sys
+family = socket.AF_INET if sys.argv[1] == "4" else socket.AF_INET6
+s = socket.socket(family, socket.SOCK_DGRAM)
+s.bind((sys.argv[2], int(sys.argv[3])))
+s.settimeout(1)
+for _ in range(3):
+    s.sendto(sys.argv[6].encode(), (sys.argv[4], int(sys.argv[5])))
+    try:
+        print("answer", s.recvfrom(2048)[0].decode())
+        break
+    except socket.timeout:
+        pass
+"""
+FLOW_PORTS = (5000, 5353)
+
+
+@pytest.mark.parametrize("version", (4, 6))
+def test_forger_cannot_inject_into_anothers_connection(spoof_net, version):
+    """V has a live UDP flow with R (so conntrack holds it as ESTABLISHED); S takes V's address
+    and sends into that flow from the same ports.  Only V's datagrams may reach R.  (Packets of
+    known flows are accepted before any per-endpoint rule, so anti-spoofing must not depend on
+    those rules alone.)"""
+    import subprocess
+    s, v, r = spoof_net["wl"]["S"], spoof_net["wl"]["V"], spoof_net["wl"]["R"]
+    sport, dport = FLOW_PORTS
+    receiver = subprocess.Popen(
+        _netns(r["host"], r["name"]) + [SYSTEM_PYTHON, "-c", UDP_RECEIVER, str(version),
+                                        str(dport), "8"],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert receiver.stdout.readline().strip() == "ready"
+        legit = v["host"].run(_netns(v["host"], v["name"]) + [
+            SYSTEM_PYTHON, "-c", UDP_SENDER, str(version), v[version], str(sport), r[version],
+            str(dport), "legit"])
+        assert "answer pong" in legit.stdout, "control: V's flow to R got no answer"
+        add_address(s, v[version], version)
+        try:
+            s["host"].run(_netns(s["host"], s["name"]) + [
+                SYSTEM_PYTHON, "-c", UDP_SENDER, str(version), v[version], str(sport),
+                r[version], str(dport), "forged"])
+        finally:
+            del_address(s, v[version], version)
+        out = receiver.communicate(timeout=20)[0]
+    finally:
+        if receiver.poll() is None:
+            receiver.kill()
+            receiver.wait()
+    assert "legit" in out, out
+    assert "forged" not in out, "S's forged datagrams joined V's flow to R:\n" + out
+
+
 # --- workload to host -------------------------------------------------------------------------
 
 @pytest.fixture
