@@ -31,6 +31,10 @@ class Dataplane:
         from calicoctl.dataplane import veth
         return self._run(veth.veth_exists, host_ifname)
 
+    def list_veths(self, prefix):
+        from calicoctl.dataplane import veth
+        return self._run(veth.list_veths, prefix)
+
     def workload_mtu(self, override=None, ipip=False):
         from calicoctl.dataplane import veth
         return self._run(veth.workload_mtu, override, ipip)

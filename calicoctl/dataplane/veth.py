@@ -62,6 +62,19 @@ def veth_exists(host_ifname):
         return ex.link_index(host_ifname) is not None
 
 
+def list_veths(prefix):
+    """Names of the veth links whose name starts with prefix."""
+    with Executor() as ex:
+        names = []
+        for link in ex.ipr.get_links():
+            info = dict(link.get("attrs", [])).get("IFLA_LINKINFO")
+            kind = info.get_attr("IFLA_INFO_KIND") if info is not None else None
+            name = link.get_attr("IFLA_IFNAME")
+            if kind == "veth" and name and name.startswith(prefix):
+                names.append(name)
+        return names
+
+
 def create_veth(host_ifname, peer_ifname, mtu, mac=WORKLOAD_MAC):
     """Create the pair (host side up), or find it already there.  The container side gets the
     workload MAC here: Docker may not apply the MAC we answer, so we set it ourselves."""

@@ -38,11 +38,14 @@ class DockerView:
 
 
 class NameLearner:
-    def __init__(self, store, host, docker_factory=default_docker_factory, on_first_sync=None):
+    def __init__(self, store, host, docker_factory=default_docker_factory, on_sync=None):
         self.store = store
         self.host = host
         self.docker_factory = docker_factory
-        self.on_first_sync = on_first_sync
+        # Called (on its own thread) with the view after the first listing and after every
+        # listing that follows a lost connection: dockerd may have crashed and forgotten
+        # containers without telling the driver.
+        self.on_sync = on_sync
         self._stop = threading.Event()
         self._thread = None
         self._client = None
@@ -66,15 +69,13 @@ class NameLearner:
 
     def _run(self):
         delay = 0.2
-        first = True
         while not self._stop.is_set():
             try:
                 self._client = self.docker_factory()
                 events = self._client.events(decode=True, filters={"type": ["network"]})
                 view = self.sync()
-                if first and self.on_first_sync is not None:
-                    first = False
-                    threading.Thread(target=self.on_first_sync, args=(view,),
+                if self.on_sync is not None:
+                    threading.Thread(target=self.on_sync, args=(view,),
                                      name="reconcile", daemon=True).start()
                 self.synced.set()
                 delay = 0.2

@@ -66,7 +66,7 @@ def build(store, host, interface_prefix="eth", felix_wait=5.0, docker_factory=No
     reconciler = Reconciler(store, host, ipam, network)
     learner = names.NameLearner(store, host, docker_factory or names.default_docker_factory)
     if reconcile:
-        learner.on_first_sync = lambda view: reconciler.run(
+        learner.on_sync = lambda view: reconciler.run(
             view, rescan=lambda: names.fresh_sync(learner))
     return app, learner, reconciler
 
