@@ -70,6 +70,27 @@ def _receivers(net):
     return net["receivers"]
 
 
+def add_address(wl, addr, version):
+    """The workload gives itself another address (it has NET_ADMIN).  busybox's ip has no
+    'nodad', so an IPv6 address is usable only once duplicate address detection is over."""
+    plen = 32 if version == 4 else 128
+    wl["host"].docker("exec", wl["name"], "ip", "-%d" % version, "addr", "add",
+                      "%s/%d" % (addr, plen), "dev", "eth0")
+    if version == 6:
+        def settled():
+            out = wl["host"].docker("exec", wl["name"], "ip", "-6", "addr", "show", "dev",
+                                    "eth0").stdout
+            line = [ln for ln in out.splitlines() if addr in ln][0]
+            assert "dadfailed" not in line, line
+            return "tentative" not in line
+        poll(settled, timeout=10, what="DAD of %s in %s" % (addr, wl["name"]))
+
+
+def del_address(wl, addr, version):
+    wl["host"].docker("exec", wl["name"], "ip", "-%d" % version, "addr", "del",
+                      "%s/%d" % (addr, 32 if version == 4 else 128), "dev", "eth0")
+
+
 @pytest.fixture(scope="module")
 def spoof_net(calico_stack):
     """Workloads S (spoofer, NET_ADMIN), V (victim) and R (receiver) on calico-01 and R2 on
@@ -130,27 +151,6 @@ def test_forged_address_gets_nothing_through(spoof_net, version):
                                 what="S forging V's address")
     finally:
         del_address(s, v[version], version)
-
-
-def add_address(wl, addr, version):
-    """The workload gives itself another address (it has NET_ADMIN).  busybox's ip has no
-    'nodad', so an IPv6 address is usable only once duplicate address detection is over."""
-    plen = 32 if version == 4 else 128
-    wl["host"].docker("exec", wl["name"], "ip", "-%d" % version, "addr", "add",
-                      "%s/%d" % (addr, plen), "dev", "eth0")
-    if version == 6:
-        def settled():
-            out = wl["host"].docker("exec", wl["name"], "ip", "-6", "addr", "show", "dev",
-                                    "eth0").stdout
-            line = [ln for ln in out.splitlines() if addr in ln][0]
-            assert "dadfailed" not in line, line
-            return "tentative" not in line
-        poll(settled, timeout=10, what="DAD of %s in %s" % (addr, wl["name"]))
-
-
-def del_address(wl, addr, version):
-    wl["host"].docker("exec", wl["name"], "ip", "-%d" % version, "addr", "del",
-                      "%s/%d" % (addr, 32 if version == 4 else 128), "dev", "eth0")
 
 
 def _set_mac(wl, mac):
