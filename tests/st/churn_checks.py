@@ -1,0 +1,141 @@
+"""What must hold on a Calico system at rest, read from etcd and the hosts: used by the churn and
+restart tests.  Each check returns a list of problems (empty when all is well), so a test can
+poll until the system converges and then report exactly what is still wrong."""
+
+import ipaddress
+import json
+
+from tests.st.plugin_helpers import host_links
+
+POOL = ipaddress.ip_network("192.168.0.0/16")
+
+
+def running_containers(host, prefix=""):
+    """{name: {network: (endpoint id, ip)}} of the host's running containers."""
+    ids = host.docker("ps", "-q", "--filter", "name=" + prefix if prefix else "status=running",
+                      timeout=60).stdout.split()
+    if not ids:
+        return {}
+    out = json.loads(host.docker("inspect", *ids, timeout=60).stdout)
+    found = {}
+    for info in out:
+        if not info["State"]["Running"]:
+            continue
+        nets = info["NetworkSettings"]["Networks"] or {}
+        found[info["Name"].lstrip("/")] = {n: (v["EndpointID"], v["IPAddress"])
+                                           for n, v in nets.items()}
+    return found
+
+
+def endpoint_records(store, host=None):
+    from calicoctl.datastore import endpoints
+    return endpoints.list_endpoints(store, host=host, quorum=True)
+
+
+def allocated_addresses(store, version=4):
+    """{address: handle id} of every allocation in every IPAM block."""
+    from calicoctl.ipam import block, records
+    found = {}
+    for cidr, (data, _) in records.list_blocks(store, version).items():
+        if data is None:
+            continue
+        for ordinal, attr in enumerate(data["allocations"]):
+            if attr is not None:
+                handle = (data["attributes"][attr] or {}).get("handle_id")
+                found[str(block.address_at(cidr, ordinal))] = handle
+    return found
+
+
+def ipam_problems(store):
+    """Allocated addresses that no endpoint holds (leaks) and endpoint addresses that are not
+    allocated; returns (problems, leaked addresses)."""
+    allocated = allocated_addresses(store)
+    held = {str(a) for ep in endpoint_records(store) for a in ep.addresses() if a.version == 4}
+    leaked = sorted(set(allocated) - held)
+    problems = ["address %s allocated (handle %s) but held by no endpoint" % (a, allocated[a])
+                for a in leaked]
+    problems += ["endpoint address %s is not allocated" % a for a in sorted(held - set(allocated))]
+    return problems, leaked
+
+
+def endpoint_problems(store, host, containers):
+    """Endpoint records of this host vs the running containers' endpoints."""
+    live = {ep_id for nets in containers.values() for ep_id, _ in nets.values()}
+    recorded = {ep.endpoint_id for ep in endpoint_records(store, host.name)}
+    return (["%s: endpoint record %s without a running container" % (host.name, e[:12])
+             for e in sorted(recorded - live)]
+            + ["%s: running container endpoint %s has no record" % (host.name, e[:12])
+               for e in sorted(live - recorded)])
+
+
+def dataplane_problems(store, host):
+    """veths, routes, felix endpoint chains and tag ipset members vs this host's endpoints."""
+    from calicoctl.felix.policy import endpoint_chain
+    eps = endpoint_records(store, host.name)
+    problems = []
+    want_links = {ep.name for ep in eps}
+    links = set(host_links(host))
+    problems += ["%s: veth %s without an endpoint" % (host.name, l)
+                 for l in sorted(links - want_links)]
+    problems += ["%s: endpoint veth %s missing" % (host.name, l)
+                 for l in sorted(want_links - links)]
+    want_routes = {str(a) for ep in eps for a in ep.addresses() if a.version == 4}
+    routes = set()
+    for line in host.run(["ip", "-4", "route", "show"]).stdout.splitlines():
+        parts = line.split()
+        if "dev" in parts and parts[parts.index("dev") + 1].startswith("cali"):
+            routes.add(parts[0].split("/")[0])
+    problems += ["%s: route to %s without an endpoint" % (host.name, r)
+                 for r in sorted(routes - want_routes)]
+    problems += ["%s: endpoint route to %s missing" % (host.name, r)
+                 for r in sorted(want_routes - routes)]
+    want_chains = {endpoint_chain(ep.name, d) for ep in eps for d in ("from", "to")}
+    chains = {line[1:].split()[0] for line in
+              host.run(["iptables-save", "-t", "filter"]).stdout.splitlines()
+              if line.startswith((":felix-from-", ":felix-to-"))}
+    problems += ["%s: chain %s without an endpoint" % (host.name, c)
+                 for c in sorted(chains - want_chains)]
+    problems += ["%s: endpoint chain %s missing" % (host.name, c)
+                 for c in sorted(want_chains - chains)]
+    return problems
+
+
+def ipset_problems(store, host, networks):
+    """Each network's tag set on this host holds exactly the addresses of its endpoints (all
+    hosts): no member without an endpoint."""
+    from calicoctl.felix.ipsets import tag_set
+    members = {}
+    for line in host.run(["ipset", "save"]).stdout.splitlines():
+        parts = line.split()
+        if len(parts) >= 3 and parts[0] == "add" and parts[1].startswith("felix-v4-"):
+            members.setdefault(parts[1], set()).add(parts[2])
+    problems = []
+    eps = endpoint_records(store)
+    for net in networks:
+        want = {str(a) for ep in eps if net in ep.profile_ids for a in ep.addresses()
+                if a.version == 4}
+        have = members.get(tag_set(net, 4), set())
+        problems += ["%s: ipset %s holds %s without an endpoint" % (host.name, tag_set(net, 4), m)
+                     for m in sorted(have - want)]
+        problems += ["%s: ipset %s lacks endpoint %s" % (host.name, tag_set(net, 4), m)
+                     for m in sorted(want - have)]
+    return problems
+
+
+def all_problems(store, hosts, networks, prefix=""):
+    """(problems, leaked addresses, {host name: running containers}).  Leaked: allocated
+    addresses held by no endpoint, or only by an endpoint record whose container is gone."""
+    problems, leaked = ipam_problems(store)
+    containers = {}
+    live = set()
+    for h in hosts:
+        containers[h.name] = running_containers(h, prefix)
+        live |= {ep_id for nets in containers[h.name].values() for ep_id, _ in nets.values()}
+        problems += endpoint_problems(store, h, containers[h.name])
+        problems += dataplane_problems(store, h)
+        problems += ipset_problems(store, h, networks)
+    allocated = allocated_addresses(store)
+    for ep in endpoint_records(store):
+        if ep.endpoint_id not in live:
+            leaked += [str(a) for a in ep.addresses() if str(a) in allocated]
+    return problems, sorted(set(leaked)), containers
