@@ -127,18 +127,19 @@ def read_sysctl(path):
 
 
 def check_rp_filter(read=read_sysctl):
-    # The kernel uses the larger of conf/all and conf/<interface>: "all" = 2 (loose) would
-    # override the strict filtering the agent sets on each workload interface, letting a workload
-    # send from an address that is not its own as long as some route leads back to it.
+    # The agent's anti-spoofing does not rest on this sysctl: a raw-table rpfilter match drops
+    # any workload packet whose source is not routed back to its own veth (felix/raw.py).  Loose
+    # filtering host-wide is still worth a warning: it lets anything else on the host (a veth the
+    # agent does not manage) send from addresses that are not its own.
     value = read("/proc/sys/net/ipv4/conf/all/rp_filter")
     if value == "2":
         return Check("reverse-path filtering", False,
-                     "net.ipv4.conf.all.rp_filter is 2 (loose), which lets a workload spoof "
-                     "other addresses; set it to 1 or 0 (sysctl -w "
+                     "net.ipv4.conf.all.rp_filter is 2 (loose), which lets interfaces Calico does "
+                     "not manage spoof other addresses; set it to 1 (sysctl -w "
                      "net.ipv4.conf.all.rp_filter=1)", required=False)
     return Check("reverse-path filtering", True,
-                 "net.ipv4.conf.all.rp_filter=%s (workload interfaces are made strict)" % value,
-                 required=False)
+                 "net.ipv4.conf.all.rp_filter=%s (workloads are held to their own addresses by "
+                 "the agent's raw-table rpfilter rule)" % value, required=False)
 
 
 def check_mtu(uplink):
