@@ -1,17 +1,89 @@
 """The whole per-host stack for isolation and security system tests: etcd wiped, both hosts
 registered (workload-to-host RETURN, as `calicoctl node` writes), an IPv4 and an IPv6 pool, and
 on each host the agent (with BIRD and BIRD6) and the plugin.  Routes between hosts come from BGP
-only.  Built from test_policy's pieces so there is one way of starting the agent."""
+only.  The one way the system tests start the agent."""
 
 import ipaddress
+import signal
 
 import pytest
 
-from tests.st.plugin_helpers import PluginProcess, clean_docker, wipe_etcd
-from tests.st.test_policy import (POOL, POOL6, UNDERLAY6, AgentProcess, learnt, register,
-                                  store_for)
+from tests.st.harness import procs
+from tests.st.plugin_helpers import PYTHON, PluginProcess, clean_docker, etcd_env, wipe_etcd
 
-__all__ = ["calico_stack", "learnt", "remove_stand_in"]
+__all__ = ["POOL", "POOL6", "UNDERLAY6", "AgentProcess", "calico_stack", "learnt", "register",
+           "remove_stand_in", "store_for"]
+
+POOL = "192.168.0.0/16"
+POOL6 = "fd80:24e2:f998:72d6::/64"
+UNDERLAY6 = "fd00:198:18::%d/64"      # test-only IPv6 underlay, for BIRD6 sessions
+
+
+class AgentProcess:
+    """`calicoctl felix serve` in one host; its log is <host log dir>/felix.log."""
+
+    def __init__(self, host, etcd):
+        self.host, self.etcd = host, etcd
+        self.proc = None
+
+    def start(self):
+        cmd = [PYTHON, "-m", "calicoctl", "felix", "serve", "--log-level=DEBUG",
+               "--refresh-interval=2"]
+        self.proc = self.host.popen(cmd, "felix", env=etcd_env(self.etcd))
+        return self
+
+    def pids(self):
+        out = []
+        for pid in procs.pids_in_namespaces_of(self.host.pid):
+            argv = procs.cmdline(pid)
+            if "felix" in argv and "serve" in argv and argv[0] != "nsenter":
+                out.append(pid)
+        return out
+
+    def stop(self, sig=signal.SIGTERM):
+        import os
+        for pid in self.pids():
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        if self.proc is not None:
+            self.proc.wait(timeout=15)
+            self.proc = None
+
+    def log(self):
+        path = self.host.log_path("felix")
+        return path.read_text() if path.exists() else ""
+
+
+def store_for(etcd):
+    from calicoctl.datastore.store import EtcdSettings, EtcdStore
+    return EtcdStore(EtcdSettings(endpoints=[etcd.url]))
+
+
+def register(store, hosts):
+    from calicoctl.datastore.globals import ensure_defaults
+    from calicoctl.datastore.hosts import register_node
+    from calicoctl.datastore.models import Node
+    ensure_defaults(store)
+    for i, h in enumerate(hosts):
+        register_node(store, Node(name=h.name, ipv4=h.ip, ipv6=UNDERLAY6.split("/")[0] % (i + 2)),
+                      endpoint_to_host_action="RETURN")
+
+
+def learnt(host, version=4):
+    """Networks the host's kernel has from BIRD (proto bird), as an address-containment set."""
+    out = host.run(["ip", "-%d" % version, "route", "show", "proto", "bird"]).stdout
+    nets = [ipaddress.ip_network(line.split()[0]) for line in out.splitlines()
+            if line and line.split()[0] != "blackhole" and "via" in line]
+    return _Nets(nets)
+
+
+class _Nets(list):
+    def __contains__(self, ip):
+        return any(ip in n for n in self)
+
+
 
 
 def remove_stand_in(host):

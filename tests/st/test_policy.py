@@ -5,71 +5,17 @@ routes anywhere), anti-spoofing, NAT outgoing, repair, restarts and IPv6."""
 import ipaddress
 import json
 import re
-import signal
 import threading
 
 import pytest
 
+# The stack's pieces are re-exported for the other system tests that import them from here.
+from tests.st.calico_stack import (POOL, POOL6, UNDERLAY6, AgentProcess,  # noqa: F401
+                                   calico_stack, learnt, register, store_for)
 from tests.st.harness import procs
-from tests.st.plugin_helpers import (PYTHON, PluginProcess, clean_docker, container_ip,
-                                     endpoint_id, etcd_env, ping, poll, wipe_etcd)
+from tests.st.plugin_helpers import container_ip, endpoint_id, ping, poll
 
-POOL = "192.168.0.0/16"
-POOL6 = "fd80:24e2:f998:72d6::/64"
-UNDERLAY6 = "fd00:198:18::%d/64"      # test-only IPv6 underlay, for BIRD6 sessions
 OUTSIDE_IP = "198.18.0.250"           # a namespace on the bridge outside every pool
-
-
-class AgentProcess:
-    """`calicoctl felix serve` in one host; its log is <host log dir>/felix.log."""
-
-    def __init__(self, host, etcd):
-        self.host, self.etcd = host, etcd
-        self.proc = None
-
-    def start(self):
-        cmd = [PYTHON, "-m", "calicoctl", "felix", "serve", "--log-level=DEBUG",
-               "--refresh-interval=2"]
-        self.proc = self.host.popen(cmd, "felix", env=etcd_env(self.etcd))
-        return self
-
-    def pids(self):
-        out = []
-        for pid in procs.pids_in_namespaces_of(self.host.pid):
-            argv = procs.cmdline(pid)
-            if "felix" in argv and "serve" in argv and argv[0] != "nsenter":
-                out.append(pid)
-        return out
-
-    def stop(self, sig=signal.SIGTERM):
-        import os
-        for pid in self.pids():
-            try:
-                os.kill(pid, sig)
-            except ProcessLookupError:
-                pass
-        if self.proc is not None:
-            self.proc.wait(timeout=15)
-            self.proc = None
-
-    def log(self):
-        path = self.host.log_path("felix")
-        return path.read_text() if path.exists() else ""
-
-
-def store_for(etcd):
-    from calicoctl.datastore.store import EtcdSettings, EtcdStore
-    return EtcdStore(EtcdSettings(endpoints=[etcd.url]))
-
-
-def register(store, hosts):
-    from calicoctl.datastore.globals import ensure_defaults
-    from calicoctl.datastore.hosts import register_node
-    from calicoctl.datastore.models import Node
-    ensure_defaults(store)
-    for i, h in enumerate(hosts):
-        register_node(store, Node(name=h.name, ipv4=h.ip, ipv6=UNDERLAY6.split("/")[0] % (i + 2)),
-                      endpoint_to_host_action="RETURN")
 
 
 def outside_namespace(bridge):
@@ -88,33 +34,14 @@ def outside_namespace(bridge):
 
 
 @pytest.fixture(scope="module")
-def calico(testbed, two_hosts, etcd_on_bridge):
-    wipe_etcd(etcd_on_bridge)
-    store = store_for(etcd_on_bridge)
-    register(store, two_hosts)
-    for i, h in enumerate(two_hosts):
-        h.run(["ip", "-6", "addr", "add", UNDERLAY6 % (i + 2), "dev", "eth0", "nodad"],
-              check=False)
-        h.run(["sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"], check=False)
-    from calicoctl.datastore import pools
-    from calicoctl.datastore.models import Pool
-    pools.add_pool(store, Pool(ipaddress.ip_network(POOL)))
-    pools.add_pool(store, Pool(ipaddress.ip_network(POOL6)))
-    agents = [AgentProcess(h, etcd_on_bridge).start() for h in two_hosts]
-    plugins = [PluginProcess(h, etcd_on_bridge).start() for h in two_hosts]
+def calico(testbed, calico_stack):
+    """The shared stack plus a namespace outside every pool, for the NAT test."""
     ns = outside_namespace(testbed.underlay.bridge)
     try:
-        yield {"store": store, "agents": agents, "hosts": two_hosts, "etcd": etcd_on_bridge}
+        yield calico_stack
     finally:
-        for h in two_hosts:
-            clean_docker(h)
-        for p in plugins:
-            p.stop()
-        for a in agents:
-            a.stop()
         procs.run(["ip", "netns", "del", ns], check=False)
         procs.run(["ip", "link", "del", "tb-felixout"], check=False)
-        wipe_etcd(etcd_on_bridge)
 
 
 @pytest.fixture(scope="module")
@@ -138,19 +65,6 @@ def demo(calico):
          and ipaddress.ip_address(ips["workload-A"]) in learnt(h2), timeout=60,
          what="routes learnt over BGP")
     return calico
-
-
-def learnt(host, version=4):
-    """Networks the host's kernel has from BIRD (proto bird), as an address-containment set."""
-    out = host.run(["ip", "-%d" % version, "route", "show", "proto", "bird"]).stdout
-    nets = [ipaddress.ip_network(line.split()[0]) for line in out.splitlines()
-            if line and line.split()[0] != "blackhole" and "via" in line]
-    return _Nets(nets)
-
-
-class _Nets(list):
-    def __contains__(self, ip):
-        return any(ip in n for n in self)
 
 
 def reaches(host, src, dst, count=1):
