@@ -25,6 +25,9 @@ PLUGIN_CONTAINER = "calico-libnetwork"
 DEFAULT_LOG_DIR = "/var/log/calico"
 PLUGIN_DIR = "/run/docker/plugins"
 PLUGIN_SOCKET = PLUGIN_DIR + "/calico.sock"
+# Where the plugin keeps teardown calls that met an unreachable etcd (plugin/pending.py): bound
+# from the host so they survive the plugin container being re-created.
+PLUGIN_STATE_DIR = "/var/lib/calico"
 CONFIG_LABEL = "org.projectcalico.config"
 # Long enough for a cold start of the agent (first full resync, BIRD up); a healthy start here
 # takes a few seconds.
@@ -165,6 +168,7 @@ def plugin_container_spec(settings):
     # engine about containers and networks through the engine's socket.
     volumes[PLUGIN_DIR] = {"bind": PLUGIN_DIR, "mode": "rw"}
     volumes[settings.docker_socket] = {"bind": "/var/run/docker.sock", "mode": "rw"}
+    volumes[PLUGIN_STATE_DIR] = {"bind": PLUGIN_STATE_DIR, "mode": "rw"}
     env = _common_env(settings)
     env["DOCKER_HOST"] = "unix:///var/run/docker.sock"
     return {

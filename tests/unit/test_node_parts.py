@@ -99,6 +99,7 @@ def test_container_specs():
     assert plugin["command"] == ["calicoctl", "plugin", "serve"]
     assert plugin["volumes"]["/run/docker/plugins"]["bind"] == "/run/docker/plugins"
     assert plugin["volumes"]["/run/docker.sock"]["bind"] == "/var/run/docker.sock"
+    assert plugin["volumes"]["/var/lib/calico"]["bind"] == "/var/lib/calico"   # pending releases
     # The hash changes with any setting and with the image itself.
     h = containers.config_hash(node, "sha256:1")
     assert h == containers.config_hash(containers.node_container_spec(settings), "sha256:1")
@@ -181,3 +182,16 @@ def test_privilege_falls_back_to_explicit_capabilities(tmp_path):
     options = containers.privilege_options(missing)
     assert options["cap_add"] == ["ALL"] and options["cap_drop"] == ["SYS_RESOURCE"]
     assert options["unmask_system_paths"] and "privileged" not in options
+
+
+def test_live_restore_verdicts():
+    class Client:
+        def __init__(self, enabled):
+            self.enabled = enabled
+
+        def info(self):
+            return {"LiveRestoreEnabled": self.enabled}
+
+    assert checks.check_live_restore(lambda: Client(True)).ok
+    off = checks.check_live_restore(lambda: Client(False))
+    assert not off.ok and not off.failed and "live-restore" in off.detail   # a warning
