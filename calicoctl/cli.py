@@ -1,4 +1,4 @@
-"""calicoctl: the command-line entry point.
+"""calicoctl: Project Calico for Docker: routed IP networking for containers, with policy.
 
 Usage:
   calicoctl [--debug] <command> [<args>...]
