@@ -23,8 +23,8 @@ import pytest
 
 from tests.st.churn_checks import all_problems
 from tests.st.harness import procs
-from tests.st.plugin_helpers import PluginProcess, clean_docker, ping, poll, wipe_etcd
-from tests.st.test_policy import POOL, AgentProcess, register, store_for
+from tests.st.calico_stack import calico_stack  # noqa: F401 - the fixture
+from tests.st.plugin_helpers import ping, poll
 
 SEED = int(os.environ.get("CHURN_SEED", "20261127"))
 TARGET_OPS = int(os.environ.get("CHURN_OPS", "300"))
@@ -54,35 +54,13 @@ def kill_dockerd(host):
 
 
 @pytest.fixture(scope="module")
-def stack(testbed, two_hosts, etcd_on_bridge):
-    import ipaddress
-    for h in two_hosts:
-        clean_docker(h)
-        remove_stand_in(h)
-    wipe_etcd(etcd_on_bridge)
-    store = store_for(etcd_on_bridge)
-    register(store, two_hosts)
-    from calicoctl.datastore import pools
-    from calicoctl.datastore.models import Pool
-    pools.add_pool(store, Pool(ipaddress.ip_network(POOL)))
-    agents = [AgentProcess(h, etcd_on_bridge).start() for h in two_hosts]
-    plugins = [PluginProcess(h, etcd_on_bridge, log_name="plugin-churn").start()
-               for h in two_hosts]
-    try:
-        for h in two_hosts:
-            for net in NETWORKS:
-                h.docker("network", "create", "--driver", "calico", "--ipam-driver", "calico",
-                         net)
-        yield {"store": store, "agents": agents, "plugins": plugins, "hosts": two_hosts,
-               "etcd": etcd_on_bridge}
-    finally:
-        for h in two_hosts:
-            clean_docker(h)
-        for p in plugins:
-            p.stop()
-        for a in agents:
-            a.stop()
-        wipe_etcd(etcd_on_bridge)
+def stack(calico_stack):
+    """The shared agent+plugin stack with the churn networks created on both hosts (removed
+    with every container by calico_stack's teardown)."""
+    for h in calico_stack["hosts"]:
+        for net in NETWORKS:
+            h.docker("network", "create", "--driver", "calico", "--ipam-driver", "calico", net)
+    return calico_stack
 
 
 class Tally:
