@@ -5,15 +5,9 @@ import json
 
 import pytest
 
+from tests.st.calico_stack import remove_stand_in
 from tests.st.plugin_helpers import (PluginProcess, calicoctl, clean_docker, container_ip,
                                      endpoint_id, etcd_keys, ping, poll, route_to, wipe_etcd)
-
-
-def _remove_stand_in(host):
-    for rule in (["-i", "cali+"], ["-o", "cali+"]):
-        while host.run(["iptables", "-w", "-D", "FORWARD", *rule, "-j", "ACCEPT"],
-                       check=False).returncode == 0:
-            pass
 
 
 @pytest.fixture
@@ -22,7 +16,7 @@ def stack(two_hosts, etcd_on_bridge):
     calicoctl(two_hosts[0], etcd, "pool", "add", "192.168.0.0/16")
     plugins, agents = [], []
     for h in two_hosts:
-        _remove_stand_in(h)
+        remove_stand_in(h)
         plugins.append(PluginProcess(h, etcd, log_name="plugin-agent").start())
         agents.append(PluginProcess(h, etcd, log_name="felix-plugin-test",
                                     args=("felix", "serve", "--no-bgp", "--log-level=INFO"))
