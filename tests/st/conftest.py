@@ -99,3 +99,8 @@ def two_hosts(testbed):
 def node_images(two_hosts):
     from tests.st.harness.node_images import load_node_images
     return load_node_images(two_hosts, progress=lambda msg: print(msg, file=sys.stderr))
+
+
+# The agent+plugin stack fixture, for every module (some reach it through another module's
+# fixture, e.g. test_restarts through test_churn's `stack`).
+from tests.st.calico_stack import calico_stack  # noqa: E402,F401
