@@ -4,19 +4,15 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
-SYSTEM_PACKAGES := etcd-server etcd-client docker.io bird iptables ipset busybox-static debootstrap iproute2 procps kmod psmisc util-linux
 
 .PHONY: all deps system-deps venv test unit-test st-test demo images binary bench clean
 
 all: test
 
-# Debian packages the tests and the demo run for real (etcd, dockerd, BIRD, iptables, ipset).
+# Debian packages the tests and the demo run for real (etcd, dockerd, BIRD, iptables, ipset),
+# chosen from what this distribution's archive offers (tools/system-deps says why).
 system-deps:
-	@missing=""; for p in $(SYSTEM_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
-	if [ -n "$$missing" ]; then \
-	  echo "Installing Debian packages:$$missing"; \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
-	fi
+	@bash tools/system-deps
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
