@@ -16,31 +16,65 @@ from .errors import HarnessError
 
 INIT_SCRIPT = r"""#!/bin/bash
 # First process of testbed host "$1", already inside new net/uts/mount namespaces.
+# With a 4th argument the host runs that Debian root (suites.py) instead of this machine's.
 set -euo pipefail
-name=$1 host_dir=$2 marker=$3
+name=$1 host_dir=$2 marker=$3 root=${4:-} repo=${5:-}
+# The pid file is opened now: after pivot_root this machine's folders are out of sight.
+exec 3>"$host_dir/init.pid.tmp"
 # Nothing we mount here may propagate back to the real machine.
 mount --make-rprivate /
-# A fresh sysfs so /sys/class/net shows this host's devices -- but dockerd needs the cgroup
-# tree that lives under /sys ("Devices cgroup isn't mounted"), so park it and put it back.
-cg=$(mktemp -d /tmp/calico-testbed-cgroup.XXXXXX)
-mount --rbind /sys/fs/cgroup "$cg"
-umount -l /sys
-mount -t sysfs sysfs /sys
-mount --rbind "$cg" /sys/fs/cgroup
-umount -l "$cg"
-rmdir "$cg"
+new=""
+if [ -n "$root" ]; then
+  # The cached root stays read-only: each host writes into its own overlay layer.
+  ov=$host_dir/overlay
+  rm -rf "$ov"; mkdir -p "$ov/upper" "$ov/work" "$ov/merged"
+  mount -t overlay overlay -o "lowerdir=$root,upperdir=$ov/upper,workdir=$ov/work" "$ov/merged"
+  new=$ov/merged
+  mount --rbind /proc "$new/proc"
+  mount --rbind /dev "$new/dev"
+  # A fresh sysfs shows this host's devices; dockerd needs the machine's cgroup tree under it.
+  mount -t sysfs sysfs "$new/sys"
+  mount --rbind /sys/fs/cgroup "$new/sys/fs/cgroup"
+  # The code under test at the same path, and over its .venv the root's own venv (the root's
+  # Python, with dependency wheels made for it), so `<repo>/.venv/bin/python -m calicoctl`
+  # means the same inside every host whatever its suite.
+  mkdir -p "$new$repo"
+  mount --bind "$repo" "$new$repo"
+  if [ -d "$new$repo/.venv" ]; then mount --bind "$new/opt/calico-venv" "$new$repo/.venv"; fi
+  cp /etc/resolv.conf "$new/etc/resolv.conf"
+else
+  # A fresh sysfs so /sys/class/net shows this host's devices -- but dockerd needs the cgroup
+  # tree that lives under /sys ("Devices cgroup isn't mounted"), so park it and put it back.
+  cg=$(mktemp -d /tmp/calico-testbed-cgroup.XXXXXX)
+  mount --rbind /sys/fs/cgroup "$cg"
+  umount -l /sys
+  mount -t sysfs sysfs /sys
+  mount --rbind "$cg" /sys/fs/cgroup
+  umount -l "$cg"
+  rmdir "$cg"
+fi
+# Per-host daemon state, logs and docker config (/etc/docker holds key.json = the engine id).
+mkdir -p "$new/var/lib/docker" "$new/var/log/calico" "$new/etc/docker"
+mount --bind "$host_dir/docker" "$new/var/lib/docker"
+mount --bind "$host_dir/log" "$new/var/log/calico"
+mount --bind "$host_dir/etc-docker" "$new/etc/docker"
+if [ -n "$root" ]; then
+  # From here on the host sees only its root: nsenter -m lands in it, never on this machine's.
+  cd "$new"
+  mkdir -p .oldroot
+  pivot_root . .oldroot
+  umount -l /.oldroot
+  rmdir /.oldroot
+  cd /
+fi
 # Per-host /run: docker.sock, /run/docker/plugins (libnetwork plugin sockets), pid files.
 mount -t tmpfs -o mode=755 tmpfs /run
-# Per-host daemon state, logs and docker config (/etc/docker holds key.json = the engine id).
-mkdir -p /var/lib/docker /var/log/calico /etc/docker
-mount --bind "$host_dir/docker" /var/lib/docker
-mount --bind "$host_dir/log" /var/log/calico
-mount --bind "$host_dir/etc-docker" /etc/docker
 hostname "$name"
 ip link set lo up
-# The pid written here is the pid of "sleep" after exec: the host's handle.
-echo $$ > "$host_dir/init.pid.tmp"
-mv "$host_dir/init.pid.tmp" "$host_dir/init.pid"
+# The pid written here is the pid of "sleep" after exec: the host's handle. A whole line in
+# init.pid.tmp means the host is ready (Host._start renames it).
+echo $$ >&3
+exec 3>&-
 # argv[0] marks the process so cleanup can find hosts of a crashed run without any state file.
 exec -a "$marker$name" sleep infinity
 """
@@ -73,8 +107,9 @@ class Host:
     (log/) and /etc/docker (etc-docker/).
     """
 
-    def __init__(self, name, ip, host_dir, pid=None, marker=DEFAULT_MARKER):
+    def __init__(self, name, ip, host_dir, pid=None, marker=DEFAULT_MARKER, suite=None):
         self.name = name
+        self.suite = suite          # None: this machine's root; else a Debian suite's (suites.py)
         self.ip = ip
         self.host_dir = Path(host_dir)
         self.pid = pid
@@ -88,8 +123,8 @@ class Host:
     # ---- lifecycle -------------------------------------------------------------------------
 
     @classmethod
-    def create(cls, name, ip, host_dir, marker=DEFAULT_MARKER, timeout=15):
-        host = cls(name, ip, host_dir, marker=marker)
+    def create(cls, name, ip, host_dir, marker=DEFAULT_MARKER, timeout=15, suite=None):
+        host = cls(name, ip, host_dir, marker=marker, suite=suite)
         host._start(timeout)
         return host
 
@@ -97,14 +132,20 @@ class Host:
         for sub in ("docker", "log", "etc-docker"):
             (self.host_dir / sub).mkdir(parents=True, exist_ok=True)
         pid_file = self.host_dir / "init.pid"
+        tmp_file = self.host_dir / "init.pid.tmp"
         pid_file.unlink(missing_ok=True)
+        tmp_file.unlink(missing_ok=True)
         script = self.host_dir / "init.sh"
         script.write_text(INIT_SCRIPT)
         init_log = self.host_dir / "log" / "init.log"
+        root_args = []
+        if self.suite is not None:
+            from . import suites
+            root_args = [str(suites.host_root(self.suite)), str(suites.REPO)]
         with open(init_log, "ab") as log:
             self._unshare = subprocess.Popen(
                 ["unshare", "--net", "--uts", "--mount", "--fork",
-                 "bash", str(script), self.name, str(self.host_dir), self.marker],
+                 "bash", str(script), self.name, str(self.host_dir), self.marker, *root_args],
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 start_new_session=True)
 
@@ -112,9 +153,11 @@ class Host:
             if self._unshare.poll() is not None:
                 raise HarnessError(f"host {self.name} init exited {self._unshare.returncode}: "
                                    f"{init_log.read_text()[-2000:]}")
-            return pid_file.exists() and pid_file.read_text().strip()
+            text = tmp_file.read_text() if tmp_file.exists() else ""
+            return text.endswith("\n") and text.strip()
 
         self.pid = int(procs.wait_for(ready, timeout=timeout, what=f"host {self.name} init"))
+        tmp_file.rename(pid_file)
 
     @property
     def alive(self):
@@ -131,7 +174,7 @@ class Host:
         self.pid = None
         remove_container_cgroups(self.name)
         if remove_dirs:
-            for sub in ("docker", "etc-docker"):
+            for sub in ("docker", "etc-docker", "overlay"):
                 shutil.rmtree(self.host_dir / sub, ignore_errors=True)
             if not keep_logs:
                 shutil.rmtree(self.host_dir, ignore_errors=True)
@@ -207,6 +250,10 @@ class Host:
         procs.wait_for(answers, timeout=timeout, what=f"dockerd on {self.name}")
         return driver
 
+    def engine_version(self):
+        """The Docker engine's version, as its API reports it."""
+        return self.docker("version", "--format", "{{.Server.Version}}", timeout=30).stdout.strip()
+
     def stop_dockerd(self, timeout=30):
         """Stop dockerd gracefully (it stops its containers and its containerd)."""
         pid_file = Path(self.root_path("/run/docker.pid"))
@@ -220,12 +267,12 @@ class Host:
 
     def to_state(self):
         return {"name": self.name, "ip": self.ip, "host_dir": str(self.host_dir),
-                "pid": self.pid, "marker": self.marker}
+                "pid": self.pid, "marker": self.marker, "suite": self.suite}
 
     @classmethod
     def from_state(cls, state):
         host = cls(state["name"], state["ip"], state["host_dir"], state.get("pid"),
-                   state.get("marker", DEFAULT_MARKER))
+                   state.get("marker", DEFAULT_MARKER), state.get("suite"))
         if not host.alive:
             host.pid = None
         return host

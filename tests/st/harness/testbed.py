@@ -41,8 +41,9 @@ class Testbed:
     __test__ = False    # not a pytest test class, despite the name
 
     def __init__(self, state_dir=STATE_DIR, underlay=network.DEFAULT_UNDERLAY,
-                 name_prefix="calico-"):
+                 name_prefix="calico-", suite=None):
         self.state_dir = Path(state_dir)
+        self.suite = None if suite == "host" else suite   # the hosts' Debian root (suites.py)
         self.underlay = underlay
         self.name_prefix = name_prefix
         self.hosts = []
@@ -58,7 +59,7 @@ class Testbed:
     def save(self):
         state = {"underlay": {"bridge": self.underlay.bridge,
                               "subnet": str(self.underlay.subnet)},
-                 "name_prefix": self.name_prefix,
+                 "name_prefix": self.name_prefix, "suite": self.suite,
                  "bridge": self.bridge, "etcd": self.etcd.to_state() if self.etcd else None,
                  "hosts": [h.to_state() for h in self.hosts]}
         tmp = self.state_file.with_suffix(".tmp")
@@ -74,7 +75,7 @@ class Testbed:
         state = json.loads(state_file.read_text())
         underlay = network.Underlay(state["underlay"]["bridge"],
                                     ipaddress.ip_network(state["underlay"]["subnet"]))
-        bed = cls(state_dir, underlay, state["name_prefix"])
+        bed = cls(state_dir, underlay, state["name_prefix"], state.get("suite"))
         bed.bridge = state.get("bridge")
         bed.etcd = EtcdServer.from_state(state["etcd"]) if state.get("etcd") else None
         bed.hosts = [Host.from_state(h) for h in state.get("hosts", [])]
@@ -118,7 +119,7 @@ class Testbed:
         for i in range(n_hosts):
             name = host_name(i, self.name_prefix)
             host = Host.create(name, str(u.host_ip(i)), self.state_dir / "hosts" / name,
-                               marker=host_marker(u))
+                               marker=host_marker(u), suite=self.suite, timeout=60)
             self.hosts.append(host)
             self.save()
             network.connect_host(host, u)
@@ -127,7 +128,8 @@ class Testbed:
             busybox_tar = images.busybox_tarball() if busybox else None
             for host in self.hosts:
                 driver = host.start_dockerd()
-                progress(f"dockerd on {host.name} ({driver}) at {host.docker_url}")
+                progress(f"dockerd {host.engine_version()} on {host.name} ({driver}, "
+                         f"{host.suite or 'this machine'}'s root) at {host.docker_url}")
                 if busybox_tar:
                     client = host.docker_client()
                     images.import_busybox(client, busybox_tar)
