@@ -93,16 +93,21 @@ def _iptables_binaries():
 
 
 def guard_root_forwarding(bridge):
-    """Drop anything the root namespace would forward between the bridge and another interface.
+    """Let the bridge carry the hosts' traffic, and drop anything the root namespace would
+    forward between the bridge and another interface.
 
-    ip_forward is normally off in the root namespace, but a dockerd started there (by anyone)
-    turns it on; these rules keep the testbed sealed even then. Frames bridged between two
-    ports of the bridge (-i calibr0 -o calibr0) are not affected.
+    A Docker engine running on this machine itself (the normal case: installing docker.io starts
+    it) sets the FORWARD policy to DROP and turns on bridge-nf-call-iptables, which sends frames
+    bridged between two ports of calibr0 through FORWARD too: without the ACCEPT the hosts could
+    not reach each other or etcd's peers. The DROPs keep the testbed sealed even though such an
+    engine also turns on ip_forward here.
     """
     for binary in _iptables_binaries():
-        for direction in (["-i", bridge, "!", "-o", bridge], ["-o", bridge, "!", "-i", bridge]):
+        for direction, verdict in ((["-i", bridge, "!", "-o", bridge], "DROP"),
+                                   (["-o", bridge, "!", "-i", bridge], "DROP"),
+                                   (["-i", bridge, "-o", bridge], "ACCEPT")):
             procs.run([binary, "-w", "-I", "FORWARD", "1", *direction,
-                       "-m", "comment", "--comment", IPTABLES_COMMENT, "-j", "DROP"])
+                       "-m", "comment", "--comment", IPTABLES_COMMENT, "-j", verdict])
 
 
 def remove_root_rules(bridge=None):
