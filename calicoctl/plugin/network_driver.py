@@ -274,6 +274,10 @@ class NetworkDriver:
                                "RouteType": ROUTE_CONNECTED, "NextHop": ""})
             if ep.ipv6_nets:
                 answer["GatewayIPv6"] = veth.IPV6_GATEWAY
+                # Docker 26 and later look the gateway up in the routing table before making it
+                # the default route; the interface's own fe80::/64 may not exist yet then.
+                routes.append({"Destination": veth.IPV6_GATEWAY + "/128",
+                               "RouteType": ROUTE_CONNECTED, "NextHop": ""})
             answer["StaticRoutes"] = routes
         else:
             answer["StaticRoutes"] = self._secondary_routes(record, ep, len(others))
