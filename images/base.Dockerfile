@@ -1,7 +1,8 @@
-# Base for the node images where a registry was reachable once (debian:bookworm-slim present)
+# Base for the node images where a registry was reachable once (debian:<suite>-slim present)
 # and the engine's containers have network. build.py falls back to debootstrap otherwise; both
-# give the same packages. PACKAGES is passed by build.py (its BASE_PACKAGES list).
-FROM debian:bookworm-slim
+# give the same packages. SUITE and PACKAGES are passed by build.py (its base_packages(suite)).
+ARG SUITE=trixie
+FROM debian:${SUITE}-slim
 ARG PACKAGES
 RUN apt-get update \
     && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends ${PACKAGES} \

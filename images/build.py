@@ -1,15 +1,21 @@
 #!/usr/bin/env python3
 """Build calico/node:<version> and calico/node-libnetwork:<version> with no registry.
 
-    python images/build.py [--docker-url URL] [--save PATH] [--no-cache]
+    python images/build.py [--suite trixie|bookworm] [--docker-url URL] [--save PATH] [--no-cache]
+
+The images run on Debian 13 (trixie) with BIRD 2 by default. `--suite bookworm` builds the
+BIRD 1.6 variant on Debian 12, tagged <version>-bookworm, for what still has to run BIRD 1.6
+(the two-host demo on Docker 20.10 hosts).
 
 Into the engine at --docker-url, else $DOCKER_HOST, else a throwaway "builder" namespace host
 whose /var/lib/docker persists in /var/cache/calico-images/builder (so the layer cache survives).
 dockerd is never started in the root namespace: it would turn on forwarding there.
 
-Steps: base image (skipped when present) -> wheelhouse on this machine (pip; cached) -> docker
-build of both targets of images/Dockerfile -> (builder only) save both into a cached tarball,
-which the system tests load into their hosts instead of building again.
+Steps: the suite's Debian root (tests/st/harness/rootfs.py: debootstrap, cached) -> wheelhouse
+for that root's Python, whatever Python runs this script (tests/st/harness/wheels.py; cached)
+-> base image (the root imported; skipped when present) -> docker build of both targets of
+images/Dockerfile -> (builder only) save both into a cached tarball per suite, which the system
+tests load into their hosts instead of building again.
 """
 
 import argparse
@@ -19,29 +25,31 @@ import hashlib
 import os
 import re
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
-import tomllib
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from tests.st.harness import images, procs  # noqa: E402
+from tests.st.harness import images, procs, rootfs, wheels  # noqa: E402
 from tests.st.harness.errors import HarnessError  # noqa: E402
 from tests.st.harness.hosts import Host, check_host_support  # noqa: E402
 
 CACHE_DIR = images.CACHE_DIR
-CONTEXT_DIR = REPO / "images" / ".build"      # git-ignored docker build context
+CONTEXT_DIR = REPO / "images" / ".build"      # git-ignored; one docker build context per suite
 DEFAULT_VERSION = "v0.12.0-py"
-SUITE = "bookworm"
-BASE_TAG = f"calico/debian-base:{SUITE}"
-SLIM_TAG = f"debian:{SUITE}-slim"
-BASE_PACKAGES = ["python3", "python3-pip", "python3-venv", "iptables", "ipset", "bird",
-                 "iproute2", "procps", "ca-certificates"]
+# Debian 13 is what users run now: BIRD 2 (2.17) and Python 3.13. From Debian 13 on there is
+# no BIRD 1.x package at all, so the default images carry BIRD 2 like the hosts around them.
+DEFAULT_SUITE = "trixie"
+# The BIRD each suite's images carry (same binary names, bird/birdc). Debian 12's images keep
+# BIRD 1.6, the BIRD of the Docker 20.10 hosts the two-host demo still runs on.
+BIRD_PACKAGES = {"trixie": "bird2", "bookworm": "bird"}
+# python3-venv brings pip into the image's venv (ensurepip): no python3-pip needed.
+COMMON_PACKAGES = ["python3", "python3-venv", "iptables", "ipset", "iproute2", "procps",
+                   "ca-certificates"]
 BASE_KEY_LABEL = "org.projectcalico.base-key"
 BUILDER_NAME = "calico-builder"
 BUILDER_MARKER = "calico-builder:"
@@ -69,130 +77,94 @@ def image_version(repo=REPO):
     return version if version.startswith("v") else "v" + version
 
 
-def node_image_names(version=None):
+def check_suite(suite):
+    if suite not in BIRD_PACKAGES:
+        raise HarnessError(f"no node images for Debian suite {suite!r} "
+                           f"(known: {', '.join(BIRD_PACKAGES)})")
+    return suite
+
+
+def node_image_names(version=None, suite=DEFAULT_SUITE):
+    """The default suite's images carry the bare version; another suite's add it as a suffix,
+    so both can sit in one engine and `calicoctl node --node-image` picks one."""
     version = version or image_version()
-    return [f"calico/node:{version}", f"calico/node-libnetwork:{version}"]
+    tag = version if check_suite(suite) == DEFAULT_SUITE else f"{version}-{suite}"
+    return [f"calico/node:{tag}", f"calico/node-libnetwork:{tag}"]
 
 
 # ---- base image --------------------------------------------------------------------------
 
-def debian_mirror():
-    """The Debian mirror apt on this machine uses (debootstrap must reach the same one)."""
-    for path in sorted(Path("/etc/apt/sources.list.d").glob("*.sources")):
-        for line in path.read_text().splitlines():
-            if line.startswith("URIs:"):
-                for uri in line.split()[1:]:
-                    if uri.rstrip("/").endswith("/debian"):
-                        return uri
-    sources = Path("/etc/apt/sources.list")
-    if sources.exists():
-        for line in sources.read_text().splitlines():
-            parts = line.split()
-            if len(parts) >= 3 and parts[0] == "deb" and parts[1].rstrip("/").endswith("/debian"):
-                return parts[1]
-    return "http://deb.debian.org/debian"
+def base_packages(suite):
+    return sorted([*COMMON_PACKAGES, BIRD_PACKAGES[check_suite(suite)]])
 
 
-def base_key():
-    return hashlib.sha256(" ".join([SUITE, *sorted(BASE_PACKAGES)]).encode()).hexdigest()[:12]
+def base_tag(suite):
+    return f"calico/debian-base:{suite}"
 
 
-def base_rootfs_tarball():
-    """A debootstrapped Debian root file system as a tar, cached by suite + package list."""
-    tarball = CACHE_DIR / f"debian-base-{SUITE}-{base_key()}.tar"
-    if tarball.exists():
-        say(f"base rootfs: cached {tarball}")
-        return tarball
-    if shutil.which("debootstrap") is None:
-        raise HarnessError("debootstrap is not installed (apt-get install debootstrap)")
-    CACHE_DIR.mkdir(parents=True, exist_ok=True)
-    mirror = debian_mirror()
-    t0 = time.monotonic()
-    with tempfile.TemporaryDirectory(dir=CACHE_DIR, prefix="rootfs-") as tmp:
-        rootfs = Path(tmp) / "rootfs"
-        say(f"debootstrap {SUITE} from {mirror} (about a minute)")
-        cmd = ["debootstrap", "--variant=minbase", f"--include={','.join(BASE_PACKAGES)}",
-               SUITE, str(rootfs), mirror]
-        _stream(cmd, prefix="debootstrap")
-        # Package caches are dead weight in an image that never runs apt.
-        for junk in ("var/cache/apt/archives", "var/lib/apt/lists"):
-            for entry in (rootfs / junk).glob("*"):
-                if entry.is_file():
-                    entry.unlink()
-        part = tarball.with_name(tarball.name + ".part")
-        # /dev, /proc and /sys contents come from the container runtime, never from the image.
-        procs.run(["tar", "-C", str(rootfs), "--numeric-owner", "--exclude=./dev/*",
-                   "--exclude=./proc/*", "--exclude=./sys/*", "-cf", str(part), "."],
-                  timeout=600)
-        part.rename(tarball)
-    say(f"base rootfs: {tarball} ({tarball.stat().st_size >> 20} MiB) "
-        f"in {time.monotonic() - t0:.0f}s")
-    return tarball
+def base_key(suite):
+    return rootfs.root_key(suite, base_packages(suite))
 
 
-def ensure_base_image(client, docker_url):
-    """calico/debian-base:bookworm in the engine, built only if missing or stale."""
-    key = base_key()
-    if images.has_image(client, BASE_TAG):
-        labels = client.images.get(BASE_TAG).labels or {}
+def base_root(suite, progress=say):
+    """The suite's Debian root for the image base (debootstrap once, then cached)."""
+    return rootfs.root_dir(suite, base_packages(suite), progress)
+
+
+def ensure_base_image(client, docker_url, suite):
+    """calico/debian-base:<suite> in the engine, built only if missing or stale."""
+    key, tag, slim = base_key(suite), base_tag(suite), f"debian:{suite}-slim"
+    if images.has_image(client, tag):
+        labels = client.images.get(tag).labels or {}
         if labels.get(BASE_KEY_LABEL) == key:
-            say(f"base image {BASE_TAG}: present")
+            say(f"base image {tag}: present")
             return
-        say(f"base image {BASE_TAG}: package list changed, rebuilding")
-    if images.has_image(client, SLIM_TAG):
-        say(f"base image from {SLIM_TAG} (apt-get inside a build container)")
+        say(f"base image {tag}: package list changed, rebuilding")
+    if images.has_image(client, slim):
+        # Same suite, so the same python3 as the root the wheelhouse was made for.
+        say(f"base image from {slim} (apt-get inside a build container)")
         try:
-            _docker_build(client, REPO / "images", "base.Dockerfile", BASE_TAG, target=None,
-                          buildargs={"PACKAGES": " ".join(BASE_PACKAGES)},
+            _docker_build(client, REPO / "images", "base.Dockerfile", tag, target=None,
+                          buildargs={"SUITE": suite, "PACKAGES": " ".join(base_packages(suite))},
                           labels={BASE_KEY_LABEL: key})
             return
         except HarnessError as exc:
-            say(f"building from {SLIM_TAG} failed ({exc}); falling back to debootstrap")
-    tarball = base_rootfs_tarball()
-    say(f"docker import {tarball.name} -> {BASE_TAG}")
+            say(f"building from {slim} failed ({exc}); falling back to debootstrap")
+    tarball = rootfs.root_tarball(suite, base_packages(suite), progress=say)
+    say(f"docker import {tarball.name} -> {tag}")
     procs.run([images.DOCKER_CLI, "-H", docker_url, "import",
                "-c", f"LABEL {BASE_KEY_LABEL}={key}", "-c", 'CMD ["bash"]',
-               str(tarball), BASE_TAG], timeout=600)
+               str(tarball), tag], timeout=600)
 
 
 # ---- wheelhouse --------------------------------------------------------------------------
 
-def _pip(*args, env=None):
-    return procs.run([sys.executable, "-m", "pip", "--disable-pip-version-check", *args],
-                     timeout=900, env=env)
+def context_dir(suite):
+    return CONTEXT_DIR / suite
 
 
-def project_dependencies(repo=REPO):
-    pyproject = repo / "pyproject.toml"
-    if not pyproject.exists():
-        raise HarnessError(f"{pyproject} is missing: nothing to build calicoctl from")
-    return tomllib.loads(pyproject.read_text())["project"].get("dependencies", [])
-
-
-def build_wheelhouse(context=CONTEXT_DIR, repo=REPO):
-    """Fill <context>/wheels/{deps,calicoctl}. Dependency wheels come from a cache that is
-    refilled from PyPI only when an offline resolve fails; calicoctl's wheel is rebuilt every
-    time from a copy of the source (building in the repo would leave build/ and egg-info)."""
-    if sys.version_info[:2] != (3, 11):
-        say(f"warning: building wheels with Python {sys.version.split()[0]}; the image's "
-            "Python is 3.11, so compiled wheels may not fit")
-    wheel_cache = CACHE_DIR / "wheels"
-    wheel_cache.mkdir(parents=True, exist_ok=True)
+def build_wheelhouse(suite, repo=REPO):
+    """Fill <context>/wheels/{deps,calicoctl} for the suite's image. Dependency wheels are made
+    for the Python of the suite's root, never for the one running this script (Debian 12's 3.11
+    builds for Debian 13's 3.13): a compiled wheel for the wrong CPython does not install.
+    calicoctl's own wheel is pure Python, rebuilt every time from a copy of the source
+    (building in the repo would leave build/ and egg-info)."""
+    python_version = rootfs.python_version(base_root(suite))
+    context = context_dir(suite)
     deps_dir, own_dir = context / "wheels" / "deps", context / "wheels" / "calicoctl"
-    for d in (deps_dir, own_dir):
-        shutil.rmtree(d, ignore_errors=True)
-        d.mkdir(parents=True)
-    requirements = deps_dir / "requirements.txt"
-    requirements.write_text("\n".join(project_dependencies(repo)) + "\n")
-    offline = ["--no-index", "--find-links", str(wheel_cache)]
-    try:
-        _pip("wheel", "-q", *offline, "-w", str(deps_dir), "-r", str(requirements))
-    except HarnessError:
-        say("dependency wheels: fetching from PyPI into the cache")
-        _pip("wheel", "-q", "-w", str(wheel_cache), "-r", str(requirements))
-        # The isolated build of calicoctl's own wheel needs its build backend offline too.
-        _pip("download", "-q", "-d", str(wheel_cache), "setuptools>=64", "wheel")
-        _pip("wheel", "-q", *offline, "-w", str(deps_dir), "-r", str(requirements))
+    wheels.dependency_wheels(python_version, deps_dir, repo)
+    shutil.rmtree(own_dir, ignore_errors=True)
+    own_dir.mkdir(parents=True)
+    build_own_wheel(own_dir, repo)
+    say(f"wheelhouse for Python {python_version}: {len(list(deps_dir.glob('*.whl')))} "
+        f"dependency wheels + {', '.join(p.name for p in own_dir.glob('*.whl'))}")
+    return python_version
+
+
+def build_own_wheel(dest, repo=REPO):
+    """calicoctl's wheel, built offline against the build backend kept in the wheel cache."""
+    backend = wheels.WHEEL_CACHE / "source"
+    backend.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="calicoctl-src-") as tmp:
         src = Path(tmp)
         shutil.copy2(repo / "pyproject.toml", src)
@@ -204,14 +176,22 @@ def build_wheelhouse(context=CONTEXT_DIR, repo=REPO):
         else:   # pyproject names a readme; a stand-in keeps the build going while it is written
             (src / "README.md").write_text("calicoctl\n")
         env = {**os.environ, "SOURCE_DATE_EPOCH": SOURCE_DATE_EPOCH}
-        _pip("wheel", "-q", "--no-deps", *offline, "-w", str(own_dir), str(src), env=env)
-    say(f"wheelhouse: {len(list(deps_dir.glob('*.whl')))} dependency wheels + "
-        f"{', '.join(p.name for p in own_dir.glob('*.whl'))}")
+        pip = [sys.executable, "-m", "pip", "--disable-pip-version-check"]
+        build = [*pip, "wheel", "-q", "--no-deps", "--no-index", "--find-links", str(backend),
+                 "-w", str(dest), str(src)]
+        try:
+            procs.run(build, timeout=900, env=env)
+        except HarnessError:
+            say("calicoctl wheel: fetching its build backend from PyPI into the cache")
+            procs.run([*pip, "download", "-q", "-d", str(backend), "setuptools>=64", "wheel"],
+                      timeout=900)
+            procs.run(build, timeout=900, env=env)
 
 
-def context_key(context=CONTEXT_DIR):
+def context_key(suite):
     """Hash of everything that decides the images: Dockerfile, wheels, base key, version."""
-    h = hashlib.sha256(f"{base_key()} {image_version()}".encode())
+    context = context_dir(suite)
+    h = hashlib.sha256(f"{suite} {base_key(suite)} {image_version()}".encode())
     files = [REPO / "images" / "Dockerfile", *sorted((context / "wheels").rglob("*"))]
     for path in files:
         if path.is_file():
@@ -235,16 +215,17 @@ def _docker_build(client, context, dockerfile, tag, target, buildargs=None, labe
             say(f"  {tag}: {line.strip()}")
 
 
-def build_node_images(client, docker_url, version=None, nocache=False):
+def build_node_images(client, docker_url, suite=DEFAULT_SUITE, version=None, nocache=False):
     """Base (if needed) and both images, from the wheelhouse build_wheelhouse() made.
     Returns the image names."""
-    names = node_image_names(version)
-    ensure_base_image(client, docker_url)
-    shutil.copy2(REPO / "images" / "Dockerfile", CONTEXT_DIR / "Dockerfile")
+    names = node_image_names(version, suite)
+    context = context_dir(suite)
+    ensure_base_image(client, docker_url, suite)
+    shutil.copy2(REPO / "images" / "Dockerfile", context / "Dockerfile")
     for name, target in zip(names, ("node", "node-libnetwork"), strict=True):
         t0 = time.monotonic()
-        _docker_build(client, CONTEXT_DIR, "Dockerfile", name, target,
-                      buildargs={"BASE_IMAGE": BASE_TAG}, nocache=nocache)
+        _docker_build(client, context, "Dockerfile", name, target,
+                      buildargs={"BASE_IMAGE": base_tag(suite)}, nocache=nocache)
         say(f"built {name} in {time.monotonic() - t0:.1f}s")
     return names
 
@@ -279,51 +260,47 @@ def builder_engine(docker_url=None):
             host.stop(remove_dirs=False)
 
 
-def node_images_tarball(nocache=False, progress=say):
-    """Path of a tarball holding both node images for the current source, built if missing."""
+def node_images_tarball(suite=DEFAULT_SUITE, nocache=False, progress=say):
+    """Path of a tarball holding both node images of `suite` for the current source, built if
+    missing."""
     t0 = time.monotonic()
-    build_wheelhouse()
+    build_wheelhouse(suite)
     progress(f"wheelhouse ready in {time.monotonic() - t0:.1f}s")
-    tarball = CACHE_DIR / f"node-images-{context_key()}.tar"
+    tarball = CACHE_DIR / f"node-images-{suite}-{context_key(suite)}.tar"
     if tarball.exists() and not nocache:
         progress(f"node images: cached {tarball}")
         return tarball
     with builder_engine() as url:
         import docker
         client = docker.DockerClient(base_url=url, timeout=600)
-        names = build_node_images(client, url, nocache=nocache)
+        names = build_node_images(client, url, suite, nocache=nocache)
         images.save_images(url, names, tarball)
         # Superseded builds would pile up in the persistent builder; the layers of the current
         # images (the warm cache) are kept since they are not dangling.
         client.images.prune(filters={"dangling": True})
-    _prune_old(tarball)
+    _prune_old(tarball, suite)
     progress(f"node images: saved {tarball}")
     return tarball
 
 
-def _prune_old(keep):
-    """Keep only the newest node-images tarball: each is a few hundred MB."""
+# Tarballs named before images had a suite (node-images-<key>.tar): all were bookworm builds.
+_UNSUITED_TARBALL = re.compile(r"^node-images-[0-9a-f]{16}\.tar$")
+
+
+def _prune_old(keep, suite):
+    """Keep only the newest tarball of each suite: each is a few hundred MB."""
     for old in CACHE_DIR.glob("node-images-*.tar"):
-        if old != keep:
+        if old != keep and (old.name.startswith(f"node-images-{suite}-") or
+                            _UNSUITED_TARBALL.match(old.name)):
             old.unlink(missing_ok=True)
-
-
-def _stream(cmd, prefix):
-    """Run cmd showing a progress line every few seconds instead of every line it prints."""
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    tail, last = [], 0.0
-    for line in proc.stdout:
-        tail = (tail + [line.rstrip()])[-40:]
-        if time.monotonic() - last > 5:
-            say(f"  {prefix}: {line.strip()}")
-            last = time.monotonic()
-    if proc.wait() != 0:
-        raise HarnessError(f"{prefix} failed ({proc.returncode}):\n" + "\n".join(tail))
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--suite", default=DEFAULT_SUITE, choices=sorted(BIRD_PACKAGES),
+                        help=f"Debian suite of the images (default: {DEFAULT_SUITE}, BIRD 2; "
+                             "bookworm: BIRD 1.6)")
     parser.add_argument("--docker-url", help="engine to build in (default: $DOCKER_HOST, else "
                                              "a builder namespace host)")
     parser.add_argument("--save", help="also write both images to this tarball")
@@ -335,13 +312,13 @@ def main(argv=None):
             with builder_engine(args.docker_url) as url:
                 import docker
                 client = docker.DockerClient(base_url=url, timeout=600)
-                build_wheelhouse()
-                names = build_node_images(client, url, nocache=args.no_cache)
+                build_wheelhouse(args.suite)
+                names = build_node_images(client, url, args.suite, nocache=args.no_cache)
                 if args.save:
                     images.save_images(url, names, args.save)
         else:
-            tarball = node_images_tarball(nocache=args.no_cache)
-            names = node_image_names()
+            tarball = node_images_tarball(args.suite, nocache=args.no_cache)
+            names = node_image_names(suite=args.suite)
             if args.save:
                 shutil.copy2(tarball, args.save)
     except HarnessError as exc:

@@ -1,5 +1,7 @@
 """calico/node and calico/node-libnetwork in the testbed's engines, built at most once per
-source change: images/build.py keeps a tarball per content hash in /var/cache/calico-images."""
+source change: images/build.py keeps a tarball per Debian suite and content hash in
+/var/cache/calico-images. The default suite (trixie) carries BIRD 2; suite="bookworm" gives the
+BIRD 1.6 variant, tagged <version>-bookworm."""
 
 import importlib.util
 import sys
@@ -23,20 +25,30 @@ def _build_module():
     return sys.modules[name]
 
 
-def node_image_names():
-    """['calico/node:v<version>', 'calico/node-libnetwork:v<version>']."""
-    return _build_module().node_image_names()
+def default_suite():
+    return _build_module().DEFAULT_SUITE
 
 
-def load_node_images(hosts, progress=print):
-    """Make sure every host's dockerd has both node images (building them if the source
-    changed since the cached tarball was made). Returns the image names."""
+def node_image_names(suite=None):
+    """['calico/node:v<version>[-<suite>]', 'calico/node-libnetwork:v<version>[-<suite>]']."""
     build = _build_module()
-    tarball = build.node_images_tarball(progress=progress)
+    return build.node_image_names(suite=suite or build.DEFAULT_SUITE)
+
+
+def node_images_tarball(suite=None, progress=print):
+    """The cached tarball of both images of `suite`, built first if the source changed."""
+    build = _build_module()
+    return build.node_images_tarball(suite or build.DEFAULT_SUITE, progress=progress)
+
+
+def load_node_images(hosts, suite=None, progress=print):
+    """Make sure every host's dockerd has both node images of `suite` (building them if the
+    source changed since the cached tarball was made). Returns the image names."""
+    tarball = node_images_tarball(suite, progress=progress)
     t0 = time.monotonic()
     # In parallel: each load unpacks a few hundred MB, and the engines are independent.
     with ThreadPoolExecutor(max_workers=len(hosts) or 1) as pool:
         list(pool.map(lambda host: images.load_images(host.docker_url, tarball), hosts))
     progress(f"node images loaded on {', '.join(h.name for h in hosts)} "
              f"in {time.monotonic() - t0:.1f}s")
-    return build.node_image_names()
+    return node_image_names(suite)
