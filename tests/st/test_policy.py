@@ -14,6 +14,7 @@ from tests.st.calico_stack import (POOL, POOL6, UNDERLAY6, AgentProcess,  # noqa
                                    calico_stack, learnt, register, store_for)
 from tests.st.harness import procs
 from tests.st.plugin_helpers import container_ip, endpoint_id, ping, poll
+from tests.skips import kernel_feature
 
 OUTSIDE_IP = "198.18.0.250"           # a namespace on the bridge outside every pool
 
@@ -231,7 +232,7 @@ def test_ipv6_workloads_across_hosts(demo):
 
 def test_ipip_missing_in_the_kernel_is_one_clear_error(demo):
     if kernel_has_ipip(demo["hosts"][0]):
-        pytest.skip("this kernel has ipip: the missing-ipip path cannot be shown here")
+        kernel_feature("ipip present, so the missing-ipip path cannot be shown here")
     from calicoctl.datastore import pools
     from calicoctl.datastore.models import Pool
     store = demo["store"]
@@ -259,8 +260,8 @@ def kernel_has_ipip(host):
 def test_ipip_pool_routes_through_tunl0(demo):
     h1 = demo["hosts"][0]
     if not kernel_has_ipip(h1):
-        pytest.skip("this kernel has no ipip support (no tunl0 after modprobe ipip): "
-                    "tunnelled routes cannot be shown here")
+        kernel_feature("no ipip (no tunl0 after modprobe ipip), so tunnelled routes cannot "
+                       "be shown here")
     from calicoctl.datastore import pools
     from calicoctl.datastore.models import Pool
     store = demo["store"]
