@@ -15,7 +15,7 @@ from calicoctl.datastore import keys
 from calicoctl.errors import DataplaneError, DatastoreError
 from calicoctl.felix import routes as route_calc
 from calicoctl.felix import status
-from calicoctl.felix.bird import render_bird_config
+from calicoctl.felix.bird import render_config
 from calicoctl.felix.calc import DesiredState
 from calicoctl.felix.executor import ensure_tunnel, present_interfaces
 from calicoctl.felix.state import Changes, FelixState
@@ -37,7 +37,7 @@ class Agent:
         self.store = store
         self.host = host
         self.dataplane = dataplane
-        self.birds = birds or {}          # version -> BirdProcess
+        self.birds = birds or {}          # 4 / 6 -> BirdProcess (bird / bird6)
         self.refresh_override = refresh_interval
         self.log_level_override = log_level
         self.clock = clock
@@ -264,10 +264,11 @@ class Agent:
             return
         view = self.state.bgp_view()
         for version, bird in self.birds.items():
+            # BIRD 1.x and 2 differ in syntax and daemons; the process knows which is installed.
             try:
-                bird.configure(render_bird_config(view, version))
+                bird.configure(render_config(view, bird.major, version))
             except DataplaneError as exc:
-                log.error("BIRD%s config rejected: %s", "" if version == 4 else "6", exc)
+                log.error("%s not configured: %s", bird.binary, exc)
 
     def _report_endpoints(self, endpoint_keys):
         """Write "up" for programmed endpoints whose interface exists; remove the report of
