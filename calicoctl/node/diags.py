@@ -69,15 +69,29 @@ def dump_etcd(store):
 
 
 def _bird(container_exec):
+    """BIRD's state: bird-*.txt from bird; on BIRD 1.x (birdc's greeting says which BIRD
+    answered) also bird6-*.txt from bird6, which holds the IPv6 sessions there.  BIRD 2 has
+    one daemon for both families."""
+    from calicoctl.felix.bird import bird_version
     from calicoctl.node.status import bird_socket
-    out = {}
-    for command, name in BIRD_COMMANDS:
-        cmd = ["birdc", "-s", bird_socket(4)] + command.split()
-        if container_exec is not None:
-            rc, text = container_exec(cmd)
-            out[name] = text + ("" if rc == 0 else "\n[exit %s]\n" % rc)
-        else:
-            out[name] = _run(cmd)
+
+    def ask(birdc, version):
+        texts = {}
+        for command, name in BIRD_COMMANDS:
+            cmd = [birdc, "-s", bird_socket(version)] + command.split()
+            if version == 6:
+                name = name.replace("bird-", "bird6-")
+            if container_exec is not None:
+                rc, text = container_exec(cmd)
+                texts[name] = text + ("" if rc == 0 else "\n[exit %s]\n" % rc)
+            else:
+                texts[name] = _run(cmd)
+        return texts
+
+    out = ask("birdc", 4)
+    found = bird_version(out[BIRD_COMMANDS[0][1]])
+    if found is not None and found[0] < 2:
+        out.update(ask("birdc6", 6))
     return out
 
 

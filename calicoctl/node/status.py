@@ -2,6 +2,9 @@
 
 Collecting (Docker, /proc, etcd, birdc) is kept apart from parsing BIRD's output
 (`parse_bird_protocols`, pure) and from the printing the command does.
+
+BIRD 1.x runs IPv4 sessions in bird and IPv6 ones in bird6 (asked through birdc6); BIRD 2 has
+one daemon for both.  birdc's greeting ("BIRD 2.17.6 ready.") says which one answered.
 """
 
 import os
@@ -9,6 +12,7 @@ import subprocess
 from dataclasses import dataclass, field
 
 from calicoctl.errors import CalicoError
+from calicoctl.felix.bird import bird_version, parse_protocols
 from calicoctl.node import containers
 
 FALLBACK_BIRD_SOCKETS = {4: "/var/run/calico/bird.ctl", 6: "/var/run/calico/bird6.ctl"}
@@ -61,24 +65,19 @@ class Report:
 
 
 def parse_bird_protocols(text):
-    """BGPSessions from `birdc show protocols all` (name line, then indented details)."""
-    sessions, current = [], None
-    for line in text.splitlines():
-        if not line.strip() or line.startswith(("BIRD ", "name ")):
-            continue
-        if not line[0].isspace():
-            parts = line.split(None, 5)
-            current = None
-            if len(parts) >= 4 and parts[1] == "BGP":
-                current = BGPSession(name=parts[0], peer="", state=parts[3],
-                                     since=parts[4] if len(parts) > 4 else "",
-                                     info=parts[5].strip() if len(parts) > 5 else "")
-                sessions.append(current)
-        elif current is not None and line.strip().startswith("Neighbor address:"):
-            current.peer = line.split(":", 1)[1].strip()
-    for s in sessions:
-        s.peer = s.peer or s.name
-    return sessions
+    """BGPSessions from `birdc show protocols all` of BIRD 1.x or 2 (felix.bird reads the
+    table, whose layout differs between them)."""
+    return [BGPSession(name=r["name"], peer=r["neighbor"] or r["name"], state=r["state"],
+                       since=r["since"], info=r["info"])
+            for r in parse_protocols(text) if r["proto"] == "BGP"]
+
+
+def bird6_absent(rc, output):
+    """Whether birdc6 failed because there is no bird6 to ask, rather than a broken one: the
+    agent runs none on a node without an IPv6 address (its socket is missing then), and an
+    image may lack birdc6 (docker exec answers 126/127)."""
+    return rc in (126, 127) or "No such file or directory" in output \
+        or "executable file not found" in output
 
 
 def peer_type(name):
@@ -116,6 +115,28 @@ def _birdc(version, container):
     except (OSError, subprocess.TimeoutExpired) as exc:
         return 1, str(exc)
     return proc.returncode, proc.stdout + proc.stderr
+
+
+def bird_sessions(container=None):
+    """(BGP sessions, None) of the agent's BIRD, or (what it has, a problem) when a BIRD does
+    not answer.  container: the calico-node to ask in, None for this host."""
+    def no_answer(version, rc, output):
+        return "BIRD%s did not answer on %s: %s" % (
+            "" if version == 4 else "6", bird_socket(version),
+            (output.strip().splitlines() or ["exit %s" % rc])[-1])
+
+    rc, output = _birdc(4, container)
+    if rc != 0:
+        return [], no_answer(4, rc, output)
+    sessions = parse_bird_protocols(output)
+    found = bird_version(output)
+    if found is not None and found[0] < 2:
+        rc, output = _birdc(6, container)
+        if rc == 0:
+            sessions += parse_bird_protocols(output)
+        elif not bird6_absent(rc, output):
+            return sessions, no_answer(6, rc, output)
+    return sessions, None
 
 
 def collect(store, node_name, docker_factory=containers.docker_client):
@@ -162,10 +183,5 @@ def collect(store, node_name, docker_factory=containers.docker_client):
 
     exec_in = node if node is not None and node.status == "running" else None
     if exec_in is not None or agent_pids:
-        rc, output = _birdc(4, exec_in)
-        if rc != 0:
-            report.bgp_error = "BIRD did not answer on %s: %s" % (
-                bird_socket(4), (output.strip().splitlines() or ["exit %s" % rc])[-1])
-        else:
-            report.sessions = parse_bird_protocols(output)
+        report.sessions, report.bgp_error = bird_sessions(exec_in)
     return report
