@@ -6,11 +6,18 @@
     two_hosts        (calico-01, calico-02) Host objects (session)
     node_images      ['calico/node:vX', 'calico/node-libnetwork:vX'] loaded on both hosts
                      (session; built once per source change, else loaded from the cache tarball)
+    engine           which Docker engine and BIRD the hosts run: "host" (this machine's own) or
+                     a Debian suite whose root the hosts pivot into (tests/st/harness/suites.py:
+                     bookworm = Docker 20.10 + BIRD 1.6, trixie = 26.1 + BIRD 2.17, forky =
+                     28.5 + BIRD 2). A module lists its engines with
+                     `pytestmark = pytest.mark.engines(...)` (default: "host"); the test ids
+                     name the engine; CALICO_ST_ENGINE=forky runs every module on one engine.
 
 Tests that cannot run here (not root, no unshare, no dockerd/etcd, no docker-py) are skipped
 with the reason; they never fail for want of an environment.
 """
 
+import os
 import shutil
 import signal
 import sys
@@ -38,6 +45,27 @@ def testbed_unavailable():
     except ImportError:
         return "docker-py is not installed (pip install docker)"
     return None
+
+
+ENGINE_ENV = "CALICO_ST_ENGINE"
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "engines(*suites): the Docker engines (Debian suites, or "
+                            "'host') a system-test module runs on")
+
+
+def pytest_generate_tests(metafunc):
+    if "engine" not in metafunc.fixturenames:
+        return
+    from tests.st.harness.suites import ENGINE_SUITES
+    forced = os.environ.get(ENGINE_ENV)
+    marker = metafunc.definition.get_closest_marker("engines")
+    engines = [forced] if forced else list(marker.args) if marker else ["host"]
+    unknown = [e for e in engines if e not in ENGINE_SUITES]
+    if unknown:
+        raise pytest.UsageError(f"unknown engine {unknown[0]!r}: one of {', '.join(ENGINE_SUITES)}")
+    metafunc.parametrize("engine", engines, scope="module")
 
 
 def pytest_collection_modifyitems(config, items):
@@ -73,9 +101,9 @@ def _sigterm_as_interrupt():
 # chains and liveness keys behind by design (each tests a running system), and one module's
 # leftovers must never decide another's result.  Bringing a testbed up takes ~2 s.
 @pytest.fixture(scope="module")
-def testbed(testbed_lock, _sigterm_as_interrupt):
+def testbed(testbed_lock, _sigterm_as_interrupt, engine):
     cleanup_stale()          # a crashed earlier run must not make this one fail
-    bed = Testbed()
+    bed = Testbed(suite=engine)
     bed.up(n_hosts=2, progress=lambda msg: print(f"[testbed] {msg}", file=sys.stderr))
     try:
         yield bed
@@ -96,9 +124,11 @@ def two_hosts(testbed):
 
 
 @pytest.fixture(scope="module")
-def node_images(two_hosts):
+def node_images(two_hosts, engine):
     from tests.st.harness.node_images import load_node_images
-    return load_node_images(two_hosts, progress=lambda msg: print(msg, file=sys.stderr))
+    from tests.st.harness.suites import node_image_suite
+    return load_node_images(two_hosts, suite=node_image_suite(engine),
+                            progress=lambda msg: print(msg, file=sys.stderr))
 
 
 # The agent+plugin stack fixture, for every module (some reach it through another module's
