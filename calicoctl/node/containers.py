@@ -119,17 +119,39 @@ def missing_capabilities(status_path="/proc/self/status",
             for n in range(last + 1) if not bounding >> n & 1]
 
 
+# The capabilities the fallback may name. Docker 20.10 knows names only up to CAP_AUDIT_READ
+# (its oci/caps list stops there: the runc of its day did not know PERFMON, BPF or
+# CHECKPOINT_RESTORE) and refuses any other as "unknown capability", so those three are never
+# asked for; the agent and plugin need none of them.
+GRANTABLE_CAPABILITIES = CAPABILITIES[:CAPABILITIES.index("AUDIT_READ") + 1]
+
+
+def granted_capabilities(missing_caps):
+    """The capabilities to ask for when privileged is impossible: every grantable one the host
+    has, in kernel order."""
+    missing = set(missing_caps)
+    return [c for c in GRANTABLE_CAPABILITIES if c not in missing]
+
+
 def privilege_options(missing_caps):
     """Docker options for a container that manages the host's network.
 
-    privileged=True where the host allows it; otherwise every capability the host has, with
-    /proc/sys writable (systempaths=unconfined: the agent and plugin set sysctls such as
-    proxy_arp) and no seccomp filter -- what privileged gives, minus what the host withholds.
+    privileged=True where the host allows it. Otherwise an explicit list of what the host has,
+    with /proc/sys writable (systempaths=unconfined: the agent and plugin set sysctls such as
+    proxy_arp), no seccomp filter and no AppArmor profile (Docker's default one forbids writes
+    under /proc/sys/net) -- what privileged gives, minus what the host withholds.
+
+    The list is exact: CapDrop ALL, then CapAdd the list, which Docker 20.10 to 28 all read as
+    "exactly these". A capability the host lacks is never named at all: Docker 23 and later
+    check every CapAdd/CapDrop name against what the daemon itself holds and refuse the
+    container ("invalid CapDrop: ... not available in the current environment"), while
+    CapAdd ALL on 20.10 asks runc for the missing one too ("unable to apply caps").
     """
     if not missing_caps:
         return {"privileged": True}
-    return {"cap_add": ["ALL"], "cap_drop": sorted(missing_caps),
-            "security_opt": ["seccomp=unconfined"], "unmask_system_paths": True}
+    return {"cap_add": granted_capabilities(missing_caps), "cap_drop": ["ALL"],
+            "security_opt": ["seccomp=unconfined", "apparmor=unconfined"],
+            "unmask_system_paths": True}
 
 
 def _common_env(settings):

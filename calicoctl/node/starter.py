@@ -78,8 +78,8 @@ def start(request, store, say, report_check, docker_factory=None):
             missing_caps=containers.missing_capabilities())
         if settings.missing_caps:
             say("This host withholds %s, so the containers cannot be fully privileged; they "
-                "get every other capability instead." % ", ".join(
-                    "CAP_" + c for c in settings.missing_caps))
+                "get the capabilities the host has instead." % ", ".join(
+                    c if c.startswith("CAP_") else "CAP_" + c for c in settings.missing_caps))
         client = cached_client()
         for image in filter(None, (settings.node_image, settings.libnetwork_image)):
             containers.image_id(client, image)

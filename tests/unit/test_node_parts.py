@@ -180,8 +180,40 @@ def test_privilege_falls_back_to_explicit_capabilities(tmp_path):
     missing = containers.missing_capabilities(str(status_file), str(last_cap))
     assert missing == ["SYS_RESOURCE"]
     options = containers.privilege_options(missing)
-    assert options["cap_add"] == ["ALL"] and options["cap_drop"] == ["SYS_RESOURCE"]
-    assert options["unmask_system_paths"] and "privileged" not in options
+    assert "privileged" not in options and options["unmask_system_paths"]
+    assert set(options["security_opt"]) == {"seccomp=unconfined", "apparmor=unconfined"}
+    # Exactly the listed capabilities (CapDrop ALL is a keyword every engine accepts, not a
+    # capability), none of them one the host lacks: Docker 26 and 28 refuse to name those.
+    assert options["cap_drop"] == ["ALL"]
+    granted = options["cap_add"]
+    assert "SYS_RESOURCE" not in granted
+    assert {"NET_ADMIN", "NET_RAW", "SYS_ADMIN", "SYS_MODULE", "SYS_PTRACE"} <= set(granted)
+    # Docker 20.10 knows names only up to CAP_AUDIT_READ and refuses the rest as unknown.
+    assert granted[-1] == "AUDIT_READ"
+    assert not {"PERFMON", "BPF", "CHECKPOINT_RESTORE"} & set(granted)
+    assert granted == [c for c in containers.CAPABILITIES if c in granted]   # kernel order
+    assert len(granted) == containers.CAPABILITIES.index("AUDIT_READ")      # all 38 but one
+
+
+def test_capabilities_asked_for_follow_the_hosts_bounding_set(tmp_path):
+    status_file, last_cap = tmp_path / "status", tmp_path / "cap_last_cap"
+    # An older kernel (cap_last_cap 37) whose host also withholds CAP_NET_BROADCAST (11) and
+    # CAP_SYS_TIME (25): both are left out, everything else up to AUDIT_READ is asked for.
+    last_cap.write_text("37\n")
+    bounding = (1 << 38) - 1 & ~(1 << 11) & ~(1 << 25)
+    status_file.write_text("CapBnd:\t%016x\n" % bounding)
+    missing = containers.missing_capabilities(str(status_file), str(last_cap))
+    assert missing == ["NET_BROADCAST", "SYS_TIME"]
+    granted = containers.granted_capabilities(missing)
+    assert len(granted) == 36 and "NET_BROADCAST" not in granted and "SYS_TIME" not in granted
+    # A host withholding only a capability Docker 20.10 never asks for (CAP_BPF) still gets an
+    # explicit list: the host's CapBnd decides, whatever the engine.
+    last_cap.write_text("40\n")
+    status_file.write_text("CapBnd:\t%016x\n" % ((1 << 41) - 1 & ~(1 << 39)))
+    missing = containers.missing_capabilities(str(status_file), str(last_cap))
+    assert missing == ["BPF"]
+    assert containers.privilege_options(missing)["cap_add"] == \
+        containers.GRANTABLE_CAPABILITIES
 
 
 def test_live_restore_verdicts():
