@@ -94,8 +94,8 @@ def real_birds():
     if suite is None:
         raise BirdNotFound("no suite known with a BIRD other than %s" % host)
     try:
-        # The system tests' host root of that suite: one root per suite in the cache, since
-        # rootfs.root_dir drops a suite's roots of other package lists when it builds one.
+        # The system tests' host root of that suite: usually built already, and one root
+        # fewer in the cache than a BIRD-only one.
         root = rootfs.root_dir(suite, suites.HOST_PACKAGES[suite])
     except Exception as exc:  # noqa: BLE001 - whatever stopped the build is the message
         raise BirdNotFound("cannot build the %s root for its BIRD: %s" % (suite, exc)) from exc
