@@ -380,11 +380,21 @@ def _loopback(addr):
         return False          # '*': every address
 
 
+def _bird_major(host):
+    from calicoctl.felix.bird import bird_version
+    result = host.run(["bird", "--version"])
+    version = bird_version(result.stdout + result.stderr)
+    assert version, "bird --version on %s: %r" % (host.name, result.stderr)
+    return version[0]
+
+
 def test_nothing_listens_beyond_loopback_but_bird(calico_stack):
     for h in calico_stack["hosts"]:
-        # The agent runs BIRD and BIRD6; wait until both have opened their BGP port.
-        poll(lambda h=h: {p for (_, _, port, p) in listeners(h) if port == 179}
-             >= {"bird", "bird6"}, timeout=30, what="BIRD and BIRD6 on %s" % h.name)
+        # The agent runs BIRD and BIRD6 on BIRD 1.x, one BIRD for both families on BIRD 2;
+        # wait until each has opened its BGP port.
+        daemons = {"bird"} if _bird_major(h) >= 2 else {"bird", "bird6"}
+        poll(lambda h=h, d=daemons: {p for (_, _, port, p) in listeners(h) if port == 179}
+             >= d, timeout=30, what="%s on %s" % (" and ".join(sorted(daemons)), h.name))
         plugin = calico_stack["plugins"][calico_stack["hosts"].index(h)]
         assert plugin.proc.poll() is None, "the plugin is not running"
         exposed = [l for l in listeners(h) if not _loopback(l[1])
