@@ -2,6 +2,8 @@
 
     python -m tests.st.demo            # what `make demo` runs (as root)
     KEEP=1 python -m tests.st.demo     # leave etcd and the hosts up afterwards
+    ENGINE=forky python -m tests.st.demo   # hosts on Debian testing's root: Docker 28.5, BIRD 2
+                                           # (bookworm: 20.10 + BIRD 1.6; trixie: 26.1 + BIRD 2)
 
 It brings up etcd and the hosts calico-01 and calico-02 (each with its own dockerd), loads the
 node images into both, and then does what a person following the seed would type, printing each
@@ -137,6 +139,9 @@ class Demo:
             ok &= self.calicoctl(host, "node", "--libnetwork").returncode == 0
         for host in self.hosts:
             self.docker(host, "ps")
+        for host in self.hosts:     # which engine and BIRD this run is about
+            self.docker(host, "version", "--format", "Docker engine {{.Server.Version}}")
+            self.docker(host, "exec", "calico-node", "bird", "--version")
         self.calicoctl("calico-01", "status")
         self.calicoctl("calico-01", "node", "show")
         if not ok:
@@ -413,13 +418,19 @@ def main(argv=None):
     if reason:
         print("error: %s" % reason, file=sys.stderr)
         return 1
+    from tests.st.harness.suites import ENGINE_SUITES, node_image_suite
+    engine = os.environ.get("ENGINE", "host")
+    if engine not in ENGINE_SUITES:
+        print("error: ENGINE=%s is not one of %s" % (engine, ", ".join(ENGINE_SUITES)),
+              file=sys.stderr)
+        return 1
     with exclusive():
         cleanup_stale(progress=progress)
-        bed = Testbed().up(n_hosts=2, progress=progress)
+        bed = Testbed(suite=engine).up(n_hosts=2, progress=progress)
         code = 1
         try:
             from tests.st.harness.node_images import load_node_images
-            load_node_images(bed.hosts, progress=progress)
+            load_node_images(bed.hosts, suite=node_image_suite(engine), progress=progress)
             code = Demo(bed, out=out).run()
         finally:
             if keep:
