@@ -9,7 +9,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from . import images
+from . import images, procs
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -43,12 +43,21 @@ def node_images_tarball(suite=None, progress=print):
 
 def load_node_images(hosts, suite=None, progress=print):
     """Make sure every host's dockerd has both node images of `suite` (building them if the
-    source changed since the cached tarball was made). Returns the image names."""
+    source changed since the cached tarball was made), also under the default names, so that a
+    plain `calicoctl node` on those hosts runs them. Returns the default names."""
     tarball = node_images_tarball(suite, progress=progress)
+    names, defaults = node_image_names(suite), node_image_names()
     t0 = time.monotonic()
+
+    def load(host):
+        images.load_images(host.docker_url, tarball)
+        for name, default in zip(names, defaults, strict=True):
+            if name != default:
+                procs.run([images.DOCKER_CLI, "-H", host.docker_url, "tag", name, default])
+
     # In parallel: each load unpacks a few hundred MB, and the engines are independent.
     with ThreadPoolExecutor(max_workers=len(hosts) or 1) as pool:
-        list(pool.map(lambda host: images.load_images(host.docker_url, tarball), hosts))
-    progress(f"node images loaded on {', '.join(h.name for h in hosts)} "
+        list(pool.map(load, hosts))
+    progress(f"node images {', '.join(names)} loaded on {', '.join(h.name for h in hosts)} "
              f"in {time.monotonic() - t0:.1f}s")
-    return node_image_names(suite)
+    return defaults
