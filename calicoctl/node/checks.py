@@ -16,8 +16,12 @@ from dataclasses import dataclass
 
 from calicoctl.errors import CalicoError
 
-# Docker 1.9 (API 1.21) introduced remote network and IPAM drivers (libnetwork plugins).
-MIN_DOCKER_API = (1, 21)
+# Docker 20.10 (API 1.41) is the oldest engine calicoctl is built and tested for (Debian 12's
+# docker.io): from 20.10 on there is no cluster store, so every host keeps its own copy of a
+# network and the plugin treats same-named networks as one (README.md); older engines behave
+# otherwise and are not tested.
+MIN_DOCKER_API = (1, 41)
+MIN_DOCKER_VERSION = "20.10"
 # Workload veths keep Docker's default MTU; an uplink smaller than this fragments or drops
 # full-size packets between hosts.
 VETH_MTU = 1500
@@ -75,6 +79,14 @@ def check_etcd(store):
     return Check("etcd reachable", True, store.settings.describe())
 
 
+def docker_too_old(found):
+    """What to say about an engine older than the oldest supported one: one line, naming what to
+    install.  `found` describes the engine ("Docker 19.03.2 (API 1.40)")."""
+    return ("%s is older than Docker %s (API %d.%d), the oldest calicoctl supports; install "
+            "Docker %s or later (Debian: apt-get install docker.io)" % (
+                (found, MIN_DOCKER_VERSION) + MIN_DOCKER_API + (MIN_DOCKER_VERSION,)))
+
+
 def check_docker(client_factory):
     """client_factory() -> docker-py client (raises CalicoError when Docker is unreachable)."""
     try:
@@ -85,8 +97,7 @@ def check_docker(client_factory):
     api = tuple(int(x) for x in str(version.get("ApiVersion", "0.0")).split(".")[:2])
     found = "Docker %s (API %s)" % (version.get("Version", "?"), version.get("ApiVersion", "?"))
     if api < MIN_DOCKER_API:
-        return Check("Docker version", False, "%s is too old: network plugins need Docker 1.9 "
-                     "(API %d.%d) or later; upgrade Docker" % ((found,) + MIN_DOCKER_API))
+        return Check("Docker version", False, docker_too_old(found))
     return Check("Docker version", True, found)
 
 

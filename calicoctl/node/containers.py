@@ -60,6 +60,10 @@ def docker_client(timeout=60):
     try:
         client = docker.from_env(timeout=timeout)
         client.ping()
+    except docker.errors.InvalidVersion:
+        # docker-py itself refuses engines older than API 1.24 (Docker 1.12).
+        from calicoctl.node.checks import docker_too_old
+        raise CalicoError(docker_too_old("Docker at %s" % docker_host()) + ".")
     except (docker.errors.DockerException, requests.exceptions.RequestException, OSError) as exc:
         raise CalicoError("Cannot reach Docker at %s (%s). Start dockerd or set DOCKER_HOST."
                           % (docker_host(), _one_line(exc)))

@@ -53,13 +53,13 @@ def start(request, store, say, report_check, docker_factory=None):
                                    docker_factory=cached_client if use_docker else None,
                                    uplink=address.interface_of(ip, links),
                                    libnetwork=request.libnetwork and use_docker)
-    for check in results:
-        if not check.ok:
-            report_check(check)
     failed = checks.failures(results)
+    for check in results:
+        if not check.ok and not check.failed:
+            report_check(check)   # warnings; what fails is said once, in the error below
     if failed:
         raise ValidationError("This host cannot run Calico yet: %s." % "; ".join(
-            "%s: %s" % (c.name, c.detail) for c in failed))
+            "%s: %s" % (c.name, c.detail.rstrip(".")) for c in failed))
 
     settings = None
     if use_docker:

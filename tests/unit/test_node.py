@@ -6,7 +6,11 @@ namespace hosts.  Here forwarding is switched on in files under tmp_path, never 
 own /proc/sys (the root namespace must not forward: docs/testbed.md).
 """
 
+import http.server
 import json
+import os
+import socketserver
+import threading
 
 import pytest
 
@@ -173,3 +177,92 @@ def test_node_bgp_peers(cli, etcd_dump):
     assert r.code == 1 and "not a BGP peer" in r.err
     r = cli("node", "bgp", "peer", "add", "198.18.0.300", "as", "1")
     assert r.code == 1 and "Invalid IP" in r.err
+
+
+# --- failures said in one line, with nothing written -------------------------------------------
+
+def _error_lines(err):
+    """stderr without the warnings that precede a refusal (one line per non-required check)."""
+    return [line for line in err.strip().splitlines() if " WARNING " not in line]
+
+
+class _EngineStandIn(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
+    """Answers the two calls calicoctl makes before it judges an engine (/version, /_ping) as
+    Docker 19.03 does: no engine older than 20.10 can be installed on this machine."""
+    daemon_threads = True
+
+
+class _EngineHandler(http.server.BaseHTTPRequestHandler):
+    VERSION = {"Version": "19.03.15", "ApiVersion": "1.40", "MinAPIVersion": "1.12",
+               "Os": "linux", "Arch": "amd64"}
+
+    def do_GET(self):
+        path = self.path.split("?")[0].rsplit("/", 1)[-1]
+        if path == "version":
+            body, kind = json.dumps(self.VERSION).encode(), "application/json"
+        elif path == "_ping":
+            body, kind = b"OK", "text/plain"
+        else:
+            body, kind = b'{"message": "page not found"}', "application/json"
+        self.send_response(200 if path in ("version", "_ping") else 404)
+        self.send_header("Content-Type", kind)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Api-Version", self.VERSION["ApiVersion"])
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def old_docker(tmp_path, monkeypatch):
+    """start(version, api) -> DOCKER_HOST of an engine stand-in answering as that version."""
+    servers = []
+
+    def start(version, api):
+        handler = type("Handler", (_EngineHandler,), {
+            "VERSION": dict(_EngineHandler.VERSION, Version=version, ApiVersion=api)})
+        sock = tmp_path / ("docker-%s.sock" % version)
+        server = _EngineStandIn(str(sock), handler)
+        servers.append(server)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        monkeypatch.setenv("DOCKER_HOST", "unix://%s" % sock)
+        return "unix://%s" % sock
+    yield start
+    for server in servers:
+        server.shutdown()
+        server.server_close()
+
+
+TOO_OLD = ("Docker 19.03.15 (API 1.40) is older than Docker 20.10 (API 1.41), the oldest "
+           "calicoctl supports; install Docker 20.10 or later (Debian: apt-get install docker.io)")
+
+
+def test_docker_older_than_20_10_is_refused_in_one_line(cli, etcd_dump, sysctls, host_ip,
+                                                       old_docker):
+    old_docker("19.03.15", "1.40")
+    r = cli("checksystem")
+    assert r.code == 1, r
+    assert [x for x in r.out.splitlines() if x.startswith("Docker")] == [
+        "%-28s %-8s %s" % ("Docker version", "FAIL", TOO_OLD)], r.out
+    assert r.err.strip() == "1 requirement not met: Docker version.", r.err
+    r = cli("node", "--ip=%s" % host_ip)
+    assert r.code == 1, r
+    assert _error_lines(r.err) == [
+        "This host cannot run Calico yet: Docker version: %s." % TOO_OLD], r.err
+    assert etcd_dump() == {} and sysctls[4].read_text() == "0"
+
+
+def test_docker_too_old_for_docker_py_is_refused_the_same_way(cli, etcd_dump, sysctls, host_ip,
+                                                              old_docker):
+    # docker-py itself refuses engines before API 1.24 (Docker 1.12) before asking anything else.
+    url = old_docker("1.11.2", "1.23")
+    said = ("Docker at %s is older than Docker 20.10 (API 1.41), the oldest calicoctl supports; "
+            "install Docker 20.10 or later (Debian: apt-get install docker.io)" % url)
+    r = cli("checksystem")
+    assert r.code == 1 and "%-28s %-8s %s." % ("Docker reachable", "FAIL", said) in r.out, r
+    r = cli("node", "--ip=%s" % host_ip)
+    assert r.code == 1, r
+    assert _error_lines(r.err) == ["This host cannot run Calico yet: Docker reachable: %s." % said]
+    assert etcd_dump() == {} and sysctls[4].read_text() == "0"

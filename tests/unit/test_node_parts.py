@@ -75,11 +75,19 @@ def test_docker_check_reports_unreachable_and_old():
         raise CalicoError("Cannot reach Docker at unix:///nowhere")
     assert checks.check_docker(unreachable).failed
 
-    class Old:
+    class Engine:
+        def __init__(self, version, api):
+            self.answer = {"Version": version, "ApiVersion": api}
+
         def version(self):
-            return {"Version": "1.8.3", "ApiVersion": "1.20"}
-    old = checks.check_docker(lambda: Old())
-    assert old.failed and "1.9" in old.detail
+            return self.answer
+    # Docker 19.03 (API 1.40) is one step older than the oldest supported engine.
+    old = checks.check_docker(lambda: Engine("19.03.15", "1.40"))
+    assert old.failed and "\n" not in old.detail
+    assert "Docker 19.03.15 (API 1.40) is older than Docker 20.10 (API 1.41)" in old.detail
+    assert "install Docker 20.10 or later (Debian: apt-get install docker.io)" in old.detail
+    assert checks.check_docker(lambda: Engine("20.10.24+dfsg1", "1.41")).ok
+    assert checks.check_docker(lambda: Engine("28.5.2", "1.51")).ok
 
 
 def test_container_specs():
