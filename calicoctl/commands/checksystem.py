@@ -5,9 +5,11 @@ Usage:
 
 Description:
   Probes each requirement for real (kernel features are tried in a throwaway network namespace,
-  not looked up) and prints OK or what to do: root, etcd, Docker's version, the ipset match
-  (xt_set), ip6tables, IP-in-IP (reported, not required), loose reverse-path filtering and the
-  uplink MTU.  Exits 1 when a required one fails.
+  not looked up) and prints OK or what to do: root, etcd, Docker's version (20.10 or later),
+  the ipset match (xt_set), ip6tables, IP-in-IP (reported, not required), loose reverse-path
+  filtering, the uplink MTU and the host's own BIRD (1.6 or later; reported, not required: only
+  an agent run on the host itself, 'calicoctl node --runtime=none', uses it).  Exits 1 when a
+  required one fails.
 
 Options:
   --libnetwork  Also check what the libnetwork plugin needs.

@@ -17,8 +17,10 @@ Description:
   (with the libnetwork option), the calico-libnetwork container (Docker's network and IPAM
   driver "calico").
   Running it again is safe: a healthy node with the same configuration is left alone, a changed
-  one is restarted.  With --runtime=none it registers the node and starts nothing (run
-  'calicoctl felix serve' and 'calicoctl plugin serve' yourself, e.g. under systemd).
+  one is restarted.  It refuses to start, with nothing written, on Docker older than 20.10 or
+  while anything but calico-node holds TCP port 179 (BGP) on this host.  With --runtime=none it
+  registers the node and starts nothing (run 'calicoctl felix serve' and 'calicoctl plugin
+  serve' yourself, e.g. under systemd); the host then needs BIRD 1.6 or later of its own.
 
 Options:
   --ip=<IP>                 This host's IPv4 address for BGP; found automatically if not

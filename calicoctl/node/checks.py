@@ -9,12 +9,13 @@ Each check returns a Check; `calicoctl checksystem` prints them all, `calicoctl 
 start while a required one fails.
 """
 
+import glob
 import os
 import shutil
 import subprocess
 from dataclasses import dataclass
 
-from calicoctl.errors import CalicoError
+from calicoctl.errors import CalicoError, DataplaneError
 
 # Docker 20.10 (API 1.41) is the oldest engine calicoctl is built and tested for (Debian 12's
 # docker.io): from 20.10 on there is no cluster store, so every host keeps its own copy of a
@@ -22,6 +23,11 @@ from calicoctl.errors import CalicoError
 # otherwise and are not tested.
 MIN_DOCKER_API = (1, 41)
 MIN_DOCKER_VERSION = "20.10"
+# The agent's BIRD config needs BIRD 1.6 or later (felix/bird.py renders 1.x and 2 configs).
+MIN_BIRD = (1, 6)
+# BGP: the agent's BIRD listens here on every address of the host (calico-node shares the host's
+# network), so any other listener on the port leaves BGP down.
+BGP_PORT = 179
 # Workload veths keep Docker's default MTU; an uplink smaller than this fragments or drops
 # full-size packets between hosts.
 VETH_MTU = 1500
@@ -189,6 +195,126 @@ def check_mtu(uplink):
         uplink["name"], mtu, VETH_MTU, IPIP_MTU, IPIP_OVERHEAD), required=False)
 
 
+def read_os_release(path="/etc/os-release"):
+    """/etc/os-release as a dict ({} when it cannot be read)."""
+    try:
+        with open(path) as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return {}
+    return {k: v.strip().strip('"') for k, _, v in (line.partition("=") for line in lines)
+            if k and not k.startswith("#")}
+
+
+def bird_package(os_release):
+    """What to install for a BIRD the agent can run, by distribution: Debian 13 and later (and
+    testing, which has no VERSION_ID) have only BIRD 2 (bird2); Debian 12 and older have both."""
+    if os_release.get("ID") != "debian":
+        return "install BIRD 1.6 or later (the bird2 package on most distributions)"
+    version = os_release.get("VERSION_ID", "")
+    if version.isdigit() and int(version) <= 12:
+        return "apt-get install bird2 (or bird, BIRD 1.6)"
+    return "apt-get install bird2"
+
+
+def check_host_bird(detect=None, os_release=None, required=True):
+    """The host's own BIRD, which the agent runs when it runs on the host itself (`calicoctl
+    node --runtime=none`, then `calicoctl felix serve`).  calico-node brings its own BIRD, so
+    for it the host's does not matter: `calicoctl checksystem` only warns (required=False)."""
+    if detect is None:
+        from calicoctl.felix.birdproc import detect_version as detect
+    advice = bird_package(read_os_release() if os_release is None else os_release)
+    need = "the agent run on this host (--runtime=none) needs BIRD %d.%d or later" % MIN_BIRD \
+        if required else "needed only where the agent runs on this host (calicoctl node " \
+        "--runtime=none); calico-node brings its own"
+    try:
+        found = detect()
+    except DataplaneError as exc:
+        said = (exc.stderr or exc.stdout or "").strip().splitlines()
+        what = "not installed" if "No such file" in exc.stderr else \
+            "'%s' failed (exit %s%s)" % (" ".join(exc.cmd), exc.returncode,
+                                         (": " + said[-1]) if said else "")
+        return Check("BIRD on this host", False, "%s: %s; %s" % (what, need, advice),
+                     required=required)
+    text = ".".join(map(str, found))
+    if found[:2] < MIN_BIRD:
+        return Check("BIRD on this host", False, "BIRD %s is older than %d.%d: %s; %s" % (
+            (text,) + MIN_BIRD + (need, advice)), required=required)
+    return Check("BIRD on this host", True, "BIRD %s" % text, required=required)
+
+
+# /proc/net/tcp{,6} columns: sl local_address rem_address st ... inode; state 0A is LISTEN.
+TCP_LISTEN = "0A"
+
+
+def tcp_listeners(port, net_dir="/proc/net"):
+    """Inodes of the sockets listening on TCP `port` in this process's network namespace, IPv4
+    and IPv6 (/proc/net is /proc/self/net: it shows the reader's namespace)."""
+    inodes = set()
+    for name in ("tcp", "tcp6"):
+        try:
+            with open(os.path.join(net_dir, name)) as f:
+                rows = f.read().splitlines()[1:]
+        except OSError:
+            continue      # no IPv6 on this kernel
+        inodes.update(parse_tcp_listeners(rows, port))
+    return inodes
+
+
+def parse_tcp_listeners(rows, port):
+    """The inodes of LISTEN rows of /proc/net/tcp text whose local port is `port`."""
+    found = set()
+    for row in rows:
+        cols = row.split()
+        if len(cols) > 9 and cols[3] == TCP_LISTEN and int(cols[1].rsplit(":", 1)[1], 16) == port:
+            found.add(int(cols[9]))
+    return found
+
+
+def socket_holders(inodes, proc="/proc"):
+    """[(pid, command name)] of the processes holding any of these socket inodes, from their
+    open files (every process on the machine: inodes are unique across namespaces)."""
+    wanted = {"socket:[%d]" % i for i in inodes}
+    holders = []
+    for fd_dir in glob.glob(os.path.join(proc, "[0-9]*", "fd")):
+        pid = int(fd_dir.split(os.sep)[-2])
+        try:
+            held = any(os.readlink(os.path.join(fd_dir, fd)) in wanted
+                       for fd in os.listdir(fd_dir))
+        except OSError:
+            continue      # gone meanwhile, or a kernel thread
+        if held:
+            try:
+                with open(os.path.join(proc, str(pid), "comm")) as f:
+                    holders.append((pid, f.read().strip()))
+            except OSError:
+                continue
+    return sorted(holders)
+
+
+def check_bgp_port(node_holds, listeners=None, holders=None):
+    """Nothing but calico-node holds TCP 179 on this host.  Something else listening there (a
+    BIRD left running by an earlier `calicoctl felix serve`, say) would keep calico-node's BIRD
+    from listening, and BGP would stay down with nothing said.
+
+    node_holds([pid, ...]) -> True when those processes (possibly none found) are the running
+    calico-node's own, whose BIRD holds the port on an idempotent re-run.
+    """
+    inodes = (listeners or tcp_listeners)(BGP_PORT)
+    if not inodes:
+        return Check("BGP port %d free" % BGP_PORT, True, "nothing else listens there")
+    found = (holders or socket_holders)(inodes)
+    if node_holds([pid for pid, _ in found]):
+        return Check("BGP port %d free" % BGP_PORT, True, "held by calico-node's own BIRD")
+    who = ", ".join("%s (pid %d)" % (name, pid) for pid, name in found) or \
+        "a process this host's /proc does not show"
+    kill = " (kill %s)" % " ".join(str(pid) for pid, _ in found) if found else ""
+    return Check("BGP port %d free" % BGP_PORT, False,
+                 "TCP port %d is held by %s, not by calico-node, so its BIRD could not listen "
+                 "and BGP would stay down; stop it first%s (a BIRD started by 'calicoctl felix "
+                 "serve' on this host keeps running after the agent stops)" % (BGP_PORT, who, kill))
+
+
 def check_plugin_dir(path="/run/docker/plugins"):
     """Docker finds remote plugins by socket in /run/docker/plugins."""
     parent = os.path.dirname(path)
@@ -198,8 +324,15 @@ def check_plugin_dir(path="/run/docker/plugins"):
                  "dockerd running on this host?" % (path, parent))
 
 
-def system_checks(store=None, docker_factory=None, uplink=None, libnetwork=False):
-    """Every check, in the order a user fixes them.  store/docker_factory None: skipped."""
+def system_checks(store=None, docker_factory=None, uplink=None, libnetwork=False,
+                  host_bird=None, node_holds_bgp_port=None):
+    """Every check, in the order a user fixes them.  store/docker_factory None: skipped.
+
+    host_bird: True when the agent will run on the host itself (its BIRD is required), None when
+    that is not known (a warning), False when calico-node brings BIRD (not checked).
+    node_holds_bgp_port: given when calico-node is about to start: check_bgp_port's test for
+    the running calico-node's own processes.
+    """
     checks = [check_root()]
     if store is not None:
         checks.append(check_etcd(store))
@@ -207,6 +340,10 @@ def system_checks(store=None, docker_factory=None, uplink=None, libnetwork=False
         checks.append(check_docker(docker_factory))
     checks += [check_xt_set(), check_ip6tables(), check_ipip(), check_rp_filter(),
                check_mtu(uplink)]
+    if host_bird is not False:
+        checks.append(check_host_bird(required=bool(host_bird)))
+    if node_holds_bgp_port is not None:
+        checks.append(check_bgp_port(node_holds_bgp_port))
     if libnetwork:
         checks.append(check_plugin_dir())
         if docker_factory is not None:

@@ -253,6 +253,33 @@ def clear_agent_liveness(store, node_name):
     store.delete(keys.felix_status(node_name))
 
 
+def _pid_namespace(pid):
+    try:
+        return os.readlink("/proc/%d/ns/pid" % pid)
+    except OSError:
+        return None
+
+
+def node_holds_bgp_port(client_factory):
+    """checks.check_bgp_port's test for calico-node's own processes: those in the pid namespace
+    of the running calico-node container (its BIRD, on a re-run of `calicoctl node`).  When the
+    holders cannot be seen at all, a running calico-node is taken to be the one."""
+    import docker
+
+    def holds(pids):
+        try:
+            container = find_container(client_factory(), NODE_CONTAINER)
+            if container is None or not container_running(container):
+                return False
+        except (CalicoError, docker.errors.DockerException):
+            return False          # no Docker: nothing of ours runs (the Docker check says why)
+        namespace = _pid_namespace(container.attrs.get("State", {}).get("Pid") or 0)
+        if not pids or namespace is None:
+            return True
+        return all(_pid_namespace(pid) == namespace for pid in pids)
+    return holds
+
+
 def container_running(container):
     container.reload()
     return container.status == "running"

@@ -49,10 +49,14 @@ def start(request, store, say, report_check, docker_factory=None):
     if request.ip6 is not None:
         address.check_on_host(request.ip6, links)
 
-    results = checks.system_checks(store=store,
-                                   docker_factory=cached_client if use_docker else None,
-                                   uplink=address.interface_of(ip, links),
-                                   libnetwork=request.libnetwork and use_docker)
+    # With --runtime=none the agent, and so BIRD, run on the host itself; calico-node brings its
+    # own BIRD, which needs the host's BGP port to itself.
+    results = checks.system_checks(
+        store=store, docker_factory=cached_client if use_docker else None,
+        uplink=address.interface_of(ip, links), libnetwork=request.libnetwork and use_docker,
+        host_bird=not use_docker,
+        node_holds_bgp_port=containers.node_holds_bgp_port(cached_client) if use_docker
+        else None)
     failed = checks.failures(results)
     for check in results:
         if not check.ok and not check.failed:

@@ -186,6 +186,34 @@ def _error_lines(err):
     return [line for line in err.strip().splitlines() if " WARNING " not in line]
 
 
+@pytest.fixture
+def path_without_bird(tmp_path, monkeypatch):
+    """PATH as on a host where no BIRD package is installed: every other tool of /usr/sbin (ip,
+    iptables, ipset for the kernel probes) is still there."""
+    sbin = tmp_path / "sbin"
+    sbin.mkdir()
+    for entry in os.scandir("/usr/sbin"):
+        if not entry.name.startswith("bird"):
+            os.symlink(entry.path, sbin / entry.name)
+    monkeypatch.setenv("PATH", "%s:/usr/local/bin:/usr/bin:/bin" % sbin)
+
+
+def test_node_runtime_none_without_bird_says_what_to_install(cli, etcd_dump, sysctls, host_ip,
+                                                             path_without_bird):
+    from calicoctl.node.checks import bird_package, read_os_release
+    r = cli("node", "--runtime=none", "--ip=%s" % host_ip)
+    assert r.code == 1, r
+    assert _error_lines(r.err) == [
+        "This host cannot run Calico yet: BIRD on this host: not installed: the agent run on "
+        "this host (--runtime=none) needs BIRD 1.6 or later; %s." % bird_package(
+            read_os_release())], r.err
+    assert etcd_dump() == {} and sysctls[4].read_text() == "0"
+    # calico-node brings its own BIRD: checksystem only warns about the host's.
+    r = cli("checksystem")
+    line = [x for x in r.out.splitlines() if x.startswith("BIRD on this host")]
+    assert len(line) == 1 and " WARNING " in line[0] and "not installed" in line[0], r.out
+
+
 class _EngineStandIn(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
     """Answers the two calls calicoctl makes before it judges an engine (/version, /_ping) as
     Docker 19.03 does: no engine older than 20.10 can be installed on this machine."""
