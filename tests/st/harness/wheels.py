@@ -56,8 +56,14 @@ def _is_pure(match):
 
 
 def _fits(match, cp_tag):
-    """A compiled wheel this machine resolved that the target's CPython can install as it is."""
-    return cp_tag in match["py"].split(".") or match["abi"] == "abi3"
+    """A compiled wheel this machine resolved that the target's CPython can install as it is:
+    built for exactly that CPython, or for the stable ABI of a version no newer than it (a
+    cp312-abi3 wheel resolved by a 3.13 builder does not load in Debian 12's 3.11)."""
+    pys = match["py"].split(".")
+    if cp_tag in pys:
+        return True
+    return match["abi"] == "abi3" and any(
+        p.startswith("cp") and p[2:].isdigit() and int(p[2:]) <= int(cp_tag[2:]) for p in pys)
 
 
 def _fetch_for(name, version, python_version, dest):
