@@ -19,9 +19,10 @@ Options:
 """
 
 import logging
+import os
 import signal
 
-from calicoctl.errors import ValidationError
+from calicoctl.errors import CalicoError, ValidationError
 
 
 def run(arguments):
@@ -51,8 +52,37 @@ def run(arguments):
                        Agent, BirdProcess, Dataplane)
 
 
+def log_to_file(store, host):
+    """Also log to LogFilePath at LogSeverityFile (host setting over global), as Felix does:
+    `calicoctl node --log-dir` binds the host folder that holds it.  "none" turns it off."""
+    from calicoctl.datastore.config import get_config
+    from calicoctl.felix.config import LOG_LEVELS
+
+    def setting(name):
+        return get_config(store, name, host) or get_config(store, name)
+    try:
+        path = setting("LogFilePath")
+    except CalicoError as exc:      # etcd not there yet: the agent waits for it, logging to stderr
+        logging.getLogger(__name__).warning("No log file: cannot read LogFilePath (%s)", exc)
+        return None
+    if not path or path.lower() == "none":
+        return None
+    level = LOG_LEVELS.get((setting("LogSeverityFile") or "INFO").upper(), logging.INFO)
+    try:
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        handler = logging.FileHandler(path)
+    except OSError as exc:
+        logging.getLogger(__name__).warning("Cannot log to %s: %s", path, exc)
+        return None
+    handler.setLevel(level)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.getLogger().addHandler(handler)
+    return handler
+
+
 def felix_serve(store, host, log_level, interval, bgp, run_dir, backend, agent_cls, bird_cls,
                 dataplane_cls):
+    log_to_file(store, host)
     birds = {v: bird_cls(v, run_dir) for v in (4, 6)} if bgp else {}
     agent = agent_cls(store, host, dataplane_cls(backend=backend), birds=birds,
                       refresh_interval=interval, log_level=log_level)
