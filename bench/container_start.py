@@ -10,9 +10,10 @@ every 10 ms, so no `docker exec` overhead lands in the figure).  Then it starts 
 containers at once, a few rounds, and reads each plugin call's duration from the plugin's debug
 log ("call <Name> took <ms> ms") to give p50/p99 per call.
 
-By default the agent is not run: iptables ACCEPT rules for cali+ stand in for it (dockerd's
-FORWARD policy is DROP), so the figures are the plugin's and the dataplane's alone.  With --agent,
-`calicoctl felix serve --no-bgp` runs and Join waits for its per-endpoint "up" report.
+The agent runs, as on every user's host (`calicoctl felix serve --no-bgp`), and Join waits for
+its per-endpoint "up" report.  --stand-in replaces it with iptables ACCEPT rules for cali+
+(dockerd's FORWARD policy is DROP): the plugin's and the dataplane's share alone, labelled as
+such in the output, never what a user pays.
 """
 
 import argparse
@@ -21,7 +22,6 @@ import os
 import re
 import select
 import socket
-import statistics
 import struct
 import sys
 import time
@@ -29,7 +29,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
 
+import stats  # noqa: E402  (bench/stats.py, beside this script)
 from calicoctl.dataplane.netlink import run_in_netns  # noqa: E402
 from tests.st.harness import Testbed, cleanup_stale, exclusive  # noqa: E402
 from tests.st.plugin_helpers import (PluginProcess, allow_forwarding, calicoctl,  # noqa: E402
@@ -91,14 +93,6 @@ def one_start(host, network, ping_from_pid, index):
     return elapsed
 
 
-def percentile(values, p):
-    ordered = sorted(values)
-    if not ordered:
-        return float("nan")
-    k = max(0, min(len(ordered) - 1, int(round(p / 100.0 * len(ordered) + 0.5)) - 1))
-    return ordered[k]
-
-
 def parallel_round(host, network, parallel, round_no):
     def start(i):
         host.docker("run", "-d", "--net", network, "--name", "par-%d-%d" % (round_no, i),
@@ -114,9 +108,9 @@ def main():
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--parallel", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--agent", action="store_true",
-                        help="run the agent (calicoctl felix serve --no-bgp) instead of the "
-                             "stand-in ACCEPT rules: Join then waits for its 'up' report")
+    parser.add_argument("--stand-in", action="store_true",
+                        help="ACCEPT rules for cali+ instead of the agent (Join does not wait "
+                             "for it): the plugin's share only, not what a user pays")
     args = parser.parse_args()
     with exclusive():
         cleanup_stale(progress=lambda m: None)
@@ -132,11 +126,11 @@ def run(bed, args):
     plugin = PluginProcess(host, bed.etcd).start()
     calicoctl(host, bed.etcd, "pool", "add", "192.168.0.0/16")
     agent = None
-    if args.agent:
+    if args.stand_in:
+        allow_forwarding(host)
+    else:
         agent = PluginProcess(host, bed.etcd, log_name="felix",
                               args=("felix", "serve", "--no-bgp")).start(wait=False)
-    else:
-        allow_forwarding(host)
     host.docker("network", "create", "--driver", "calico", "--ipam-driver", "calico", "calinet")
     # Docker's built-in bridge is the reference the goal names.  A user-defined bridge network
     # is shown too: like every user-defined network (Calico's included) it gets Docker's
@@ -156,17 +150,15 @@ def run(bed, args):
             t = one_start(host, network, pids[label], i + 1)
             if i >= 0:
                 times[label].append(t)
-    print("\nContainer start to first ping answered (%d runs each)" % args.runs)
-    print("%-8s %9s %9s %9s %9s" % ("network", "median", "p90", "min", "max"))
+    print("\nContainer start to first ping answered, %s (interleaved runs)" % (
+        "STAND-IN ACCEPT rules instead of the agent: not what a user pays" if args.stand_in
+        else "with the agent"))
     for label in networks:
-        v = times[label]
-        print("%-8s %8.0fms %8.0fms %8.0fms %8.0fms" % (
-            label, 1000 * statistics.median(v), 1000 * percentile(v, 90), 1000 * min(v),
-            1000 * max(v)))
-    ratio = statistics.median(times["calico"]) / statistics.median(times["bridge"])
-    print("ratio calico/bridge (medians): %.2fx (goal <= 1.25x)" % ratio)
-    ratio = statistics.median(times["calico"]) / statistics.median(times["userbr"])
-    print("ratio calico/user-defined bridge (medians): %.2fx" % ratio)
+        print("%-8s %s" % (label, stats.summary(times[label], digits=0)))
+    print("ratio calico/bridge (medians): %.2fx (goal <= 1.25x)"
+          % stats.ratio(times["calico"], times["bridge"]))
+    print("ratio calico/user-defined bridge (medians): %.2fx (goal <= 1.0x)"
+          % stats.ratio(times["calico"], times["userbr"]))
     print_calls("Plugin calls during the sequential runs", plugin.log()[seq_log_start:])
 
     log_before = len(plugin.log())
@@ -188,11 +180,12 @@ def print_calls(title, log_text):
         if m:
             calls.setdefault(m.group(1), []).append(float(m.group(2)))
     print("\n" + title)
-    print("%-45s %6s %9s %9s" % ("call", "count", "p50", "p99"))
+    print("%-45s %6s %9s %9s %9s" % ("call", "n", "p50", "p10", "p99"))
     for name in sorted(calls):
         v = calls[name]
-        print("%-45s %6d %8.1fms %8.1fms" % (name, len(v), percentile(v, 50),
-                                             percentile(v, 99)))
+        print("%-45s %6d %8.1fms %8.1fms %8.1fms" % (
+            name, len(v), stats.percentile(v, 50), stats.percentile(v, 10),
+            stats.percentile(v, 99)))
 
 
 if __name__ == "__main__":
