@@ -51,3 +51,22 @@ bench: deps
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info
+
+# Order independence: every unit module alone (its own tests in a shuffled order), then the whole
+# unit suite shuffled (tests/shuffle.py prints its seed; SEED=<n> replays an order).  ST=1 also
+# runs every system module alone, shuffled within (minutes each, under the testbed lock).
+# Runs everything and lists what failed.
+.PHONY: test-isolation
+ISOLATION_SEED := $(if $(SEED),--shuffle-seed=$(SEED))
+test-isolation: deps
+	@failed=""; \
+	for m in tests/unit/test_*.py $(if $(ST),tests/st/test_*.py); do \
+		echo "== $$m alone"; \
+		$(PY) -m pytest "$$m" -q -rs -p no:cacheprovider -p tests.shuffle $(ISOLATION_SEED) \
+			|| failed="$$failed $$m"; \
+	done; \
+	echo "== tests/unit shuffled"; \
+	$(PY) -m pytest tests/unit -q -rs -p no:cacheprovider -p tests.shuffle $(ISOLATION_SEED) \
+		|| failed="$$failed tests/unit(shuffled)"; \
+	if [ -n "$$failed" ]; then echo "test-isolation failed:$$failed"; exit 1; fi; \
+	echo "test-isolation: every module passed alone and the unit suite passed shuffled"
