@@ -191,6 +191,15 @@ class EtcdCluster:
         self._spawn(member, "existing")
         self.wait_healthy(member, timeout)
 
+    def restart_stopped(self, timeout=30):
+        """Bring back every member that is down.  All are started before any is waited for: a
+        member alone is not healthy until it has a quorum to elect a leader with."""
+        stopped = [m for m in self.members if not m.running]
+        for member in stopped:
+            self._spawn(member, "existing")
+        for member in stopped:
+            self.wait_healthy(member, timeout)
+
     def leader_index(self):
         """Index of the member that is raft leader now (asked of any live member), or None."""
         for member in self.members:

@@ -24,9 +24,7 @@ def cluster():
 @pytest.fixture
 def cluster_env(cluster, etcd_env, monkeypatch):
     """Every member up, /calico empty, and the environment pointing at the cluster."""
-    for i, member in enumerate(cluster.members):
-        if not member.running:
-            cluster.restart(i)
+    cluster.restart_stopped()
     for name, value in cluster.env().items():
         monkeypatch.setenv(name, value)
     store = EtcdStore()
