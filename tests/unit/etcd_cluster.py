@@ -250,6 +250,7 @@ class FaultyMember:
         self.port = self.sock.getsockname()[1]
         self.url = "http://127.0.0.1:%d" % self.port
         self.requests = 0
+        self.connections = 0        # accepted: how often a client tried this member
         self._conns = []
         self._closed = False
         threading.Thread(target=self._accept, daemon=True).start()
@@ -262,6 +263,7 @@ class FaultyMember:
             except OSError:
                 return
             self._conns.append(conn)
+            self.connections += 1
             if self.mode in ("drop-response", "drop-writes"):
                 threading.Thread(target=self._relay_and_drop, args=(conn,), daemon=True).start()
 

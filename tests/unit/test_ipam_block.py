@@ -2,7 +2,8 @@
 
 import ipaddress
 import itertools
-import time
+
+import pytest
 
 from calicoctl.ipam import block as blocks
 
@@ -88,14 +89,13 @@ def test_free_blocks_skips_existing():
                                           for i in (0, 64, 128, 192)])) == []
 
 
+@pytest.mark.timeout(60)     # a walk over 2^58 blocks never ends; bench/free_blocks.py times it
 def test_free_blocks_of_an_ipv6_64_is_arithmetic():
     pool = ipaddress.ip_network("fd80:24e2:f998:72d6::/64")
     # Many existing blocks scattered through the pool, including the very last one.
     existing = [ipaddress.ip_network((int(pool.network_address) + i * 64, 122))
                 for i in range(0, 4000, 2)]
     existing.append(ipaddress.ip_network((int(pool.broadcast_address) - 63, 122)))
-    t = time.monotonic()
     first = list(itertools.islice(blocks.free_blocks(pool, existing), 3))
-    assert time.monotonic() - t < 1.0
     assert [int(n.network_address) - int(pool.network_address) for n in first] == [64, 192, 320]
     assert all(n.prefixlen == 122 and n.subnet_of(pool) for n in first)

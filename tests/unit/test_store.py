@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from calicoctl.datastore.store import EtcdSettings, EtcdStore
+from calicoctl.datastore.store import TOTAL_TIMEOUT_FACTOR, EtcdSettings, EtcdStore
 from calicoctl.errors import CalicoError, DatastoreError
 from tests.unit.etcd_cluster import FaultyMember
 from tests.unit.etcd_server import free_port
@@ -96,13 +96,15 @@ def test_client_gets_tls_and_credentials_the_python_etcd_way(tmp_path):
 
 # -- failover and timeouts --------------------------------------------------------------------
 
+# How long failing and failing over take is bench/etcd_failover.py's figure; here a test only
+# has a bound (pytest-timeout) that catches a hang.
+
+@pytest.mark.timeout(60)
 def test_every_endpoint_down_is_one_line_naming_all(etcd_env):
     dead = ["http://127.0.0.1:%d" % free_port() for _ in range(3)]
     store = EtcdStore(EtcdSettings(endpoints=dead))
-    start = time.monotonic()
     with pytest.raises(DatastoreError) as info:
         store.get("/calico/v1/Ready")
-    assert time.monotonic() - start < 2
     message = str(info.value)
     assert "\n" not in message and all(e in message for e in dead)
     assert "Connection refused" in message and "ETCD_ENDPOINTS" in message
@@ -121,27 +123,32 @@ def test_dead_endpoint_is_skipped_with_a_log_line(etcd_env, caplog):
     assert not caplog.records
 
 
+@pytest.mark.timeout(60)
 def test_hung_member_costs_one_timeout_then_fails_over(etcd_env):
     hung = FaultyMember("hang")
     try:
         store = EtcdStore(EtcdSettings(endpoints=[hung.url, etcd_env.url]), timeout=0.5)
-        start = time.monotonic()
         store.set("/calico/test/b", "2")
-        assert 0.4 < time.monotonic() - start < 2
+        # The hung member was tried once (its timeout paid), then the store moved on and stays.
+        assert hung.connections == 1
         assert store.get("/calico/test/b") == "2"
+        assert store.settings.endpoints[store._endpoint_index] == etcd_env.url
+        assert hung.connections == 1
     finally:
         hung.close()
 
 
+@pytest.mark.timeout(60)
 def test_all_members_hung_is_bounded(etcd_env):
     hung = [FaultyMember("hang") for _ in range(3)]
     try:
         store = EtcdStore(EtcdSettings(endpoints=[h.url for h in hung]), timeout=0.5)
-        start = time.monotonic()
         with pytest.raises(DatastoreError) as info:
             store.get("/calico/v1/Ready")
-        # TOTAL_TIMEOUT_FACTOR (2) request timeouts, plus the request in flight at the deadline.
-        assert time.monotonic() - start < 0.5 * 3 + 0.5
+        # It gives up at its deadline instead of cycling through the members: at most
+        # TOTAL_TIMEOUT_FACTOR request timeouts, plus the request in flight at the deadline.
+        tries = sum(h.connections for h in hung)
+        assert 1 <= tries <= TOTAL_TIMEOUT_FACTOR + 1, tries
         assert "\n" not in str(info.value)
     finally:
         for h in hung:
