@@ -4,17 +4,22 @@ Every configuration command in calicoctl.cli.COMMANDS that exists when the test 
 (commands that serve, or touch Docker or the host, are left out).  argv lists are built from the
 command's own usage words, placeholder values of the right and the wrong kind (CIDRs, addresses,
 ports, AS numbers, positions, names) and random unicode.  For every case:
-  - no traceback: the exit status is 0 or 1;
+  - no traceback: the exit status is 0 or 1, and no traceback on stderr either way;
   - on 1, stderr is exactly one line (a grammar mismatch included);
-  - on 1, nothing in etcd changed.
-The number of cases run is printed (run with -s) and recorded as a junit property.
+  - on 1, nothing in etcd changed;
+  - on 0 with etcd changed, the command's own show commands still read what was stored.
+A fuzz run that only ever reached the refusals would check half of that, so each command's test
+asserts floors on the cases that were accepted, refused and (for the commands that write)
+accepted with a change to etcd.  The counts are printed (run with -s) and recorded as junit
+properties.
 """
 
+import collections
 import importlib.util
 import re
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from calicoctl import cli as calico_cli
@@ -25,6 +30,34 @@ NOT_FUZZED = {"plugin", "felix", "node", "container", "status", "diags", "checks
 # here (two etcd dumps and the command; profile cases more), so this keeps the module near 30 s.  A fixed count, not a
 # clock: a clock would make hypothesis's replay of a failure flaky.
 TOTAL_CASES = 4800
+# Least share of a command's cases that must be accepted and refused, and least number accepted
+# with a change to etcd (for the commands that can write with nothing set up first), so each
+# branch of the checks below ran.  Well under what runs give (printed with -s): accepted 12-57%,
+# refused 43-88%; writes are rare (random values seldom make a new pool, peer or profile: 5-28
+# a run), so each writer also runs two known writes first (hypothesis's explicit examples).
+MIN_SHARE = {"accepted": 0.02, "refused": 0.1}
+MIN_WRITES = 3
+WRITE_EXAMPLES = {
+    "pool": [["pool", "add", "10.10.0.0/16"], ["pool", "range", "add", "10.20.0.0", "10.20.0.255"]],
+    "profile": [["profile", "add", "fuzzprof"],
+                ["profile", "fuzzprof", "rule", "add", "inbound", "allow", "tcp", "to", "ports",
+                 "80"]],
+    "bgp": [["bgp", "peer", "add", "198.51.100.1", "as", "64512"],
+            ["bgp", "default-node-as", "64513"]],
+    "config": [["config", "felix", "loglevel", "debug"], ["config", "bgp", "loglevel", "info"]],
+}
+WRITERS = set(WRITE_EXAMPLES)
+# What reads back each command's state: an accepted change must leave it readable.
+READERS = {
+    "pool": [("pool", "show")],
+    "profile": [("profile", "show", "--detailed")],
+    "bgp": [("bgp", "peer", "show"), ("bgp", "node-mesh"), ("bgp", "default-node-as")],
+    "config": [("config", "felix", "loglevel"), ("config", "bgp", "loglevel"),
+               ("config", "node", "bgp", "loglevel")],
+    "endpoint": [("endpoint", "show", "--detailed")],
+    "ipam": [("ipam", "show")],
+}
+PROFILE_KEY = re.compile(r"^/calico/v1/policy/profile/([^/]+)/")
 
 CASES = {}
 
@@ -216,13 +249,28 @@ stdin_docs = st.one_of(
 
 def check_result(name, argv, r, before, after):
     assert r.code in (0, 1), (argv, r)
+    assert "Traceback" not in r.err, (argv, r)
     if r.code == 0:
         return
     lines = r.err.rstrip("\n").splitlines()
     assert lines, (argv, r)
     assert len(lines) == 1, (argv, r)
-    assert "Traceback" not in r.err
     assert before == after, ("rejected input changed etcd", argv, r)
+
+
+def check_readable(cli, name, argv, before, after):
+    """After an accepted change, the command's show commands read the stored state."""
+    readers = list(READERS.get(name, []))
+    if name == "profile":
+        changed = {k for k in set(before) | set(after) if before.get(k) != after.get(k)}
+        for profile in sorted({m.group(1) for k in changed if (m := PROFILE_KEY.match(k))}):
+            if profile in {k.split("/")[5] for k in after if PROFILE_KEY.match(k)}:
+                readers += [("profile", profile, "rule", "show"),
+                            ("profile", profile, "tag", "show")]
+    for reader in readers:
+        r = cli(*reader)
+        assert r.code == 0 and "Traceback" not in r.err, (
+            "accepted input left state the CLI cannot show", argv, reader, r)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -237,7 +285,7 @@ def report_cases(request):
 @pytest.mark.parametrize("name", COMMAND_NAMES)
 def test_fuzz_command(name, cli, etcd_dump, record_property):
     cli("pool", "show")  # first use writes the global defaults; later cases start from them
-    CASES[name] = 0
+    seen = collections.Counter()
 
     @settings(max_examples=TOTAL_CASES // max(1, len(COMMAND_NAMES)), deadline=None,
               database=None,
@@ -247,33 +295,64 @@ def test_fuzz_command(name, cli, etcd_dump, record_property):
     def case(argv, stdin):
         before = etcd_dump()
         r = cli(*argv, stdin=stdin)
-        check_result(name, argv, r, before, etcd_dump())
-        CASES[name] += 1
+        after = etcd_dump()
+        check_result(name, argv, r, before, after)
+        if r.code == 0 and after != before:
+            check_readable(cli, name, argv, before, after)
+            seen["wrote"] += 1
+        seen["accepted" if r.code == 0 else "refused"] += 1
+
+    for argv in reversed(WRITE_EXAMPLES.get(name, [])):   # example() runs bottom-up
+        case = example(argv=argv, stdin="")(case)
+    case()
+    CASES[name] = sum(seen[k] for k in ("accepted", "refused"))
+    for kind, count in sorted(seen.items()):
+        record_property("fuzz_" + kind, count)
+    floors = {k: int(share * CASES[name]) + 1 for k, share in MIN_SHARE.items()}
+    if name in WRITERS:
+        floors["wrote"] = MIN_WRITES
+    short = {k: (seen[k], floor) for k, floor in floors.items() if seen[k] < floor}
+    assert not short, "too few cases of a kind for %s ((got, floor)): %s; all: %s" % (
+        name, short, dict(seen))
+
+
+TOP_LEVEL_CASES = 200
+
+
+def test_fuzz_top_level(cli, etcd_dump):
+    """Unknown commands and stray top-level options: exit 0/1, one line, nothing written."""
+    seen = collections.Counter()
+
+    @settings(max_examples=TOP_LEVEL_CASES, deadline=None, database=None,
+              suppress_health_check=[HealthCheck.function_scoped_fixture])
+    @given(argv=st.lists(st.one_of(text, st.sampled_from(sorted(calico_cli.COMMANDS) +
+                                                         ["--debug", "-h", "--version"])),
+                         max_size=4))
+    @example(argv=["version"])                # accepted cases are rare among random words
+    @example(argv=["--version"])
+    def case(argv):
+        if argv and argv[0] in NOT_FUZZED | {"--debug"}:
+            seen["skipped"] += 1   # --debug <command> runs the command: covered per command
+            return
+        if any(a in ("-h", "--help") for a in argv[1:]) or (
+                argv and argv[0] in calico_cli.COMMANDS and argv[0] not in COMMAND_NAMES):
+            seen["skipped"] += 1
+            return
+        before = etcd_dump()
+        r = cli(*argv, stdin="")
+        name = argv[0] if argv and argv[0] in calico_cli.COMMANDS else None
+        if name:
+            check_result(name, argv, r, before, etcd_dump())
+        else:
+            assert r.code in (0, 1), (argv, r)
+            assert "Traceback" not in r.err, (argv, r)
+            if r.code == 1 and argv:
+                assert len(r.err.strip().splitlines()) == 1, (argv, r)
+            assert before == etcd_dump()
+        seen["accepted" if r.code == 0 else "refused"] += 1
 
     case()
-    record_property("fuzz_cases", CASES[name])
-
-
-@settings(max_examples=200, deadline=None, database=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(argv=st.lists(st.one_of(text, st.sampled_from(sorted(calico_cli.COMMANDS) +
-                                                     ["--debug", "-h", "--version"])),
-                     max_size=4))
-def test_fuzz_top_level(argv, cli, etcd_dump):
-    """Unknown commands and stray top-level options: exit 0/1, one line, nothing written."""
-    if argv and argv[0] in NOT_FUZZED | {"--debug"}:
-        return  # --debug <command> runs the command: the per-command test covers those
-    if any(a in ("-h", "--help") for a in argv[1:]) or (argv and argv[0] in calico_cli.COMMANDS
-                                                          and argv[0] not in COMMAND_NAMES):
-        return
-    before = etcd_dump()
-    r = cli(*argv, stdin="")
-    name = argv[0] if argv and argv[0] in calico_cli.COMMANDS else None
-    if name:
-        check_result(name, argv, r, before, etcd_dump())
-    else:
-        assert r.code in (0, 1), (argv, r)
-        if r.code == 1 and argv:
-            assert len(r.err.strip().splitlines()) == 1, (argv, r)
-        assert before == etcd_dump()
-    CASES["top-level"] = CASES.get("top-level", 0) + 1
+    CASES["top-level"] = seen["accepted"] + seen["refused"]
+    # Most cases get past the filters above (about 75%), and both outcomes occur.
+    assert CASES["top-level"] >= TOP_LEVEL_CASES // 2, seen
+    assert seen["accepted"] >= 2 and seen["refused"] >= TOP_LEVEL_CASES // 10, seen
