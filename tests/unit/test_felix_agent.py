@@ -59,12 +59,14 @@ def chains(kernel, version=4, table="filter"):
 
 
 def settle(agent, tries=20):
-    """Poll the watch until nothing more arrives (events are applied in batches)."""
+    """Poll the watch until nothing more arrives (events are applied in batches); raises if it
+    never goes quiet, rather than letting the test judge a half-applied state."""
     for _ in range(tries):
         before = agent.index
         agent.poll_once()
         if agent.index == before:
             return
+    raise AssertionError("the watch still delivered events after %d polls" % tries)
 
 
 def test_snapshot_programs_local_endpoints_and_every_hosts_tags(store, agent, kernel):

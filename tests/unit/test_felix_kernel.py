@@ -97,6 +97,7 @@ def saved_chains(text):
 
 def test_rules_load_and_match_what_we_rendered(loaded):
     kernel = saved_chains(loaded["4"])
+    assert "felix-FORWARD" in loaded["desired4"]                # the loop below checks chains
     for chain, rules in loaded["desired4"].items():
         assert len(kernel[chain]) == len(rules), chain
     assert kernel["INPUT"] == ["-j felix-INPUT"] and kernel["FORWARD"] == ["-j felix-FORWARD"]
