@@ -3,6 +3,7 @@ calicoctl against the testbed's etcd, and stand in for the agent where a test ne
 flow (the agent is another component; these tests check the plugin's wiring, not policy)."""
 
 import json
+import re
 import signal
 import sys
 import time
@@ -95,14 +96,64 @@ def ping(host, container, target, count=1, timeout=5):
                        check=False, timeout=timeout * count + 20)
 
 
-def etcd_keys(etcd, prefix="/calico"):
+def ping_answered(host, container, target, count=1, timeout=1):
+    """True if `target` answered a ping from `container`, False if ping sent its requests and
+    none was answered.  Anything else (the container gone, a name that does not resolve, no
+    route to send on) raises: a ping that never ran must not count as "blocked"."""
+    result = ping(host, container, target, count=count, timeout=timeout)
+    if result.returncode == 0:
+        return True
+    stats = re.search(r"(\d+) packets transmitted, (\d+) packets received", result.stdout)
+    if result.returncode == 1 and stats and int(stats.group(1)) > 0 and stats.group(2) == "0":
+        return False
+    raise AssertionError("ping %s -> %s did not run (exit %d): %s" % (
+        container, target, result.returncode, (result.stdout + result.stderr).strip()))
+
+
+def answers_within(host, container, target, timeout):
+    """True once target answers a ping from container, False if it has not within timeout
+    seconds (routes and rules may lag a restart).  Raises if ping cannot run at all."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if ping_answered(host, container, target):
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.2)
+
+
+class EtcdReadError(RuntimeError):
+    """etcd could not be read or written: never to be taken for "no keys"."""
+
+
+def _etcd_request(etcd, path, method="GET"):
+    """The decoded answer of etcd's v2 API, or None for 404 "Key not found" (errorCode 100);
+    any other failure raises EtcdReadError."""
+    import urllib.error
     import urllib.request
-    url = "%s/v2/keys%s?recursive=true" % (etcd.url, prefix)
+    url = "%s/v2/keys%s" % (etcd.url, path)
     try:
-        data = json.loads(urllib.request.urlopen(url, timeout=5).read())
-    except Exception:  # noqa: BLE001 - absent prefix
-        return {}
+        with urllib.request.urlopen(urllib.request.Request(url, method=method), timeout=10) as r:
+            return json.loads(r.read())
+    except urllib.error.HTTPError as exc:
+        body = exc.read()
+        try:
+            code = json.loads(body).get("errorCode")
+        except ValueError:
+            code = None
+        if exc.code == 404 and code == 100:
+            return None
+        raise EtcdReadError("%s %s: HTTP %d %s" % (method, url, exc.code, body[:200])) from None
+    except (OSError, ValueError) as exc:
+        raise EtcdReadError("%s %s: %s" % (method, url, exc)) from None
+
+
+def etcd_keys(etcd, prefix="/calico"):
+    """{key: value} of every leaf under prefix; {} only when etcd says the prefix is absent."""
+    data = _etcd_request(etcd, prefix + "?recursive=true")
     out = {}
+    if data is None:
+        return out
 
     def walk(node):
         if node.get("dir"):
@@ -115,13 +166,10 @@ def etcd_keys(etcd, prefix="/calico"):
 
 
 def wipe_etcd(etcd):
-    import urllib.request
-    req = urllib.request.Request("%s/v2/keys/calico?recursive=true&dir=true" % etcd.url,
-                                 method="DELETE")
-    try:
-        urllib.request.urlopen(req, timeout=5)
-    except Exception:  # noqa: BLE001 - already empty
-        pass
+    """Delete /calico; raises unless etcd then says it is absent."""
+    _etcd_request(etcd, "/calico?recursive=true&dir=true", method="DELETE")
+    if _etcd_request(etcd, "/calico") is not None:
+        raise EtcdReadError("/calico is still in etcd at %s after deleting it" % etcd.url)
 
 
 def poll(predicate, timeout=15, what="condition"):
@@ -138,14 +186,44 @@ def host_routes(host):
     return host.run(["ip", "route"]).stdout
 
 
+def assert_nothing_left(hosts, etcd, present):
+    """No veth, workload route, endpoint, address, handle, claim or network record: on every
+    host and in etcd.  Each absence is only believed once the same read has shown something
+    that must be there: the host's loopback link and a route of its own, and in etcd every key
+    in `present` (say, the pool the test added), so an unreadable etcd or an empty listing
+    fails instead of passing."""
+    if not present:
+        raise ValueError("name at least one key that must still be in etcd")
+    for h in hosts:
+        assert "lo" in host_links(h, prefix=""), "%s: no link listing" % h.name
+        assert host_links(h) == [], h.name
+        routes = host_routes(h).splitlines()
+        assert any(" dev eth0" in r for r in routes), "%s: no route listing: %s" % (h.name,
+                                                                                  routes)
+        assert [r for r in routes if " dev cali" in r] == [], h.name
+    keys = etcd_keys(etcd)
+    missing = [k for k in present if k not in keys]
+    assert not missing, "etcd read lacks keys that must be there: %s" % missing
+    leftovers = [k for k in keys if "/workload/" in k or "/calico/libnetwork/" in k
+                 or "/ipam/v2/handle/" in k]
+    assert leftovers == [], leftovers
+    for key, value in keys.items():
+        if "/ipam/v2/assignment/" in key:
+            assert all(a is None for a in json.loads(value)["allocations"]), key
+
+
 def clean_docker(host):
-    """Remove every container and user network on the host."""
-    ids = host.docker("ps", "-aq").stdout.split()
-    if ids:
-        host.docker("rm", "-f", *ids, check=False, timeout=120)
-    nets = host.docker("network", "ls", "--filter", "driver=calico", "-q").stdout.split()
-    for net in nets:
-        host.docker("network", "rm", net, check=False)
+    """Remove every container and Calico network on the host; raises if any is left."""
+    def gone():
+        ids = host.docker("ps", "-aq").stdout.split()
+        if ids:
+            # Fails for a container already being removed: the next listing judges.
+            host.docker("rm", "-f", *ids, check=False, timeout=120)
+        nets = host.docker("network", "ls", "--filter", "driver=calico", "-q").stdout.split()
+        for net in nets:
+            host.docker("network", "rm", net, check=False)
+        return not ids and not nets
+    wait_for(gone, timeout=120, what="no container or Calico network left on %s" % host.name)
 
 
 def now():

@@ -4,8 +4,9 @@ import json
 
 import pytest
 
-from tests.st.plugin_helpers import (allow_forwarding, calicoctl, clean_docker, etcd_keys,
-                                     host_links, host_routes, ping, wipe_etcd)
+from tests.st.plugin_helpers import (allow_forwarding, assert_nothing_left, calicoctl,
+                                     clean_docker, etcd_keys, host_links, host_routes, ping,
+                                     wipe_etcd)
 
 
 @pytest.fixture
@@ -62,10 +63,11 @@ def test_container_add_gives_a_working_second_interface(host, etcd_on_bridge):
     assert bad.returncode == 1 and "not in any configured" in bad.stderr
     bad = calicoctl(host, etcd, "container", "add", "nosuch", "ipv4", check=False)
     assert bad.returncode == 1 and "does not exist" in bad.stderr
-    # Remove: nothing left.
+    # Remove: nothing left (what must stay, the pool and prof1, shows etcd was read).
+    assert ep["name"] in host_links(host)
     for name in ("c1", "c2"):
         calicoctl(host, etcd, "container", "remove", name)
-    assert host_links(host) == []
+    assert "eth0" in host.docker("exec", "c1", "ip", "link").stdout
     assert "eth1" not in host.docker("exec", "c1", "ip", "link").stdout
-    keys = etcd_keys(etcd)
-    assert not [k for k in keys if "/workload/" in k or "/ipam/v2/handle/" in k]
+    assert_nothing_left([host], etcd, present=["/calico/v1/ipam/v4/pool/192.168.0.0-16",
+                                              "/calico/v1/policy/profile/prof1/rules"])
