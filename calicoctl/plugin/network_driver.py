@@ -28,8 +28,11 @@ KNOWN_OPTIONS = {
     "nat-outgoing": "true|false: NAT traffic leaving the pools (Docker-IPAM subnets only)",
     "mtu": "N: MTU of the workload interfaces (default: the uplink's, minus 20 with ipip)",
 }
-# Docker itself puts these in the generic options; they are not the user's --opt.
-_DOCKER_OPTIONS = {"com.docker.network.enable_ipv6"}
+# Keys under Docker's own prefix belong to Docker, not to the user's --opt for us: Docker 28
+# adds com.docker.network.enable_ipv4 and the advertise_addr_nmsgs/_ms knobs, which it applies
+# itself for every driver, and daemon.json's default-network-opts (24+) can put any key there.
+# Refusing them would make `docker network create` fail for settings Docker honours on its own.
+DOCKER_OPTION_PREFIX = "com.docker.network."
 # Join answers a connected route to the gateway (RouteType 1: no next hop).
 ROUTE_CONNECTED, ROUTE_NEXTHOP = 1, 0
 # Container start-up is on the critical path of every `docker run`; the uplink's MTU and the
@@ -38,11 +41,17 @@ MTU_CACHE_SECONDS = 10.0
 
 
 def parse_options(generic):
-    """--opt key/values -> typed dict; refuses unknown keys, naming the known ones."""
-    unknown = sorted(k for k in generic if k not in KNOWN_OPTIONS and k not in _DOCKER_OPTIONS)
+    """--opt key/values -> typed dict; refuses unknown keys of the user's, naming the known
+    ones, and passes over Docker's own (com.docker.network.*)."""
+    unknown = sorted(k for k in generic
+                     if k not in KNOWN_OPTIONS and not str(k).startswith(DOCKER_OPTION_PREFIX))
     if unknown:
         raise ValidationError("Unknown --opt %s; Calico networks know: %s." % (
-            ", ".join(shown(k)[1:-1] for k in unknown), "; ".join("%s=%s" % kv for kv in sorted(KNOWN_OPTIONS.items()))))
+            ", ".join(shown(k)[1:-1] for k in unknown),
+            "; ".join("%s=%s" % kv for kv in sorted(KNOWN_OPTIONS.items()))))
+    ignored = sorted(k for k in generic if str(k).startswith(DOCKER_OPTION_PREFIX))
+    if ignored:
+        log.info("Docker's own network options, left to Docker: %s", ", ".join(ignored))
     opts = {}
     for name in ("ipip", "nat-outgoing"):
         if name in generic:

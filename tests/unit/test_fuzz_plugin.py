@@ -58,7 +58,7 @@ pool_cidrs = st.sampled_from(["", "0.0.0.0/0", "::/0", "10.9.0.0/24", "10.5.0.0/
                               "10.5.0.1/24", "fd80::/64", "300.0.0.0/8", "10.0.0.0/-1"])
 generic_opts = st.dictionaries(
     st.sampled_from(["ipip", "nat-outgoing", "mtu", "colour",
-                     "com.docker.network.enable_ipv6"]),
+                     "com.docker.network.enable_ipv6", "com.docker.network.advertise_addr_ms"]),
     st.sampled_from(["true", "false", "1500", "12", "yes", True, 1500, None, HUGE]) | json_values,
     max_size=3)
 options = st.one_of(

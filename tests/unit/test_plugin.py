@@ -275,13 +275,31 @@ def test_create_network_calico_ipam(store, plugin, etcd_dump):
 def test_unknown_opt_refused(plugin, etcd_dump):
     msg = plugin.err("NetworkDriver.CreateNetwork", {
         "NetworkID": NET, "IPv4Data": [{"AddressSpace": "LocalDefault", "Pool": "10.5.0.0/24"}],
-        "Options": {"com.docker.network.generic": {"colour": "blue"}}})
+        "Options": {"com.docker.network.generic": {"colour": "blue",
+                                                   "com.docker.network.enable_ipv4": "true"}}})
     assert "colour" in msg and "ipip" in msg and "nat-outgoing" in msg and "mtu" in msg
+    assert "enable_ipv4" not in msg
     assert "mtu" in plugin.err("NetworkDriver.CreateNetwork", {
         "NetworkID": NET, "IPv4Data": [{"Pool": "10.5.0.0/24"}],
         "Options": {"com.docker.network.generic": {"mtu": "12"}}})
     assert keys.libnetwork_network(NET) not in etcd_dump()
     assert not [k for k in etcd_dump() if "/pool/" in k]
+
+
+def test_docker_owned_options_accepted(plugin, etcd_dump):
+    """What Docker 28 and daemon.json's default-network-opts put beside the user's --opt."""
+    plugin.ok("NetworkDriver.CreateNetwork", {
+        "NetworkID": NET, "IPv4Data": [{"AddressSpace": "CalicoLocalAddressSpace",
+                                        "Pool": "0.0.0.0/0"}],
+        "Options": {"com.docker.network.enable_ipv4": True,
+                    "com.docker.network.enable_ipv6": False,
+                    "com.docker.network.generic": {
+                        "com.docker.network.enable_ipv4": "true",
+                        "com.docker.network.advertise_addr_nmsgs": "0",
+                        "com.docker.network.advertise_addr_ms": "500",
+                        "mtu": "1400"}}})
+    record = json.loads(etcd_dump()[keys.libnetwork_network(NET)])
+    assert record["options"] == {"mtu": 1400} and record["mtu"] == 1400
 
 
 def test_default_ipam_network_records_pool(store, plugin, etcd_dump):
