@@ -3,7 +3,8 @@
 
 Network record, JSON:
   {"name": "net1" | null (until learned from Docker's events), "ipam": "calico" | "default",
-   "pool": v4 cidr | null, "pool_v6": v6 cidr | null ("calico" IPAM with no --subnet: null),
+   "pool": v4 cidr | null ("calico" IPAM with no --subnet: null), "pool_v6": v6 cidr | null
+   ("calico" IPAM with no --subnet: the span of the IPv6 pools, ipam_driver.py),
    "options": {"ipip": "true", ...} (the --opt values), "ipv6": bool, "mtu": int | null,
    "host": node name}
 Network ids differ per host (Docker has no cluster store), so the same-named networks of several

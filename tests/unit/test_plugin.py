@@ -151,9 +151,49 @@ def test_request_pool_any_is_stable(store, plugin):
     assert first["Pool"] == "0.0.0.0/0"
     assert first["Data"] == {"com.docker.network.gateway": "0.0.0.0/0"}
     assert plugin.ok("IpamDriver.RequestPool", req) == first
+    add_pool(store, Pool(cidr=ipaddress.ip_network("fd80:24e2:f998:72d6::/64")))
     six = plugin.ok("IpamDriver.RequestPool", dict(req, V6=True))
-    assert six["Pool"] == "::/0" and six["Data"] == {"com.docker.network.gateway": "::/0"}
+    assert six["Pool"] == "fd80:24e2:f998:72d6::/64"
+    assert six["Data"] == {"com.docker.network.gateway": "::/0"}
     assert six["PoolID"] != first["PoolID"]
+    assert plugin.ok("IpamDriver.RequestPool", dict(req, V6=True)) == six
+
+
+def test_request_pool_any_ipv6_spans_the_pools(store, plugin, monkeypatch, tmp_path):
+    """Docker (20.10-28.5) asks again, without end, while the subnet holds one of the host's
+    nameservers, and exempts only 0.0.0.0/0: ::/0 would hold any IPv6 nameserver."""
+    from calicoctl.plugin import ipam_driver
+    resolv = tmp_path / "resolv.conf"
+    resolv.write_text("nameserver 192.0.2.53\nnameserver 2001:db8::53\n")
+    monkeypatch.setattr(ipam_driver, "RESOLV_CONF", str(resolv))
+    req = {"AddressSpace": "CalicoLocalAddressSpace", "Pool": "", "V6": True}
+    assert "calicoctl pool add" in plugin.err("IpamDriver.RequestPool", req)
+    add_pool(store, Pool(cidr=ipaddress.ip_network("fd80:1::/64")))
+    add_pool(store, Pool(cidr=ipaddress.ip_network("fd80:2::/64")))
+    # A Docker-IPAM subnet we only route is not where addresses come from.
+    add_pool(store, Pool(cidr=ipaddress.ip_network("fd99::/64"), ipam=False))
+    assert plugin.ok("IpamDriver.RequestPool", req)["Pool"] == "fd80::/30"
+    # The span holds the nameserver: one clear sentence instead of Docker's endless loop.
+    add_pool(store, Pool(cidr=ipaddress.ip_network("2001:db8::/64")))
+    msg = plugin.err("IpamDriver.RequestPool", req)
+    assert "2001:db8::53" in msg and "::/0" in msg and "--subnet" in msg
+    # --subnet is never checked against nameservers by Docker, nor by us.
+    assert plugin.ok("IpamDriver.RequestPool", dict(req, Pool="2001:db8::/64"))["Pool"] == \
+        "2001:db8::/64"
+
+
+def test_spanning_prefix_and_nameservers():
+    from calicoctl.plugin.ipam_driver import parse_nameservers, spanning_prefix
+    net = ipaddress.ip_network
+    assert spanning_prefix([net("10.1.0.0/16")]) == net("10.1.0.0/16")
+    assert spanning_prefix([net("10.1.0.0/24"), net("10.1.1.0/24")]) == net("10.1.0.0/23")
+    assert spanning_prefix([net("10.1.1.0/24"), net("10.1.2.0/24")]) == net("10.1.0.0/22")
+    assert spanning_prefix([net("fd80:1::/64"), net("fd80:1::/48")]) == net("fd80:1::/48")
+    assert spanning_prefix([net("2001:db8::/64"), net("fd00::/64")]) == net("::/0")
+    text = ("# comment\nnameserver 10.0.0.2\nsearch example.org\nnameserver fe80::1%eth0\n"
+            "nameserver not-an-address\nnameserver\noptions ndots:2\n")
+    assert parse_nameservers(text) == [ipaddress.ip_address("10.0.0.2"),
+                                       ipaddress.ip_address("fe80::1")]
 
 
 def test_request_pool_subnet_must_be_a_pool(store, plugin):
