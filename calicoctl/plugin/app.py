@@ -23,6 +23,7 @@ def handlers(network, ipam):
     return {
         "Plugin.Activate": lambda r: {"Implements": ["NetworkDriver", "IpamDriver"]},
         "NetworkDriver.GetCapabilities": lambda r: network.get_capabilities(),
+        "NetworkDriver.GwAllocCheck": network.gw_alloc_check,
         "NetworkDriver.CreateNetwork": network.create_network,
         "NetworkDriver.DeleteNetwork": network.delete_network,
         "NetworkDriver.CreateEndpoint": network.create_endpoint,

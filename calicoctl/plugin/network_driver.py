@@ -93,7 +93,16 @@ class NetworkDriver:
     def get_capabilities(self):
         # Docker 20.10+ has no cluster store: each host keeps its own copy of the network
         # (local scope) while the workloads reach each other across hosts (global connectivity).
-        return {"Scope": "local", "ConnectivityScope": "global"}
+        # GwAllocChecker (Docker 28; older engines ignore the field) makes Docker ask
+        # gw_alloc_check before it reserves a gateway address in the subnet.
+        return {"Scope": "local", "ConnectivityScope": "global", "GwAllocChecker": True}
+
+    def gw_alloc_check(self, request):
+        """Docker 28: no network of ours needs a gateway address from its subnet -- workloads
+        route through the link-local gateway on their veth -- so Docker's IPAM need not hold
+        one back (with Docker IPAM the subnet's first address is then a workload's too).  A
+        --gateway the user gives is still reserved by Docker."""
+        return {"SkipIPv4": True, "SkipIPv6": True}
 
     def create_network(self, request):
         network_id = request["NetworkID"]

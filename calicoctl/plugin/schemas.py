@@ -17,6 +17,7 @@ _EP = {"NetworkID": ("id", True), "EndpointID": ("id", True)}
 SCHEMAS = {
     "Plugin.Activate": {},
     "NetworkDriver.GetCapabilities": {},
+    "NetworkDriver.GwAllocCheck": {"Options": (_DICT, False)},
     "NetworkDriver.CreateNetwork": {**_NET, "Options": (_DICT, False),
                                     "IPv4Data": (_LIST, False), "IPv6Data": (_LIST, False)},
     "NetworkDriver.DeleteNetwork": _NET,

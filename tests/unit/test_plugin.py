@@ -127,8 +127,11 @@ def stop_container(plugin, pool_id, addr, endpoint_id=EP, network_id=NET):
 
 def test_activate_and_capabilities(plugin):
     assert plugin.ok("Plugin.Activate") == {"Implements": ["NetworkDriver", "IpamDriver"]}
-    assert plugin.ok("NetworkDriver.GetCapabilities") == {"Scope": "local",
-                                                          "ConnectivityScope": "global"}
+    assert plugin.ok("NetworkDriver.GetCapabilities") == {
+        "Scope": "local", "ConnectivityScope": "global", "GwAllocChecker": True}
+    # Docker 28 asks before reserving a gateway address; no Calico network needs one.
+    assert plugin.ok("NetworkDriver.GwAllocCheck", {"Options": {
+        "com.docker.network.generic": {}}}) == {"SkipIPv4": True, "SkipIPv6": True}
     assert plugin.ok("IpamDriver.GetCapabilities") == {"RequiresMACAddress": False}
     spaces = plugin.ok("IpamDriver.GetDefaultAddressSpaces")
     assert set(spaces) == {"LocalDefaultAddressSpace", "GlobalDefaultAddressSpace"}
