@@ -278,44 +278,43 @@ class NetworkDriver:
                                  ep.mac or WORKLOAD_MAC)
         others = [e for e in host_eps
                   if e.extra.get("sandbox") == sandbox and e.endpoint_id != endpoint_id]
-        records.set_endpoint_fields(self.store, ep, sandbox=sandbox)
+        gateway4 = _free_gateway(others) if ep.ipv4_nets else None
+        records.set_endpoint_fields(self.store, ep, ipv4_gateway=gateway4, sandbox=sandbox)
         answer = {"InterfaceName": {"SrcName": veth.temp_peer_name(endpoint_id),
                                     "DstPrefix": self.interface_prefix},
                   # Our gateway is on the veth; Docker must never add docker_gwbridge (traffic
                   # through it would escape policy).
-                  "DisableGatewayService": True}
-        if not others:
-            routes = []
-            if ep.ipv4_nets:
-                answer["Gateway"] = IPV4_GATEWAY
-                routes.append({"Destination": IPV4_GATEWAY + "/32",
-                               "RouteType": ROUTE_CONNECTED, "NextHop": ""})
-            if ep.ipv6_nets:
-                answer["GatewayIPv6"] = veth.IPV6_GATEWAY
+                  "DisableGatewayService": True,
+                  "StaticRoutes": []}
+        routes = answer["StaticRoutes"]
+        # Every interface gets a gateway, and Docker picks which one carries the default route
+        # (20.10/26: dual-stack before single-stack, then the network name; 28: gw-priority
+        # first).  So when a container leaves the network that had it, Docker moves the default
+        # route, and with it the embedded DNS's way out, to another one.
+        if gateway4:
+            answer["Gateway"] = gateway4
+            routes.append({"Destination": gateway4 + "/32", "RouteType": ROUTE_CONNECTED,
+                           "NextHop": ""})
+            # The network's own pool stays on this interface whichever one has the default.
+            if record.get("ipam") == "calico" and record.get("pool"):
+                routes.append({"Destination": record["pool"], "RouteType": ROUTE_NEXTHOP,
+                               "NextHop": gateway4})
+        if ep.ipv6_nets:
+            # Every host-side veth owns fe80::1, so fe80::1 is right on any interface.
+            answer["GatewayIPv6"] = veth.IPV6_GATEWAY
+            if not any(e.ipv6_nets for e in others):
                 # Docker 26 and later look the gateway up in the routing table before making it
-                # the default route; the interface's own fe80::/64 may not exist yet then.
+                # the default route; the interface's own fe80::/64 may not exist yet then.  Only
+                # one interface can hold this route (the kernel refuses a second one); a later
+                # IPv6 interface finds fe80::1 through the first, or, once the first has gone,
+                # through its own fe80::/64.
                 routes.append({"Destination": veth.IPV6_GATEWAY + "/128",
                                "RouteType": ROUTE_CONNECTED, "NextHop": ""})
-            answer["StaticRoutes"] = routes
-        else:
-            answer["StaticRoutes"] = self._secondary_routes(record, ep, len(others))
+                if record.get("ipam") == "calico" and record.get("pool_v6"):
+                    routes.append({"Destination": record["pool_v6"],
+                                   "RouteType": ROUTE_NEXTHOP, "NextHop": veth.IPV6_GATEWAY})
         self._wait_for_agent(ep)
         return answer
-
-    @staticmethod
-    def _secondary_routes(record, ep, n_others):
-        """A further Calico interface in a sandbox gets no default route (the first one has it).
-        Docker-IPAM addresses carry the subnet's prefix, so the kernel already routes that
-        subnet on-link through this interface (the host proxy-ARPs for its members).  A Calico
-        IPAM network with its own pool reaches the pool through this interface's own link-local
-        next hop, 169.254.1.<n+1>: the host proxy-ARPs for any address, and a distinct one keeps
-        the interfaces' connected routes from clashing.  A network drawing from any pool has no
-        subnet of its own to route, so its traffic follows the default route (documented)."""
-        if not ep.ipv4_nets or record.get("ipam") != "calico" or not record.get("pool"):
-            return []
-        hop = "169.254.1.%d" % min(1 + n_others, 254)
-        return [{"Destination": hop + "/32", "RouteType": ROUTE_CONNECTED, "NextHop": ""},
-                {"Destination": record["pool"], "RouteType": ROUTE_NEXTHOP, "NextHop": hop}]
 
     def _wait_for_agent(self, ep):
         """When the agent runs here, give it a bounded moment to program the endpoint, so the
@@ -374,7 +373,21 @@ class NetworkDriver:
         return {}
 
     def endpoint_oper_info(self, request):
+        # Docker 27+ calls this for every endpoint while it restores containers at start-up:
+        # answered from the request alone, so a slow etcd never delays the daemon.
         return {"Value": {}}
+
+
+def _free_gateway(others):
+    """The lowest 169.254.1.n that no other interface of the sandbox uses as its gateway: each
+    interface needs its own, since its connected route to the gateway must be unique."""
+    used = {e.ipv4_gateway for e in others if e.ipv4_nets}
+    # 169.254.1.1 (IPV4_GATEWAY) is the first; one sandbox has far fewer than 254 interfaces.
+    for n in range(1, 255):
+        gateway = "169.254.1.%d" % n
+        if gateway not in used:
+            return gateway
+    raise ConflictError("Every link-local gateway 169.254.1.1-254 is in use in this container.")
 
 
 def remove_endpoint_state(store, ep):

@@ -82,11 +82,14 @@ def host_endpoints(store, host):
                                     keys.LIBNETWORK_WORKLOAD)
 
 
-def update_endpoint_fields(store, ep, profile_ids=None, **extra):
-    """CAS-update the profile list and/or extra fields of a libnetwork endpoint."""
+def update_endpoint_fields(store, ep, profile_ids=None, ipv4_gateway=None, **extra):
+    """CAS-update the profile list, the IPv4 gateway and/or extra fields of a libnetwork
+    endpoint."""
     def mutate(current):
         if profile_ids is not None:
             current.profile_ids = list(profile_ids)
+        if ipv4_gateway is not None:
+            current.ipv4_gateway = ipv4_gateway
         current.extra.update(extra)
         return current
     try:
@@ -95,7 +98,7 @@ def update_endpoint_fields(store, ep, profile_ids=None, **extra):
         return None
 
 
-def set_endpoint_fields(store, ep, **extra):
+def set_endpoint_fields(store, ep, ipv4_gateway=None, **extra):
     """Like update_endpoint_fields, but first tries one compare-and-swap against the index the
     endpoint was listed at (one round trip on the hot path); re-reads only on a conflict."""
     index = ep.extra.get("_index")
@@ -103,10 +106,12 @@ def set_endpoint_fields(store, ep, **extra):
         current = Endpoint.from_json(ep.host, ep.orchestrator, ep.workload, ep.endpoint_id,
                                      ep.to_json())
         current.extra.pop("_index", None)
+        if ipv4_gateway is not None:
+            current.ipv4_gateway = ipv4_gateway
         current.extra.update(extra)
         if store.cas(endpoints.endpoint_key(ep), dump_json(current.to_json()), index):
             return current
-    return update_endpoint_fields(store, ep, **extra)
+    return update_endpoint_fields(store, ep, ipv4_gateway=ipv4_gateway, **extra)
 
 
 # --- address claims (Docker's default IPAM) ----------------------------------------------------

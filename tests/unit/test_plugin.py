@@ -468,19 +468,25 @@ def test_default_ipam_address_clash_between_hosts(store, plugin, netns, etcd_dum
                                               "Interface": {"Address": "10.5.0.2/24"}})
 
 
-def test_second_network_in_a_sandbox_gets_no_gateway(store, plugin):
+def test_each_network_in_a_sandbox_gets_its_own_gateway(store, plugin, etcd_dump):
+    """Docker moves the default route between gateways (on disconnect, by gw-priority), so
+    every interface has one, each its own link-local address."""
     add_pool(store, Pool(cidr=ipaddress.ip_network("10.9.0.0/24")))
     add_pool(store, Pool(cidr=ipaddress.ip_network("10.8.0.0/24")))
     pool_id = calico_network(plugin)
     pool2 = calico_network(plugin, network_id=NET2, pool="10.8.0.0/24")
     _, _, first = start_container(plugin, pool_id)
     assert first["Gateway"] == "169.254.1.1"
+    assert first["StaticRoutes"] == [
+        {"Destination": "169.254.1.1/32", "RouteType": 1, "NextHop": ""}]
     _, _, second = start_container(plugin, pool2, endpoint_id=EP2, network_id=NET2)
-    assert "Gateway" not in second and second["DisableGatewayService"] is True
+    assert second["Gateway"] == "169.254.1.2" and second["DisableGatewayService"] is True
     assert second["StaticRoutes"] == [
         {"Destination": "169.254.1.2/32", "RouteType": 1, "NextHop": ""},
         {"Destination": "10.8.0.0/24", "RouteType": 0, "NextHop": "169.254.1.2"}]
-    # A Docker-IPAM network: the kernel routes the subnet on-link already; no routes at all.
+    record = json.loads(etcd_dump()[keys.endpoint("testhost", "libnetwork", "libnetwork", EP2)])
+    assert record["ipv4_gateway"] == "169.254.1.2"
+    # A Docker-IPAM network: the kernel routes the subnet on-link already; only the gateway.
     plugin.ok("NetworkDriver.CreateNetwork", {
         "NetworkID": "c3" * 32,
         "IPv4Data": [{"AddressSpace": "LocalDefault", "Pool": "10.5.0.0/24"}]})
@@ -488,7 +494,20 @@ def test_second_network_in_a_sandbox_gets_no_gateway(store, plugin):
                                                "Interface": {"Address": "10.5.0.2/24"}})
     third = plugin.ok("NetworkDriver.Join", {"NetworkID": "c3" * 32, "EndpointID": "d4" * 32,
                                              "SandboxKey": ETH_SANDBOX})
-    assert "Gateway" not in third and third["StaticRoutes"] == []
+    assert third["Gateway"] == "169.254.1.3"
+    assert third["StaticRoutes"] == [
+        {"Destination": "169.254.1.3/32", "RouteType": 1, "NextHop": ""}]
+    # The second leaves; a fourth takes the lowest gateway no interface uses (not .4, and not
+    # .3, which would clash with the third's connected route).
+    plugin.ok("NetworkDriver.Leave", {"NetworkID": NET2, "EndpointID": EP2})
+    plugin.ok("NetworkDriver.CreateNetwork", {
+        "NetworkID": "c5" * 32,
+        "IPv4Data": [{"AddressSpace": "LocalDefault", "Pool": "10.6.0.0/24"}]})
+    plugin.ok("NetworkDriver.CreateEndpoint", {"NetworkID": "c5" * 32, "EndpointID": "d6" * 32,
+                                               "Interface": {"Address": "10.6.0.2/24"}})
+    fourth = plugin.ok("NetworkDriver.Join", {"NetworkID": "c5" * 32, "EndpointID": "d6" * 32,
+                                              "SandboxKey": ETH_SANDBOX})
+    assert fourth["Gateway"] == "169.254.1.2"
 
 
 def test_ipv6_endpoint(store, plugin, netns, etcd_dump):
@@ -504,12 +523,46 @@ def test_ipv6_endpoint(store, plugin, netns, etcd_dump):
     joined = plugin.ok("NetworkDriver.Join", {"NetworkID": NET, "EndpointID": EP,
                                               "SandboxKey": ETH_SANDBOX})
     assert joined["GatewayIPv6"] == "fe80::1" and joined["Gateway"] == "169.254.1.1"
+    assert {"Destination": "fe80::1/128", "RouteType": 1, "NextHop": ""} in \
+        joined["StaticRoutes"]
     record = json.loads(etcd_dump()[keys.endpoint("testhost", "libnetwork", "libnetwork", EP)])
     assert record["ipv6_nets"] == [a6] and record["ipv6_gateway"] == "fe80::1"
     host_if = "cali" + EP[:11]
     assert "fe80::1/64" in ns_run(netns, "ip", "-6", "addr", "show", host_if).stdout
     assert a6.split("/")[0] in ns_run(netns, "ip", "-6", "route").stdout
     assert ns_run(netns, "cat", "/proc/sys/net/ipv6/conf/%s/proxy_ndp" % host_if).stdout == "1\n"
+
+
+def test_ipv6_gateway_route_on_the_first_ipv6_interface(store, plugin):
+    """fe80::1 is on every host-side veth, but only one interface of a container can hold the
+    connected route to it (the kernel refuses a second); that one also routes its IPv6 pool."""
+    add_pool(store, Pool(cidr=ipaddress.ip_network("10.9.0.0/24")))
+    add_pool(store, Pool(cidr=ipaddress.ip_network("fd80:24e2::/64")))
+    pool4 = calico_network(plugin)                       # IPv4 only
+    calico_network(plugin, network_id=NET2, v6=True)     # dual stack, any pool
+    _, _, first = start_container(plugin, pool4)
+    assert "GatewayIPv6" not in first
+    a4 = plugin.ok("IpamDriver.RequestAddress", {"PoolID": "calico:any:ipv4"})["Address"]
+    a6 = plugin.ok("IpamDriver.RequestAddress", {"PoolID": "calico:any:ipv6"})["Address"]
+    plugin.ok("NetworkDriver.CreateEndpoint", {"NetworkID": NET2, "EndpointID": EP2,
+                                               "Interface": {"Address": a4, "AddressIPv6": a6}})
+    second = plugin.ok("NetworkDriver.Join", {"NetworkID": NET2, "EndpointID": EP2,
+                                              "SandboxKey": ETH_SANDBOX})
+    assert second["Gateway"] == "169.254.1.2" and second["GatewayIPv6"] == "fe80::1"
+    assert second["StaticRoutes"] == [
+        {"Destination": "169.254.1.2/32", "RouteType": 1, "NextHop": ""},
+        {"Destination": "fe80::1/128", "RouteType": 1, "NextHop": ""},
+        {"Destination": "fd80:24e2::/64", "RouteType": 0, "NextHop": "fe80::1"}]
+    # A third, dual-stack interface: its gateway is reached through the second's route.
+    b4 = plugin.ok("IpamDriver.RequestAddress", {"PoolID": "calico:any:ipv4"})["Address"]
+    b6 = plugin.ok("IpamDriver.RequestAddress", {"PoolID": "calico:any:ipv6"})["Address"]
+    plugin.ok("NetworkDriver.CreateEndpoint", {"NetworkID": NET2, "EndpointID": "d4" * 32,
+                                               "Interface": {"Address": b4, "AddressIPv6": b6}})
+    third = plugin.ok("NetworkDriver.Join", {"NetworkID": NET2, "EndpointID": "d4" * 32,
+                                             "SandboxKey": ETH_SANDBOX})
+    assert third["GatewayIPv6"] == "fe80::1"
+    assert third["StaticRoutes"] == [
+        {"Destination": "169.254.1.3/32", "RouteType": 1, "NextHop": ""}]
 
 
 def test_join_waits_for_the_agent(store, plugin, etcd_dump):
