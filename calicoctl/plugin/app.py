@@ -31,8 +31,8 @@ def handlers(network, ipam):
         "NetworkDriver.EndpointOperInfo": network.endpoint_oper_info,
         "NetworkDriver.Join": network.join,
         "NetworkDriver.Leave": network.leave,
-        # Port mapping and discovery are not Calico's business; acknowledge them.
-        "NetworkDriver.ProgramExternalConnectivity": lambda r: {},
+        "NetworkDriver.ProgramExternalConnectivity": network.program_external_connectivity,
+        # Nothing was programmed, and discovery is not Calico's business; acknowledge them.
         "NetworkDriver.RevokeExternalConnectivity": lambda r: {},
         "NetworkDriver.DiscoverNew": lambda r: {},
         "NetworkDriver.DiscoverDelete": lambda r: {},

@@ -22,6 +22,7 @@ log = logging.getLogger(__name__)
 
 GENERIC_OPTIONS = "com.docker.network.generic"
 ENABLE_IPV6 = "com.docker.network.enable_ipv6"
+PORT_MAP = "com.docker.network.portmap"       # -p/-P, in Join and ProgramExternalConnectivity
 # --opt keys a Calico network understands, with what each means (shown when one is unknown).
 KNOWN_OPTIONS = {
     "ipip": "true|false: IP-in-IP between hosts (Docker-IPAM subnets only)",
@@ -377,6 +378,20 @@ class NetworkDriver:
         # answered from the request alone, so a slow etcd never delays the daemon.
         return {"Value": {}}
 
+    def program_external_connectivity(self, request):
+        """Docker publishes ports (-p) only on its bridge driver; for any other driver it just
+        passes the port map here, and `docker run -p` would seem to work while nothing listens
+        on the host.  Refusing makes Docker undo the Join and tell the user why; without a port
+        map (a gateway moving between networks) there is nothing to do."""
+        ports = (request.get("Options") or {}).get(PORT_MAP) or []
+        if ports:
+            ports = ports if isinstance(ports, list) else [ports]
+            raise ValidationError(
+                "Calico networks do not publish ports (-p %s): reach the container at its Calico "
+                "address from any Calico host, or publish the port from a container on a Docker "
+                "bridge network." % ", ".join(_port_text(p) for p in ports[:4]))
+        return {}
+
 
 def _free_gateway(others):
     """The lowest 169.254.1.n that no other interface of the sandbox uses as its gateway: each
@@ -388,6 +403,18 @@ def _free_gateway(others):
         if gateway not in used:
             return gateway
     raise ConflictError("Every link-local gateway 169.254.1.1-254 is in use in this container.")
+
+
+_PROTOCOLS = {6: "tcp", 17: "udp", 132: "sctp"}
+
+
+def _port_text(port):
+    """One entry of Docker's port map as the user wrote it: 8080:80/tcp."""
+    if not isinstance(port, dict):
+        return shown(port)
+    proto = _PROTOCOLS.get(port.get("Proto"), str(port.get("Proto")))
+    host_port = port.get("HostPort") or ""
+    return "%s%s/%s" % ("%s:" % host_port if host_port else "", port.get("Port"), proto)
 
 
 def remove_endpoint_state(store, ep):

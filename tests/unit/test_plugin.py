@@ -510,6 +510,27 @@ def test_each_network_in_a_sandbox_gets_its_own_gateway(store, plugin, etcd_dump
     assert fourth["Gateway"] == "169.254.1.2"
 
 
+def test_ports_are_refused(store, plugin):
+    """Docker publishes ports only on its bridge driver; -p on a Calico network is refused
+    (Docker then undoes the Join) instead of seeming to work."""
+    body = {"NetworkID": NET, "EndpointID": EP, "Options": {
+        "com.docker.network.endpoint.exposedports": [{"Proto": 6, "Port": 80}],
+        "com.docker.network.portmap": [
+            {"Proto": 6, "IP": "", "Port": 80, "HostIP": "", "HostPort": 8080,
+             "HostPortEnd": 8080},
+            {"Proto": 17, "IP": "", "Port": 53, "HostIP": "", "HostPort": 0,
+             "HostPortEnd": 0}]}}
+    msg = plugin.err("NetworkDriver.ProgramExternalConnectivity", body)
+    assert "do not publish ports (-p 8080:80/tcp, 53/udp)" in msg, msg
+    # Only exposed ports, or nothing (the gateway moving to this endpoint): nothing to refuse.
+    body["Options"].pop("com.docker.network.portmap")
+    assert plugin.ok("NetworkDriver.ProgramExternalConnectivity", body) == {}
+    assert plugin.ok("NetworkDriver.ProgramExternalConnectivity",
+                     {"NetworkID": NET, "EndpointID": EP}) == {}
+    assert plugin.ok("NetworkDriver.RevokeExternalConnectivity",
+                     {"NetworkID": NET, "EndpointID": EP}) == {}
+
+
 def test_ipv6_endpoint(store, plugin, netns, etcd_dump):
     add_pool(store, Pool(cidr=ipaddress.ip_network("10.9.0.0/24")))
     add_pool(store, Pool(cidr=ipaddress.ip_network("fd80:24e2::/64")))
