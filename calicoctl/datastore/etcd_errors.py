@@ -1,8 +1,10 @@
-"""How python-etcd's failures read to a user, and what the store should do about each.
+"""How etcd clients' failures read to a user, and what the store should do about each.
 
-`classify` sorts a failure into unreachable / tls / transient / auth / fatal (the store fails over
-on the first three); `tls_hint` turns OpenSSL's reason into the setting to fix.  Kept apart from
-store.py so the store reads as the failover logic alone.
+`classify` (python-etcd, the v2 API), `classify_v3` (etcd3gw over the v3 JSON gateway) and
+`classify_transport` (the HTTP layer under both, and the API probe) sort a failure into
+unreachable / tls / transient / auth / fatal (failover.py fails over on the first three);
+`tls_hint` turns OpenSSL's reason into the setting to fix.  Kept apart from the backends so they
+read as what they do, not as error tables.
 """
 
 import logging
@@ -25,44 +27,146 @@ _TRANSIENT_TEXT = ("request timed out", "leader changed", "no leader", "timed ou
 
 
 def classify(exc):
-    """(kind, one-line reason) for a python-etcd failure other than an etcd answer.
+    """(kind, one-line reason) for a python-etcd failure other than an etcd answer; (None, None)
+    for an exception that is no etcd failure at all.
 
     kind: "unreachable" (the request never reached etcd), "tls" (the TLS handshake failed),
     "transient" (connection lost mid-request, timeout, cluster busy: the request may have been
     applied), "auth" (bad credentials) or "fatal" (etcd refused the request itself).
     """
-    import ssl
-
     import etcd
-    import urllib3.exceptions as u3
     if isinstance(exc, etcd.EtcdInsufficientPermissions):
         return "auth", one_line(exc)
     if isinstance(exc, etcd.EtcdLeaderElectionInProgress):
         return "transient", one_line(exc)
     if isinstance(exc, etcd.EtcdConnectionFailed):
         cause = exc.cause
-        reason = _root_reason(cause) if cause is not None else one_line(exc)
-        if isinstance(cause, u3.ReadTimeoutError):
-            reason = "no answer in time (%s)" % reason
-        if isinstance(cause, (u3.SSLError, ssl.SSLError)) or _mentions_tls(reason):
-            return "tls", reason
-        if isinstance(cause, u3.ConnectTimeoutError):  # NewConnectionError is one too
-            return "unreachable", reason
-        if isinstance(cause, u3.LocationValueError):
-            return "fatal", reason
-        if isinstance(cause, OSError) and not isinstance(cause, TimeoutError):
-            # Raised before the request was sent: e.g. a certificate file python cannot load.
-            return ("tls" if _mentions_tls(reason) else "unreachable"), reason
-        return "transient", reason
+        if cause is None:
+            return "transient", one_line(exc)
+        return classify_transport(cause)
+    if not isinstance(exc, etcd.EtcdException):
+        return None, None    # not a failure of etcd's: a bug, which keeps its traceback
     payload = exc.payload if isinstance(getattr(exc, "payload", None), dict) else {}
     reason = one_line(exc)
     if payload.get("errorCode") in _TRANSIENT_CODES or payload.get("status", 0) >= 500:
         return "transient", reason
     if "http request to an https server" in reason.lower():
         return "tls", "it serves https; use an https:// endpoint or ETCD_SCHEME=https"
+    if "404 page not found" in reason.lower():
+        # The v2 client (ETCD_API=2) meeting an etcd whose v2 API is off.
+        return "fatal", ("it does not serve etcd's v2 API; unset ETCD_API (calicoctl then "
+                         "speaks v3) or start etcd with --enable-v2=true")
     if any(t in reason.lower() for t in _TRANSIENT_TEXT):
         return "transient", reason
     return "fatal", reason
+
+
+def classify_transport(cause):
+    """(kind, reason) for an HTTP-level failure (urllib3, requests, or the OSError under them)."""
+    import ssl
+
+    import urllib3.exceptions as u3
+    reason = _root_reason(cause)
+    timed_out = isinstance(cause, u3.ReadTimeoutError) or "read timed out" in reason.lower()
+    if timed_out:
+        reason = "no answer in time (%s)" % reason
+    if isinstance(cause, (u3.SSLError, ssl.SSLError)) or _mentions_tls(reason):
+        return "tls", reason
+    if isinstance(cause, u3.ConnectTimeoutError) or _innermost_is(cause, u3.NewConnectionError,
+                                                                   u3.ConnectTimeoutError):
+        return "unreachable", reason
+    if isinstance(cause, u3.LocationValueError):
+        return "fatal", reason
+    if isinstance(cause, OSError) and not isinstance(cause, TimeoutError) and not timed_out:
+        # Raised before the request was sent: e.g. a certificate file python cannot load.
+        return ("tls" if _mentions_tls(reason) else "unreachable"), reason
+    return "transient", reason
+
+
+# gRPC status codes the v3 JSON gateway reports in its error bodies ("code").
+GRPC_INVALID_ARGUMENT = 3
+GRPC_DEADLINE_EXCEEDED = 4
+GRPC_PERMISSION_DENIED = 7
+GRPC_RESOURCE_EXHAUSTED = 8
+GRPC_OUT_OF_RANGE = 11
+GRPC_UNAVAILABLE = 14
+GRPC_UNAUTHENTICATED = 16
+# etcd's INVALID_ARGUMENT answers that are about credentials rather than the request.
+_AUTH_TEXT = ("user name is empty", "authentication failed", "invalid auth token",
+              "user name not found", "auth: ")
+
+
+def gateway_error(exc):
+    """(gRPC code, message) of an etcd3gw exception that carries etcd's answer, else None."""
+    import json
+    text = getattr(exc, "detail_text", None)
+    if not text or not isinstance(text, str) or not text.lstrip().startswith("{"):
+        return None
+    try:
+        body = json.loads(text)
+    except ValueError:
+        return None
+    if not isinstance(body, dict):
+        return None
+    return body.get("code"), one_line(body.get("message") or body.get("error") or text)
+
+
+def classify_v3(exc):
+    """(kind, reason) for an etcd3gw failure; (None, None) for what is no etcd failure."""
+    import etcd3gw.exceptions as e3
+    import requests
+    if isinstance(exc, requests.RequestException):
+        return classify_transport(_requests_cause(exc))
+    if not isinstance(exc, e3.Etcd3Exception):
+        return None, None
+    # etcd3gw turns a requests failure into its own exception, raised while handling it.
+    if isinstance(exc.__context__, requests.RequestException):
+        return classify_transport(_requests_cause(exc.__context__))
+    answer = gateway_error(exc)
+    if answer is None:
+        text = one_line(getattr(exc, "detail_text", None) or exc)
+        if "http request to an https server" in text.lower():
+            return "tls", "it serves https; use an https:// endpoint or ETCD_SCHEME=https"
+        if isinstance(exc, (e3.ConnectionFailedError, e3.ConnectionTimeoutError,
+                            e3.InternalServerError)):
+            return "transient", text
+        return "fatal", text
+    code, reason = answer
+    if code in (GRPC_UNAUTHENTICATED, GRPC_PERMISSION_DENIED) or (
+            code == GRPC_INVALID_ARGUMENT and any(t in reason for t in _AUTH_TEXT)):
+        return "auth", reason
+    if code in (GRPC_UNAVAILABLE, GRPC_DEADLINE_EXCEEDED, GRPC_RESOURCE_EXHAUSTED) or any(
+            t in reason.lower() for t in _TRANSIENT_TEXT):
+        return "transient", reason
+    return "fatal", reason
+
+
+def is_read_timeout(exc):
+    """Whether exc (from requests or urllib3) is a read that got no answer in time."""
+    import urllib3.exceptions as u3
+    cause = _requests_cause(exc) if not isinstance(exc, u3.HTTPError) else exc
+    return _innermost_is(cause, u3.ReadTimeoutError, TimeoutError)
+
+
+def _requests_cause(exc):
+    """The urllib3 error under a requests exception (requests wraps it in its own)."""
+    inner = exc.args[0] if exc.args and isinstance(exc.args[0], BaseException) else None
+    inner = getattr(inner, "reason", None) or inner
+    return inner if isinstance(inner, BaseException) else exc
+
+
+def _innermost_is(error, *types):
+    for _ in range(10):
+        if isinstance(error, types):
+            return True
+        inner = getattr(error, "reason", None)
+        if not isinstance(inner, BaseException):
+            inner = next((a for a in getattr(error, "args", ()) if isinstance(a, BaseException)),
+                         None)
+        if inner is None:
+            return False
+        error = inner
+    return False
 
 
 def _root_reason(error):

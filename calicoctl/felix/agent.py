@@ -12,6 +12,7 @@ import logging
 import time
 
 from calicoctl.datastore import keys
+from calicoctl.datastore.result import HistoryLost
 from calicoctl.errors import DataplaneError, DatastoreError
 from calicoctl.felix import routes as route_calc
 from calicoctl.felix import status
@@ -67,19 +68,11 @@ class Agent:
                 if once:
                     return
                 self.watch_loop()
+            except HistoryLost as exc:
+                log.warning("Watch fell too far behind (%s); resyncing", exc)
             except DatastoreError as exc:
                 log.error("Lost etcd (%s); resyncing when it is back", exc)
                 self._sleep(RETRY_DELAY)
-            except Exception as exc:      # noqa: BLE001 - the agent must keep the host served
-                import etcd
-                if isinstance(exc, etcd.EtcdEventIndexCleared):
-                    log.warning("Watch fell too far behind (%s); resyncing", exc)
-                    continue
-                if isinstance(exc, etcd.EtcdException):
-                    log.error("etcd error (%s); resyncing", exc)
-                    self._sleep(RETRY_DELAY)
-                    continue
-                raise
 
     def stop(self):
         self.stopping = True
@@ -107,9 +100,12 @@ class Agent:
 
     def resync(self):
         result = self.store.read(keys.ROOT, recursive=True, quorum=True)
-        items = [] if result is None else [(n.key, n.value) for n in result.leaves
-                                           if not n.dir]
-        self.index = (result.etcd_index if result is not None else 0) + 1
+        if result is None:
+            # Nothing below /calico: the snapshot is consistent at the store's current index.
+            items, index = [], self.store.current_index()
+        else:
+            items, index = [(n.key, n.value) for n in result.leaves], result.store_index
+        self.index = index + 1
         self.state.load_snapshot(items)
         self._apply_log_level()
         self.desired = DesiredState()
@@ -145,14 +141,13 @@ class Agent:
             result = self.store.watch(keys.ROOT, self.index, WATCH_TIMEOUT)
             if result is None:
                 break
-            self.index = result.modifiedIndex + 1
-            value = None if result.action in ("delete", "expire", "compareAndDelete") \
-                else result.value
+            self.index = result.modified_index + 1
+            value = None if result.deleted else result.value
             count += 1
-            if result.dir and value is not None:
+            if result.is_dir and value is not None:
                 continue          # a directory being created says nothing by itself
             changes.merge(self.state.apply(result.key, value))
-            if result.etcd_index is None or result.etcd_index < self.index:
+            if result.store_index is None or result.store_index < self.index:
                 break             # nothing more is waiting: apply what we have
         if changes:
             self.apply(changes)

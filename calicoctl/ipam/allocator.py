@@ -3,16 +3,21 @@
 Each host claims 64-address blocks and hands out addresses from its own blocks; when it has no
 room it claims a free block, and only when no block is free does it borrow an address from
 another host's block.  Correctness never rests on what this client remembers: every block and
-handle write is a compare-and-swap on modifiedIndex (bounded retries), and every decision that
+handle write is a compare-and-swap on its modified index (bounded retries), and every decision that
 is not protected by such a write is taken on a quorum read.
 
 Speed comes from what the client remembers.  It keeps the last state it wrote (or read) of each
-block with that state's modifiedIndex, so the common allocation is a single compare-and-swap on
+block with that state's modified index, so the common allocation is a single compare-and-swap on
 the host's block; a stale memory only costs a failed CAS and one re-read.  When a handle is given,
 its record is written first, without reading it, for the block the address will most likely
 come from (create-if-absent; corrected in the rare case the guess was wrong): two round trips.
 Handle first means a crash in between leaves a harmless surplus count, never an address that
 release_by_handle cannot find.
+
+On a store with transactions (etcd v3) there is no second round trip and no crash window: the
+block and its handle's count change in one transaction (`_Counted`), and a claim creates the
+block and writes the affinity key in one transaction that fails whole when another host created
+the block first.  Releasing is the same on both.
 
 Finding a block to claim reads the existing blocks in one recursive listing and computes free
 block CIDRs arithmetically (block.free_blocks): an IPv6 /64 pool, 2**58 blocks, costs what a
@@ -67,7 +72,7 @@ class IPAMClient:
         self.store = store
         self.host = host or node_name()
         self.pool_cache_seconds = pool_cache_seconds
-        self._blocks = {}                 # block network -> (block, modifiedIndex) last seen
+        self._blocks = {}                 # block network -> (block, modified index) last seen
         self._affine = {4: None, 6: None}  # sorted block networks affine to us; None = unknown
         self._pools = {}                  # version -> (monotonic time read, [Pool])
         self._repaired = set()            # versions whose affinity keys we have reconciled
@@ -84,6 +89,9 @@ class IPAMClient:
             if pool.version != version:
                 raise ValidationError("Pool %s is not an IPv%d pool." % (pool, version))
         guess = self._fast_guess(version, pool)
+        if handle_id is not None and self.store.atomic_writes:
+            return self._auto_assign(version, handle_id, attributes, pool, guess,
+                                     _Counted(handle_id))[0]
         early = handle_id is not None and guess is not None
         if early:
             self._change_handle(handle_id, {guess: 1}, assume_new=True)
@@ -107,7 +115,10 @@ class IPAMClient:
         pool = self._pool_of(ip)
         cidr = blocks.block_cidr_for(ip)
         ordinal = blocks.ordinal_of(cidr, ip)
-        if handle_id is not None:
+        counted = None
+        if handle_id is not None and self.store.atomic_writes:
+            counted = _Counted(handle_id)   # the handle changes in the block's transaction
+        elif handle_id is not None:
             self._change_handle(handle_id, {cidr: 1})   # handle first: a crash leaves no leak
         try:
             for attempt in range(CAS_ATTEMPTS):
@@ -123,12 +134,12 @@ class IPAMClient:
                 new = blocks.allocate_ordinal(block, ordinal, handle_id, attributes)
                 if new is None:
                     raise ValidationError("%s is already in use." % ip)
-                if self._cas(cidr, new, index):
+                if self._cas(cidr, new, index, counted):
                     return None
             raise ConflictError("Gave up assigning %s in pool %s after %d conflicting writes; "
                                 "try again." % (ip, pool.cidr, CAS_ATTEMPTS))
         except BaseException:
-            if handle_id is not None:
+            if handle_id is not None and counted is None:
                 self._settle(handle_id, {cidr: -1})
             raise
 
@@ -217,14 +228,15 @@ class IPAMClient:
                 return cidr
         return None
 
-    def _auto_assign(self, version, handle_id, attributes, wanted_pool, guess):
+    def _auto_assign(self, version, handle_id, attributes, wanted_pool, guess, counted=None):
         if guess is not None:
-            ip = self._allocate_in(guess, handle_id, attributes, self._blocks.get(guess))
+            ip = self._allocate_in(guess, handle_id, attributes, self._blocks.get(guess),
+                                   counted)
             if ip is not None:
                 return ip, guess
-        return self._auto_assign_slow(version, handle_id, attributes, wanted_pool)
+        return self._auto_assign_slow(version, handle_id, attributes, wanted_pool, counted)
 
-    def _auto_assign_slow(self, version, handle_id, attributes, wanted_pool):
+    def _auto_assign_slow(self, version, handle_id, attributes, wanted_pool, counted):
         usable = _usable(self._read_pools(version), wanted_pool)
         if wanted_pool is not None and not usable:
             raise ValidationError("%s is not a pool Calico IPAM allocates from; see "
@@ -241,7 +253,8 @@ class IPAMClient:
         # 1. Our own blocks.
         for cidr in list(self._affine[version]):
             if _inside(cidr, usable):
-                ip = self._allocate_in(cidr, handle_id, attributes, self._blocks.get(cidr))
+                ip = self._allocate_in(cidr, handle_id, attributes, self._blocks.get(cidr),
+                                       counted)
                 if ip is not None:
                     return ip, cidr
         # 2. Claim a block nobody has.
@@ -254,7 +267,7 @@ class IPAMClient:
                     if lost >= CLAIM_ATTEMPTS:
                         break
                     continue
-                ip = self._allocate_in(cidr, handle_id, attributes, state)
+                ip = self._allocate_in(cidr, handle_id, attributes, state, counted)
                 if ip is not None:
                     return ip, cidr
             if lost >= CLAIM_ATTEMPTS:
@@ -264,14 +277,14 @@ class IPAMClient:
             existing = records.list_blocks(self.store, version)
         for cidr, (block, index) in sorted(existing.items()):
             if block is not None and block["unallocated"] and _inside(cidr, usable):
-                ip = self._allocate_in(cidr, handle_id, attributes, (block, index))
+                ip = self._allocate_in(cidr, handle_id, attributes, (block, index), counted)
                 if ip is not None:
                     return ip, cidr
         full = ", ".join(str(p.cidr) for p in usable)
         raise PoolExhaustedError("No free IPv%d address: pool%s %s %s full." % (
             version, "s" if len(usable) > 1 else "", full, "are" if len(usable) > 1 else "is"))
 
-    def _allocate_in(self, cidr, handle_id, attributes, state):
+    def _allocate_in(self, cidr, handle_id, attributes, state, counted=None):
         """Take the next free address of one block by CAS; None if the block is full."""
         for attempt in range(CAS_ATTEMPTS):
             _backoff(attempt)
@@ -286,14 +299,22 @@ class IPAMClient:
             new, ordinal = blocks.allocate_next(block, handle_id, attributes)
             if ordinal is None:
                 return None
-            if self._cas(cidr, new, index):
+            if self._cas(cidr, new, index, counted):
                 return blocks.address_at(cidr, ordinal)
             state = None
         raise ConflictError("Gave up allocating in block %s after %d conflicting writes; "
                             "try again." % (cidr, CAS_ATTEMPTS))
 
-    def _cas(self, cidr, block, index):
-        new_index = records.write_block(self.store, cidr, block, index)
+    def _cas(self, cidr, block, index, counted=None):
+        """Write the block by CAS on index; with counted (a _Counted), add one to its handle's
+        count for this block in the same transaction."""
+        if counted is None:
+            new_index = records.write_block(self.store, cidr, block, index)
+        else:
+            new_index = records.commit(self.store, [records.block_write(cidr, block, index),
+                                                    counted.write(cidr)])
+            if new_index is None:
+                counted.refresh(self.store)    # the handle may be what changed
         if new_index is None:
             self._blocks.pop(cidr, None)
             return False
@@ -304,13 +325,21 @@ class IPAMClient:
 
     def _claim(self, cidr):
         """Make cidr this host's block: (block, index) on success, None if another host has it."""
-        records.set_affinity(self.store, self.host, cidr)
         block = blocks.new_block(cidr, self.host)
-        index = records.write_block(self.store, cidr, block, None)
+        atomic = self.store.atomic_writes
+        if atomic:
+            # Compare-on-create: the block and our affinity key, or (another host was first)
+            # neither.
+            index = records.commit(self.store, [records.block_write(cidr, block, None),
+                                                records.affinity_write(self.host, cidr)])
+        else:
+            records.set_affinity(self.store, self.host, cidr)
+            index = records.write_block(self.store, cidr, block, None)
         if index is None:
             state = records.read_block(self.store, cidr)
             if state is None or state[0] is None or blocks.affine_host(state[0]) != self.host:
-                records.delete_affinity(self.store, self.host, cidr)   # lost: leave no orphan
+                if not atomic:
+                    records.delete_affinity(self.store, self.host, cidr)  # leave no orphan
                 return None
             block, index = state      # ours already (another process of this host made it)
         else:
@@ -427,6 +456,29 @@ class IPAMClient:
                                           "Calico's." % (ip, pool.cidr))
                 return pool
         raise ValidationError("%s is not in any configured IPv%d pool." % (ip, ip.version))
+
+
+class _Counted:
+    """A handle whose count goes into the transaction that writes its address's block.
+
+    Starts by assuming the handle has no record yet (a new endpoint's, the common case): the
+    transaction creates it.  When a transaction fails, refresh() reads the record so the next
+    attempt compares on what is there.
+    """
+
+    def __init__(self, handle_id):
+        self.handle_id = handle_id
+        self.counts, self.index = {}, None
+
+    def write(self, cidr):
+        counts = dict(self.counts)
+        counts[str(cidr)] = counts.get(str(cidr), 0) + 1
+        return records.handle_write(self.handle_id, counts, self.index)
+
+    def refresh(self, store):
+        state = records.read_handle(store, self.handle_id)
+        self.counts, self.index = ({}, None) if state is None else (
+            dict(state[0]["block"]), state[1])
 
 
 def _spread(candidates):

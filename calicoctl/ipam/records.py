@@ -1,22 +1,24 @@
 """IPAM records in etcd: blocks, host affinities and handles, read and written atomically.
 
-Every write here is conditional (compare-and-swap on modifiedIndex, or create-if-absent) and
-returns the new modifiedIndex, so the allocator can keep the state it just wrote and use it for
-its next compare-and-swap without reading the block again.  Every read that an allocation
-decision rests on is a quorum read.
+Every write here is conditional (compare-and-swap on the modified index, or create-if-absent)
+and returns the new modified index, so the allocator can keep the state it just wrote and use it
+for its next compare-and-swap without reading the block again.  Every read that an allocation
+decision rests on is a quorum read.  Where the store has transactions (etcd v3), `commit` writes
+a block together with its handle, or with its affinity key, in one atomic step.
 """
 
 import ipaddress
 import json
 
 from calicoctl.datastore import keys
+from calicoctl.datastore.result import Write
 from calicoctl.datastore.store import dump_json
 from calicoctl.errors import ValidationError
 from calicoctl.ipam import block as blocks
 
 
 def _write(store, key, value, prev_index):
-    """CAS on prev_index, or create-if-absent when None: the new modifiedIndex, or None.
+    """CAS on prev_index, or create-if-absent when None: the new modified index, or None.
 
     The index lets the allocator's next compare-and-swap skip re-reading the block.
     """
@@ -35,15 +37,15 @@ def _parse_block(value):
 # --- blocks -----------------------------------------------------------------------------------
 
 def read_block(store, cidr):
-    """(block, modifiedIndex) by quorum read, or None if the block does not exist."""
+    """(block, modified index) by quorum read, or None if the block does not exist."""
     result = store.read(keys.block(cidr, cidr.version), quorum=True)
-    if result is None or result.dir:
+    if result is None or result.is_dir:
         return None
-    return _parse_block(result.value), result.modifiedIndex
+    return _parse_block(result.value), result.modified_index
 
 
 def list_blocks(store, version):
-    """Every existing block of a family, {network: (block, modifiedIndex)}, in one quorum read."""
+    """Every existing block of a family, {network: (block, modified index)}, in one quorum read."""
     found = {}
     for key, value, index in store.children(keys.blocks_dir(version), quorum=True):
         kind, c = keys.match_key(key)
@@ -58,6 +60,18 @@ def write_block(store, cidr, block, prev_index):
     return _write(store, keys.block(cidr, cidr.version), dump_json(block), prev_index)
 
 
+def block_write(cidr, block, prev_index):
+    """The Write of a block for commit: a CAS on prev_index, or a create when None."""
+    return Write(keys.block(cidr, cidr.version), dump_json(block), prev_index=prev_index,
+                 absent=prev_index is None)
+
+
+def commit(store, writes):
+    """Apply Writes atomically (stores with transactions only); the new index, or None if a
+    condition failed."""
+    return store.write_all(writes)
+
+
 def delete_block(store, cidr, prev_index):
     return store.delete(keys.block(cidr, cidr.version), prev_index=prev_index)
 
@@ -66,6 +80,10 @@ def delete_block(store, cidr, prev_index):
 
 def set_affinity(store, host, cidr):
     store.set(keys.host_affinity(host, cidr, cidr.version), "")
+
+
+def affinity_write(host, cidr):
+    return Write(keys.host_affinity(host, cidr, cidr.version), "")
 
 
 def delete_affinity(store, host, cidr):
@@ -99,9 +117,9 @@ def delete_host(store, host):
 # --- handles ----------------------------------------------------------------------------------
 
 def read_handle(store, handle_id):
-    """(handle JSON, modifiedIndex) by quorum read, or None."""
+    """(handle JSON, modified index) by quorum read, or None."""
     result = store.read(keys.handle(handle_id), quorum=True)
-    if result is None or result.dir:
+    if result is None or result.is_dir:
         return None
     try:
         handle = json.loads(result.value)
@@ -109,7 +127,7 @@ def read_handle(store, handle_id):
         handle = None
     if not isinstance(handle, dict) or not isinstance(handle.get("block"), dict):
         handle = {"id": handle_id, "block": {}}
-    return handle, result.modifiedIndex
+    return handle, result.modified_index
 
 
 def write_handle(store, handle_id, handle, prev_index):
@@ -118,3 +136,12 @@ def write_handle(store, handle_id, handle, prev_index):
 
 def delete_handle(store, handle_id, prev_index):
     return store.delete(keys.handle(handle_id), prev_index=prev_index)
+
+
+def handle_write(handle_id, counts, prev_index):
+    """The Write that makes a handle's record hold counts ({block cidr str: n}; deleted when
+    empty), conditional on its index (on its absence when prev_index is None)."""
+    counts = {c: n for c, n in counts.items() if n > 0}
+    value = dump_json({"id": handle_id, "block": counts}) if counts else None
+    return Write(keys.handle(handle_id), value, prev_index=prev_index,
+                 absent=prev_index is None)

@@ -13,7 +13,7 @@ from calicoctl.dataplane import Dataplane, veth
 from calicoctl.datastore import endpoints, keys, pools as pools_store, profiles
 from calicoctl.datastore.models import (IPIP_DEVICE, IPV4_GATEWAY, WORKLOAD_MAC, Endpoint, Pool,
                                         interface_name)
-from calicoctl.errors import ConflictError, NotFoundError, ValidationError
+from calicoctl.errors import ConflictError, DatastoreError, NotFoundError, ValidationError
 from calicoctl.plugin import records
 from calicoctl.plugin.ipam_driver import ANY_POOL, is_calico_address_space
 from calicoctl.plugin.schemas import shown
@@ -336,14 +336,14 @@ class NetworkDriver:
                 break
             try:
                 change = self.store.watch(key, index + 1, timeout=remaining)
-            except Exception:  # noqa: BLE001 - e.g. the index left etcd's history: start over
+            except DatastoreError:   # e.g. HistoryLost (the index left etcd's history), a blip
                 index = self.store.current_index()
                 if _is_up(self.store.get_json(key)):
                     return
                 continue
             if change is None:
                 continue
-            index = change.modifiedIndex
+            index = change.modified_index
             try:
                 if _is_up(json.loads(change.value or "null")):
                     return

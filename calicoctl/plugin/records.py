@@ -140,7 +140,7 @@ def release_claim(store, ip, endpoint_id=None):
             holder = {}
         if holder.get("endpoint_id") != endpoint_id:
             return False     # someone else's claim
-    return store.delete(key, prev_index=result.modifiedIndex)
+    return store.delete(key, prev_index=result.modified_index)
 
 
 def list_claims(store):

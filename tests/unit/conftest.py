@@ -1,4 +1,10 @@
-"""Fixtures: a real etcd per test session, a clean /calico key space per test, and a CLI runner."""
+"""Fixtures: a real etcd per test session, a clean /calico key space per test, and a CLI runner.
+
+Every test that uses etcd runs twice, once per etcd API calicoctl speaks: "v2" is an etcd that
+serves the v2 API (calicoctl must detect it and speak v2), "v3" one started with
+--enable-v2=false (calicoctl must detect v3).  ETCD_API is unset in both, so the detection is
+under test too.  CALICO_UNIT_ETCD=v2 (or v3) runs one of them only.
+"""
 
 import io
 import os
@@ -6,29 +12,35 @@ import contextlib
 
 import pytest
 
+from tests.unit.etcd_direct import DirectEtcd
 from tests.unit.etcd_server import EtcdServer
 
+ETCD_APIS = ("v2", "v3")
 
-@pytest.fixture(scope="session")
-def etcd_server():
-    server = EtcdServer().start()
+
+def _etcd_params():
+    chosen = os.environ.get("CALICO_UNIT_ETCD", "").strip()
+    if chosen and chosen not in ETCD_APIS:
+        raise pytest.UsageError("CALICO_UNIT_ETCD must be v2 or v3, not %r" % chosen)
+    return [chosen] if chosen else list(ETCD_APIS)
+
+
+@pytest.fixture(scope="session", params=_etcd_params())
+def etcd_server(request):
+    server = EtcdServer(enable_v2=request.param == "v2").start()
     yield server
     server.stop()
 
 
 @pytest.fixture
 def etcd_env(etcd_server, monkeypatch):
-    """Point every component at the test etcd, with an empty /calico."""
+    """Point every component at the test etcd, with an empty /calico and the API left for
+    calicoctl to detect."""
     monkeypatch.delenv("ETCD_ENDPOINTS", raising=False)
+    monkeypatch.delenv("ETCD_API", raising=False)
     monkeypatch.setenv("ETCD_AUTHORITY", etcd_server.authority)
     monkeypatch.setenv("CALICO_HOSTNAME", "testhost")
-    import etcd
-    client = etcd.Client(host="127.0.0.1", port=etcd_server.client_port)
-    for top in ("/calico",):
-        try:
-            client.delete(top, recursive=True, dir=True)
-        except etcd.EtcdKeyNotFound:
-            pass
+    DirectEtcd(etcd_server.url, etcd_server.api).delete("/calico", recursive=True)
     yield etcd_server
 
 
@@ -40,8 +52,8 @@ def store(etcd_env):
 
 @pytest.fixture
 def raw_etcd(etcd_env):
-    import etcd
-    return etcd.Client(host="127.0.0.1", port=etcd_env.client_port)
+    """The test etcd read and written directly, in the API it serves (etcd_direct.py)."""
+    return DirectEtcd(etcd_env.url, etcd_env.api)
 
 
 class CLIResult:
@@ -76,12 +88,7 @@ def cli(etcd_env):
 
 def dump(raw_etcd, prefix="/calico"):
     """Every leaf key below prefix -> value."""
-    import etcd
-    try:
-        result = raw_etcd.read(prefix, recursive=True)
-    except etcd.EtcdKeyNotFound:
-        return {}
-    return {n.key: n.value for n in result.leaves if not n.dir}
+    return raw_etcd.dump(prefix)
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""Real multi-member etcd clusters for tests: loopback ports, v2 API, optional TLS.
+"""Real multi-member etcd clusters for tests: loopback ports, v2 API or v3 alone, optional TLS.
 
 `EtcdCluster(3).start()` runs three etcd 3.4 members that form one raft cluster; `kill(i)` takes a
 member down hard (SIGKILL, as a crash would) and `restart(i)` brings it back on the same ports and
@@ -99,11 +99,12 @@ class Member:
 
 class EtcdCluster:
     """`size` etcd members on loopback.  tls: TLSFiles to serve https; client_cert_auth: require
-    client certificates signed by tls.ca."""
+    client certificates signed by tls.ca; enable_v2=False: serve the v3 API alone."""
 
-    def __init__(self, size=3, tls=None, client_cert_auth=False):
+    def __init__(self, size=3, tls=None, client_cert_auth=False, enable_v2=True):
         self.base_dir = tempfile.mkdtemp(prefix="calico-etcd-cluster-")
         self.tls = tls
+        self.enable_v2 = enable_v2
         self.client_cert_auth = client_cert_auth
         scheme = "https" if tls else "http"
         self.members = [Member("m%d" % i, self.base_dir, scheme) for i in range(size)]
@@ -114,6 +115,11 @@ class EtcdCluster:
     @property
     def endpoints(self):
         return [m.url for m in self.members]
+
+    @property
+    def api(self):
+        """The etcd API calicoctl picks for this cluster."""
+        return "2" if self.enable_v2 else "3"
 
     def env(self):
         """ETCD_* variables that point a client at every member."""
@@ -142,7 +148,8 @@ class EtcdCluster:
                "--listen-peer-urls", member.peer_url,
                "--initial-advertise-peer-urls", member.peer_url,
                "--initial-cluster", initial, "--initial-cluster-state", state,
-               "--initial-cluster-token", self.token, "--enable-v2=true",
+               "--initial-cluster-token", self.token,
+               "--enable-v2=%s" % ("true" if self.enable_v2 else "false"),
                # Faster leader election than the 1 s default so a killed leader is replaced
                # quickly; still well above loopback round trips.
                "--heartbeat-interval", "50", "--election-timeout", "500"]
@@ -205,13 +212,17 @@ class EtcdCluster:
         for member in self.members:
             if not member.running:
                 continue
+            # The v3 status call: every etcd serves it, with or without the v2 API.
+            request = urllib.request.Request(member.url + "/v3/maintenance/status", data=b"{}",
+                                             method="POST")
             try:
-                with urllib.request.urlopen(member.url + "/v2/stats/self", timeout=1,
+                with urllib.request.urlopen(request, timeout=1,
                                             context=self._ssl_context()) as r:
-                    stats = json.loads(r.read().decode())
+                    status = json.loads(r.read().decode())
             except (OSError, ValueError):
                 continue
-            if stats.get("state") == "StateLeader":
+            if status.get("leader") and status.get("leader") == \
+                    status.get("header", {}).get("member_id"):
                 return self.members.index(member)
         return None
 
@@ -229,6 +240,18 @@ class EtcdCluster:
         shutil.rmtree(self.base_dir, ignore_errors=True)
 
 
+def _is_read(head, body):
+    """Whether an HTTP request to etcd only reads: a v2 GET, or a v3 gateway call that changes
+    nothing (a range, a lease's time to live, a txn of ranges only)."""
+    if head.startswith(b"GET "):
+        return True
+    path = head.split(b" ", 2)[1] if head.count(b" ") >= 2 else b""
+    if path in (b"/v3/kv/range", b"/v3/lease/timetolive"):
+        return True
+    return path == b"/v3/kv/txn" and b"request_put" not in body and \
+        b"request_delete_range" not in body
+
+
 class FaultyMember:
     """A TCP stand-in for a failing etcd member on a loopback port.
 
@@ -237,7 +260,8 @@ class FaultyMember:
     (host, port), waits until the member has answered (so the request *was applied*), then resets
     the client's connection without passing the answer on: the member that died after committing
     but before replying, which is what makes retried writes ambiguous.  mode "drop-writes": the
-    same for PUT and DELETE, while GETs are relayed with their answers.
+    same for writes, while reads are relayed with their answers (v2: GETs; v3: POSTs that only
+    read, see _is_read).
     """
 
     def __init__(self, mode, upstream=None):
@@ -286,7 +310,7 @@ class FaultyMember:
                     length = int(line.split(b":", 1)[1])
             while len(body) < length:
                 body += conn.recv(65536)
-            if self.mode == "drop-writes" and head.startswith(b"GET "):
+            if self.mode == "drop-writes" and _is_read(head, body):
                 # Reads pass: one request per connection, so ask the member to close after it.
                 up.sendall(head + b"\r\nConnection: close\r\n\r\n" + body)
                 while True:

@@ -11,8 +11,15 @@ __all__ = ["EtcdServer", "free_port"]
 
 
 class EtcdServer(_HarnessEtcd):
-    def __init__(self, name="test"):
-        super().__init__("127.0.0.1", name=name)
+    """enable_v2=False: an etcd that serves only the v3 API (the conftest's "v3" backend)."""
+
+    def __init__(self, name="test", enable_v2=True):
+        super().__init__("127.0.0.1", name=name, enable_v2=enable_v2)
+
+    @property
+    def api(self):
+        """The API calicoctl picks for this etcd ("2" where v2 is served)."""
+        return "2" if self.enable_v2 else "3"
 
     @property
     def client_port(self):

@@ -10,13 +10,15 @@ import pytest
 from calicoctl.datastore import profiles
 from calicoctl.datastore.store import EtcdSettings, EtcdStore
 from tests.unit.etcd_cluster import EtcdCluster
+from tests.unit.etcd_direct import DirectEtcd
 
 pytestmark = pytest.mark.timeout(180)
 
 
 @pytest.fixture(scope="module")
-def cluster():
-    c = EtcdCluster(3).start()
+def cluster(etcd_server):
+    """Three members serving the API the test etcd serves (both, through its parameter)."""
+    c = EtcdCluster(3, enable_v2=etcd_server.enable_v2).start()
     yield c
     c.stop()
 
@@ -91,11 +93,9 @@ def test_rule_edits_from_two_threads_survive_member_kills(cluster_env):
 
     # The killed leader comes back and catches up with everything written while it was away.
     cluster.restart(leader)
-    import etcd
-    member = cluster.members[leader]
-    direct = etcd.Client(host="127.0.0.1", port=member.client_port)
+    direct = DirectEtcd(cluster.members[leader].url, cluster.api)
     final = store.get("/calico/v1/policy/profile/web/rules", quorum=True)
-    wait_for(lambda: direct.read("/calico/v1/policy/profile/web/rules").value == final,
+    wait_for(lambda: direct.get("/calico/v1/policy/profile/web/rules") == final,
              what="restarted member to catch up")
 
 
@@ -116,7 +116,7 @@ def test_watch_moves_to_another_member_when_its_member_dies(cluster_env):
     t = threading.Thread(target=watch)
     t.start()
     # Wait until the watch is parked on its member, then kill that member under it.
-    wait_for(lambda: cluster.members[in_use].url in store._clients, what="watch to connect")
+    wait_for(lambda: store.connected_to(cluster.members[in_use].url), what="watch to connect")
     time.sleep(0.2)  # no condition to poll: the watch request is in flight inside urllib3
     cluster.kill(in_use)
     writer = EtcdStore(EtcdSettings(endpoints=[m.url for i, m in enumerate(cluster.members)

@@ -136,16 +136,16 @@ def test_endpoint_status_reported_and_cleared(store, agent, monkeypatch):
     assert store.read(keys.felix_status(HOST)).ttl is not None
 
 
-def test_resync_after_the_watch_index_is_cleared(store, agent, kernel):
-    import etcd
+def test_resync_after_the_watch_index_is_cleared(store, agent, kernel, raw_etcd):
+    """v2: the index left etcd's 1000-event window; v3: the revision was compacted."""
+    from calicoctl.datastore.result import HistoryLost
     write_profile(store, "net1")
     agent.resync()
     stale = agent.index
     write_endpoint(store, "aa00000000000001", "10.0.0.1", ["net1"])
-    for i in range(1100):          # etcd keeps 1000 events: the old index falls out
-        store.set("/calico/v1/scratch", str(i))
+    raw_etcd.forget_history()
     agent.index = stale
-    with pytest.raises(etcd.EtcdEventIndexCleared):
+    with pytest.raises(HistoryLost):
         agent.poll_once()
     agent.resync()
     assert "felix-to-caliaa000000000" in chains(kernel)
@@ -265,15 +265,14 @@ def test_our_jump_may_follow_dockers_user_chain_without_fighting(store, agent, k
 def test_run_resyncs_after_a_lost_watch_and_an_etcd_outage(store, agent, monkeypatch):
     import threading
 
-    import etcd
-
+    from calicoctl.datastore.result import HistoryLost
     from calicoctl.errors import DatastoreError
     from calicoctl.felix import agent as agent_mod
     monkeypatch.setattr(agent_mod, "RETRY_DELAY", 0.01)
     monkeypatch.setattr(agent.dataplane, "prepare", lambda: None)
     resyncs = []
     real_resync = agent.resync
-    failures = [etcd.EtcdEventIndexCleared("cleared"), DatastoreError("etcd restarted")]
+    failures = [HistoryLost("cleared"), DatastoreError("etcd restarted")]
 
     def resync():
         resyncs.append(1)

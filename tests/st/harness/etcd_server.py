@@ -1,9 +1,13 @@
-"""A throwaway etcd 3.4 serving the v2 API (what calicoctl's python-etcd client speaks).
+"""A throwaway etcd 3.4, serving the v2 API beside v3 or (enable_v2=False) v3 alone.
 
-Named etcd_server, not etcd, so it can never shadow the python-etcd package.
+calicoctl speaks v2 where etcd serves it and v3 where it does not (calicoctl/datastore/api.py);
+`CALICO_ST_ETCD_API=3` makes the system tests' etcd a v3-only one (the default of etcd 3.4 and
+3.5, and all etcd 3.6 offers).  Named etcd_server, not etcd, so it can never shadow the
+python-etcd package.
 """
 
 import json
+import os
 import shutil
 import socket
 import subprocess
@@ -22,6 +26,14 @@ def free_port(address="127.0.0.1"):
         return s.getsockname()[1]
 
 
+def default_enable_v2():
+    """Whether the system tests' etcd serves the v2 API: yes unless CALICO_ST_ETCD_API=3."""
+    api = os.environ.get("CALICO_ST_ETCD_API", "").strip().lower().lstrip("v")
+    if api not in ("", "2", "3"):
+        raise HarnessError("CALICO_ST_ETCD_API must be 2 or 3, not %r" % api)
+    return api != "3"
+
+
 class EtcdServer:
     """One etcd member with a temporary data dir.
 
@@ -30,8 +42,10 @@ class EtcdServer:
     """
 
     def __init__(self, address="127.0.0.1", port=None, peer_port=None, data_dir=None,
-                 log_path=None, name="calico-testbed"):
+                 log_path=None, name="calico-testbed", enable_v2=None):
         self.address = address
+        # None: the system tests' choice, CALICO_ST_ETCD_API=3 for v3 alone.
+        self.enable_v2 = default_enable_v2() if enable_v2 is None else enable_v2
         self.port = port or free_port(address)
         self.peer_port = peer_port or free_port(address)
         self._own_data_dir = data_dir is None
@@ -63,8 +77,8 @@ class EtcdServer:
             "--listen-client-urls", self.url, "--advertise-client-urls", self.url,
             "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
             "--initial-cluster", f"{self.name}={peer}",
-            # calicoctl speaks the v2 key space; etcd 3.4 serves it only when asked.
-            "--enable-v2=true",
+            # etcd 3.4 serves the v2 keyspace only when asked; calicoctl picks v2 when it does.
+            "--enable-v2=%s" % ("true" if self.enable_v2 else "false"),
         ]
         with open(log_path, "ab") as log:
             self._proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
@@ -83,9 +97,16 @@ class EtcdServer:
         with urllib.request.urlopen(self.url + "/health", timeout=2) as resp:
             if json.load(resp).get("health") != "true":
                 return False
-        # /health can answer before the v2 API does; a v2 read proves what calicoctl needs.
-        with urllib.request.urlopen(self.url + "/v2/keys/", timeout=2) as resp:
-            return resp.status == 200
+        # /health can answer before the keys API does; a read proves what calicoctl needs.
+        if self.enable_v2:
+            with urllib.request.urlopen(self.url + "/v2/keys/", timeout=2) as resp:
+                return resp.status == 200
+        # The v3 status call needs no credentials (a restarted etcd may have users) and names
+        # the raft leader: with one, the keys API serves.
+        request = urllib.request.Request(self.url + "/v3/maintenance/status", method="POST",
+                                         data=b"{}")
+        with urllib.request.urlopen(request, timeout=2) as resp:
+            return json.load(resp).get("leader", "0") != "0"
 
     def stop(self, remove_data=True):
         """Stop etcd and (by default) delete its data. Safe to call twice."""
@@ -101,12 +122,13 @@ class EtcdServer:
     # State for `python -m tests.st.harness down` from another process.
     def to_state(self):
         return {"address": self.address, "port": self.port, "peer_port": self.peer_port,
-                "data_dir": str(self.data_dir), "pid": self.pid, "name": self.name}
+                "data_dir": str(self.data_dir), "pid": self.pid, "name": self.name,
+                "enable_v2": self.enable_v2}
 
     @classmethod
     def from_state(cls, state):
         server = cls(state["address"], state["port"], state["peer_port"], state["data_dir"],
-                     name=state["name"])
+                     name=state["name"], enable_v2=state.get("enable_v2", True))
         server._own_data_dir = True
         # Only trust the pid if it is still an etcd using our data dir (pids get reused).
         pid = state.get("pid")

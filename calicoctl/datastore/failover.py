@@ -1,0 +1,143 @@
+"""Failover between etcd members, shared by both API backends and the API probe.
+
+Every request goes to the endpoint that last worked; when it fails with a connection problem or a
+transient cluster error (leader election, raft timeout) the request moves on to the next member,
+with one log line.  The client libraries' own reconnect logic is not used: python-etcd's needs the
+cluster's advertised member list, and both retry writes blindly.  What a failure means is the
+backend's to say (a `classify` function); what to do about it is decided here, once.
+"""
+
+import logging
+import time
+
+from calicoctl.datastore.etcd_errors import tls_hint
+from calicoctl.errors import DatastoreError
+
+log = logging.getLogger("calicoctl.datastore.store")
+
+# Connecting is the quick part: a member that does not accept a TCP connection in a second is
+# down or unreachable, and waiting longer per endpoint would multiply by the number of endpoints.
+CONNECT_TIMEOUT = 1.0
+# Total time one operation may spend across endpoints, as a multiple of the per-request timeout:
+# enough for a killed leader to be replaced (raft election plus one retry) but still "a few
+# seconds" for a user whose whole cluster is down.
+TOTAL_TIMEOUT_FACTOR = 2
+# Pause between passes over the endpoint list while the cluster answers but is not ready (no
+# leader yet); doubled per pass up to the cap.
+RETRY_PAUSE = 0.05
+RETRY_PAUSE_MAX = 0.5
+
+
+class Endpoints:
+    """The members of one etcd cluster and which of them to ask first."""
+
+    def __init__(self, settings, timeout):
+        self.settings = settings
+        self.timeout = timeout
+        self.index = 0
+
+    @property
+    def current(self):
+        return self.settings.endpoints[self.index]
+
+    def _rotation(self):
+        """Endpoint indexes to try, starting with the one that last worked."""
+        n = len(self.settings.endpoints)
+        return [(self.index + i) % n for i in range(n)]
+
+    def auth_message(self, endpoint, reason):
+        if not self.settings.username:
+            return ("etcd at %s requires a user name and password (%s); set ETCD_USERNAME and "
+                    "ETCD_PASSWORD." % (endpoint, reason))
+        return ("etcd at %s refused user %s (%s): check ETCD_USERNAME and ETCD_PASSWORD, and "
+                "that the user's roles may read and write /calico." % (
+                    endpoint, self.settings.username, reason))
+
+    @staticmethod
+    def _report_failover(problems, endpoint):
+        """The one log line a user sees when a member fails and another takes over."""
+        failed = ["%s (%s)" % (e, r) for e, r in problems.items() if e != endpoint]
+        if failed:
+            log.warning("etcd %s failed; continuing with %s.", ", ".join(failed), endpoint)
+
+    def run(self, attempt, classify, answers=(), passthrough=(), budget=None):
+        """attempt(endpoint, retried) on the members in turn until one answers; its result.
+        retried says whether an earlier attempt failed after it may have reached etcd.
+
+        An exception in `answers` is etcd's answer (key not found, compare failed, ...): it is
+        re-raised for the caller to interpret, carrying `calico_retried = True` when an earlier
+        attempt failed after it may have reached etcd.  One in `passthrough` (a watch that timed
+        out) is re-raised as it is.  Anything else goes to classify(exc) -> (kind, reason), kind
+        one of "unreachable" (the request never reached etcd), "tls", "transient" (it may have
+        been applied), "auth" or "fatal"; the last two end the operation at once.
+        """
+        endpoints = self.settings.endpoints
+        deadline = time.monotonic() + (budget or self.timeout * TOTAL_TIMEOUT_FACTOR)
+        retried = False
+        pause = RETRY_PAUSE
+        problems = {}
+        while True:
+            kinds = set()
+            for index in self._rotation():
+                endpoint = endpoints[index]
+                try:
+                    result = attempt(endpoint, retried)
+                except answers as exc:
+                    self.index = index  # an answer from etcd: this endpoint works
+                    exc.calico_retried = retried
+                    self._report_failover(problems, endpoint)
+                    raise
+                except passthrough as exc:
+                    exc.calico_retried = retried
+                    raise
+                except DatastoreError:
+                    raise
+                except Exception as exc:  # noqa: BLE001 - classify decides; a bug is "fatal"
+                    kind, reason = classify(exc)
+                    if kind is None:
+                        raise
+                    if kind == "fatal":
+                        raise DatastoreError("etcd at %s refused the request: %s" % (
+                            endpoint, reason)) from None
+                    if kind == "auth":
+                        raise DatastoreError(self.auth_message(endpoint, reason)) from None
+                    if kind == "transient" and problems.get(endpoint) == reason and any(
+                            s in reason for s in ("without response", "reset by peer")):
+                        # A dying member drops a connection once; one that does it on every
+                        # pass is no etcd we can talk to (e.g. a TLS port spoken to in HTTP).
+                        kind = "unreachable"
+                    kinds.add(kind)
+                    # Said once, when another member answers (or in the final error).
+                    log.debug("etcd endpoint %s failed (%s); trying the next one.",
+                              endpoint, reason)
+                    problems[endpoint] = reason
+                    # Unreachable means the request never left; anything else may have landed.
+                    retried = retried or kind != "unreachable"
+                    if time.monotonic() >= deadline:
+                        break
+                    continue
+                self.index = index
+                self._report_failover(problems, endpoint)
+                return result
+            self._give_up(kinds, problems, deadline)
+            # Members answer but the cluster is not ready (electing a leader): pass again soon.
+            time.sleep(min(pause, max(0.0, deadline - time.monotonic())))
+            pause = min(pause * 2, RETRY_PAUSE_MAX)
+
+    def _give_up(self, kinds, problems, deadline):
+        """Raise the one-line error for a pass in which no member answered, unless another pass
+        may still succeed."""
+        endpoints = self.settings.endpoints
+        detail = "; ".join("%s: %s" % (e, problems[e]) for e in endpoints if e in problems)
+        if kinds == {"tls"}:
+            raise DatastoreError("TLS with etcd failed: %s (%s)." % (
+                tls_hint(self.settings, detail), detail))
+        if kinds <= {"unreachable", "tls"} or time.monotonic() >= deadline:
+            hint = ""
+            if "without response" in detail and any(e.startswith("http:") for e in endpoints):
+                # What etcd's TLS listener does to a plain-HTTP request.
+                hint = " If etcd serves https, use https:// endpoints or ETCD_SCHEME=https."
+            raise DatastoreError(
+                "Cannot reach etcd at %s (%s). Start etcd or point ETCD_ENDPOINTS / "
+                "ETCD_AUTHORITY at a running member.%s" % (
+                    self.settings.describe(), detail, hint))

@@ -1,0 +1,200 @@
+"""Watching etcd's v3 keyspace through the JSON gateway, one change at a time.
+
+EtcdStore.watch(key, index, timeout) answers the next change at or after index, the way v2's
+`?wait=true&waitIndex=` does.  v3 watches are streams (POST /v3/watch answers one JSON message
+per batch of events, for as long as the connection lasts), so each call opens a stream from
+`index`, takes the first message that has events, and closes it.  A message may carry several
+events, and one transaction makes several events with the same revision: the rest are kept
+(per thread) and handed out by the next calls that continue from where the last event left off
+(`modified_index + 1`), so none of a transaction's writes is skipped.
+
+A stream that breaks (its member died) is opened again on the next member from the same
+position.  A start revision etcd has compacted away is `HistoryLost`: the caller reads
+everything again.
+"""
+
+import collections
+import json
+import threading
+import time
+
+from calicoctl.datastore import store_v3 as v3
+from calicoctl.datastore.etcd_errors import GRPC_UNAUTHENTICATED, classify_v3, is_read_timeout
+from calicoctl.datastore.failover import TOTAL_TIMEOUT_FACTOR
+from calicoctl.datastore.result import HistoryLost, Node
+
+
+class _Pending:
+    """Events already received for one watch, and the index the caller continues from."""
+
+    def __init__(self, key, events):
+        self.key = key
+        self.events = collections.deque(events)
+        self.cursor = None
+
+    def pop(self):
+        event = self.events.popleft()
+        self.cursor = event.modified_index + 1
+        return event
+
+
+class Watcher:
+    def __init__(self, backend):
+        self.backend = backend
+        self._local = threading.local()
+
+    def watch(self, key, index, timeout):
+        pending = getattr(self._local, "pending", None)
+        if pending is not None and pending.key == key and pending.cursor == index \
+                and pending.events:
+            return pending.pop()
+        self._local.pending = None
+        deadline = time.monotonic() + timeout if timeout else None
+        events = self._next_events(key, index, deadline, below=True)
+        if not events:
+            # A quiet watch looks exactly like a member that stopped answering.  Ask that member
+            # something quick: if it is wedged, this moves us to another member before the
+            # caller watches again.
+            self.backend.range(key, count_only=True)
+            return None
+        pending = self._local.pending = _Pending(key, events)
+        return pending.pop()
+
+    def first_change(self, key, index):
+        """The first change to exactly key at or after index (None if none comes within the
+        store's timeout); store_v3.Compacted if etcd no longer has it."""
+        try:
+            events = self._next_events(key, index, time.monotonic() + self.backend.timeout,
+                                       below=False)
+        except HistoryLost as exc:
+            raise v3.Compacted(str(exc)) from None
+        return events[0] if events else None
+
+    # -- one stream ---------------------------------------------------------------------------
+
+    def _next_events(self, key, index, deadline, below):
+        """The events (Nodes) of the first message with any from a stream on key (and, with
+        below, every key under key + "/") from revision index; [] if none came by deadline."""
+        request = {"key": v3.b64(key), "start_revision": index}
+        if below:
+            # Everything starting with key: "/calico" also matches "/calicoX", filtered below.
+            request["range_end"] = v3.prefix_end(key)
+        endpoints = self.backend.endpoints
+        while True:
+            remaining = None if deadline is None else max(0.01, deadline - time.monotonic())
+            budget = (remaining or 0) + self.backend.timeout * TOTAL_TIMEOUT_FACTOR
+            response, messages = endpoints.run(
+                lambda endpoint, _: self._open(endpoint, request, remaining),
+                classify_v3, budget=budget)
+            try:
+                for message in messages:
+                    compacted = _compacted(message)
+                    if compacted is not None:
+                        raise HistoryLost(
+                            "etcd has compacted its history past revision %d (asked for changes "
+                            "to %s from %d); reading everything again." % (compacted, key, index))
+                    events = [e for e in _events(message)
+                              if e.key == key or (below and e.key.startswith(key + "/"))]
+                    if events:
+                        return events
+                return []        # etcd ended the stream: like a timeout, the caller asks again
+            except HistoryLost:
+                raise
+            except Exception as exc:  # noqa: BLE001 - sorted below, else re-raised
+                if classify_v3(exc)[0] is None:
+                    raise
+                if is_read_timeout(exc):
+                    return []
+                # The member went away mid-stream: take the watch to the next member.
+                endpoints.index = (endpoints.index + 1) % len(endpoints.settings.endpoints)
+                if deadline is not None and time.monotonic() >= deadline:
+                    return []
+            finally:
+                response.close()
+
+    def _open(self, endpoint, request, read_timeout):
+        """Open a watch stream on endpoint: (response, message iterator) once etcd has said the
+        watch is created."""
+        import etcd3gw.exceptions as e3
+        backend = self.backend
+        client = backend.client_for(endpoint)
+        backend.authenticate(client)
+        for again in (False, True):
+            response = client.session.post(
+                client.get_url("/watch"), json={"create_request": request}, stream=True,
+                timeout=backend.timeouts(read_timeout))
+            if response.status_code != 200:
+                text, reason = response.text, response.reason
+                response.close()
+                raise e3.Etcd3Exception(text, reason)
+            messages = _Messages(response)
+            first = next(messages, None) or {}
+            error = first.get("error")
+            if not error:
+                break
+            response.close()
+            if again or error.get("code") != GRPC_UNAUTHENTICATED or \
+                    not backend.settings.username:
+                raise e3.Etcd3Exception(json.dumps(error), "watch refused")
+            backend.authenticate(client, again=True)   # the member forgot our token
+        if not first.get("result", {}).get("created"):
+            messages.push(first)    # not the usual first message: read it as any other
+        return response, messages
+
+
+class _Messages:
+    """The JSON messages of a stream, decoded as they arrive (one object per message, with or
+    without a newline between them)."""
+
+    def __init__(self, response):
+        self._chunks = response.iter_content(chunk_size=None)
+        self._buffer = ""
+        self._decoder = json.JSONDecoder()
+        self._pushed = []
+
+    def __iter__(self):
+        return self
+
+    def push(self, message):
+        self._pushed.append(message)
+
+    def __next__(self):
+        if self._pushed:
+            return self._pushed.pop()
+        while True:
+            text = self._buffer.lstrip()
+            if text:
+                try:
+                    message, end = self._decoder.raw_decode(text)
+                except ValueError:
+                    pass     # incomplete: wait for more
+                else:
+                    self._buffer = text[end:]
+                    return message
+            # StopIteration here (etcd ended the stream) ends the iteration.
+            self._buffer = text + next(self._chunks).decode()
+
+
+def _compacted(message):
+    result = message.get("result") or {}
+    if result.get("canceled") and result.get("compact_revision"):
+        return int(result["compact_revision"])
+    return None
+
+
+def _events(message):
+    if message.get("error"):
+        import etcd3gw.exceptions as e3
+        raise e3.Etcd3Exception(json.dumps(message["error"]), "watch failed")
+    result = message.get("result") or {}
+    revision = int(result.get("header", {}).get("revision", 0))
+    found = []
+    for event in result.get("events", []):
+        kv = event.get("kv", {})
+        deleted = event.get("type") == "DELETE"
+        found.append(Node(key=v3.unb64(kv.get("key")),
+                          value=None if deleted else v3.unb64(kv.get("value")),
+                          modified_index=int(kv.get("mod_revision", 0)),
+                          created_index=int(kv.get("create_revision", 0)),
+                          deleted=deleted, store_index=revision))
+    return found
