@@ -1,7 +1,9 @@
 """TLS and etcd users through the real CLI: certificates made by the test, etcd serving https
-with and without client-certificate authentication, and etcd v2 authentication (which etcd 3.4
-still offers through its v2 emulation).  A wrong or missing certificate, key, CA or password is
-one line on stderr and exit status 1."""
+with and without client-certificate authentication, and etcd users: v2 authentication where the
+cluster serves v2, v3 users and roles (a token from /v3/auth/authenticate) where it serves v3
+alone.  Every cluster here serves the API of the conftest's test etcd, so each test runs once per
+API.  A wrong or missing certificate, key, CA or password is one line on stderr and exit
+status 1."""
 
 import subprocess
 
@@ -18,17 +20,18 @@ def certs(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def mutual(certs):
+def mutual(certs, etcd_server):
     """etcd that requires a client certificate signed by our CA."""
-    c = EtcdCluster(1, tls=certs, client_cert_auth=True).start()
+    c = EtcdCluster(1, tls=certs, client_cert_auth=True,
+                    enable_v2=etcd_server.enable_v2).start()
     yield c
     c.stop()
 
 
 @pytest.fixture(scope="module")
-def ca_only(certs):
+def ca_only(certs, etcd_server):
     """etcd on https that takes any client (the client still checks etcd's certificate)."""
-    c = EtcdCluster(1, tls=certs).start()
+    c = EtcdCluster(1, tls=certs, enable_v2=etcd_server.enable_v2).start()
     yield c
     c.stop()
 
@@ -129,28 +132,42 @@ def test_bad_tls_is_one_line(cli, mutual, certs, monkeypatch, case):
     assert words in line, line
 
 
-# -- etcd users (v2 auth) ---------------------------------------------------------------------
+# -- etcd users (v2 auth, or v3 users and roles) -----------------------------------------------
 
-def etcdctl2(endpoint, *args):
+def etcdctl(api, endpoint, *args):
     subprocess.run(["etcdctl", "--endpoints", endpoint, *args], check=True,
-                   env={"ETCDCTL_API": "2", "PATH": "/usr/bin:/bin"},
+                   env={"ETCDCTL_API": api, "PATH": "/usr/bin:/bin"},
                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
+def add_users(api, endpoint):
+    """root, and user calico whose role may use /calico* only; no credentials may do nothing
+    (v2: the guest role loses its rights; v3 has no guest)."""
+    if api == "2":
+        etcdctl("2", endpoint, "user", "add", "root:rootpw")
+        etcdctl("2", endpoint, "auth", "enable")
+        root = ("--username", "root:rootpw")
+        etcdctl("2", endpoint, *root, "role", "revoke", "guest", "--path", "/*", "--rw")
+        etcdctl("2", endpoint, *root, "role", "add", "calico")
+        etcdctl("2", endpoint, *root, "role", "grant", "calico", "--path", "/calico*", "--rw")
+        etcdctl("2", endpoint, *root, "user", "add", "calico:calicopw")
+        etcdctl("2", endpoint, *root, "user", "grant", "calico", "--roles", "calico")
+        return
+    # What the v3 docs tell an operator: a prefix permission on /calico for Calico's role.
+    etcdctl("3", endpoint, "user", "add", "root:rootpw")
+    etcdctl("3", endpoint, "user", "grant-role", "root", "root")
+    etcdctl("3", endpoint, "role", "add", "calico")
+    etcdctl("3", endpoint, "role", "grant-permission", "--prefix=true", "calico", "readwrite",
+            "/calico")
+    etcdctl("3", endpoint, "user", "add", "calico:calicopw")
+    etcdctl("3", endpoint, "user", "grant-role", "calico", "calico")
+    etcdctl("3", endpoint, "auth", "enable")
+
+
 @pytest.fixture(scope="module")
-def with_users():
-    """etcd with v2 auth on: root, and user calico whose role may use /calico* only; the guest
-    role (no credentials) may do nothing."""
-    c = EtcdCluster(1).start()
-    ep = c.endpoints[0]
-    etcdctl2(ep, "user", "add", "root:rootpw")
-    etcdctl2(ep, "auth", "enable")
-    root = ("--username", "root:rootpw")
-    etcdctl2(ep, *root, "role", "revoke", "guest", "--path", "/*", "--rw")
-    etcdctl2(ep, *root, "role", "add", "calico")
-    etcdctl2(ep, *root, "role", "grant", "calico", "--path", "/calico*", "--rw")
-    etcdctl2(ep, *root, "user", "add", "calico:calicopw")
-    etcdctl2(ep, *root, "user", "grant", "calico", "--roles", "calico")
+def with_users(etcd_server):
+    c = EtcdCluster(1, enable_v2=etcd_server.enable_v2).start()
+    add_users(c.api, c.endpoints[0])
     yield c
     c.stop()
 
@@ -160,7 +177,13 @@ def test_username_and_password_work(cli, with_users, monkeypatch):
                            "ETCD_USERNAME": "calico", "ETCD_PASSWORD": "calicopw"})
     add_and_show(cli, "10.34.0.0/16")
     from calicoctl.datastore.store import EtcdStore
-    assert EtcdStore().current_index() > 0  # the index without reading etcd's root
+    store = EtcdStore()
+    assert store.api == with_users.api
+    assert store.current_index() > 0  # the index without reading etcd's root
+    # The agent's watch goes through the same credentials.
+    index = store.current_index() + 1
+    store.set("/calico/v1/test/auth", "1")
+    assert store.watch("/calico/v1/test", index, timeout=5).value == "1"
 
 
 @pytest.mark.parametrize("env, words", [
