@@ -19,13 +19,15 @@ Commands:
   felix         Run the per-host agent (calicoctl felix serve).
   checksystem   Check this host meets Calico's requirements.
   diags         Save diagnostics to a tar.gz file.
+  datastore     Copy Calico's data from etcd's v2 keyspace to v3; which API is in use.
   version       Show the version.
 
 Options:
   --debug       Show tracebacks and debug logging.
 
 See 'calicoctl <command> --help' for a command's own usage.
-Etcd is found through ETCD_ENDPOINTS or ETCD_AUTHORITY (default 127.0.0.1:2379).
+Etcd is found through ETCD_ENDPOINTS or ETCD_AUTHORITY (default 127.0.0.1:2379); its v2 API
+is used where etcd serves it, else v3 (ETCD_API=2 or ETCD_API=3 forces one).
 """
 
 import importlib
@@ -49,6 +51,7 @@ COMMANDS = {
     "felix": "felix",
     "checksystem": "checksystem",
     "diags": "diags",
+    "datastore": "datastore",
     "version": "version",
 }
 
