@@ -27,10 +27,15 @@ def run(arguments):
         uplink = address.interface_of(address.autodetect(4, None, links), links)
     except CalicoError:
         uplink = None
-    results = checks.system_checks(store=open_store(), docker_factory=containers.docker_client,
+    from calicoctl.datastore import migrate
+    store = open_store()
+    results = checks.system_checks(store=store, docker_factory=containers.docker_client,
                                    uplink=uplink, libnetwork=arguments["--libnetwork"])
     for check in results:
         out(check.line())
+    if any(c.name == "etcd reachable" and c.ok for c in results):
+        for line in migrate.notes(store):
+            out(line)        # which etcd API, and whether Calico's data waits in v2
     failed = checks.failures(results)
     if failed:
         raise CalicoError("%d requirement%s not met: %s." % (

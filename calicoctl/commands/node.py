@@ -89,10 +89,11 @@ def node_start(arguments):
         if arguments["--ip6"] else None
     as_num = parse_as(arguments["--as"]) if arguments["--as"] else None
 
-    from calicoctl.datastore import open_store
+    from calicoctl.datastore import migrate, open_store
     from calicoctl.node import starter
     from calicoctl.nodename import node_name
     store = open_store()
+    migrate.warn_if_unmigrated(store, msg)
     return starter.start(starter.StartRequest(
         node_name=node_name(), ip=ip, ip6=ip6, as_num=as_num, runtime=runtime, detach=detach,
         log_dir=arguments["--log-dir"] or "/var/log/calico",

@@ -18,8 +18,10 @@ def run(arguments):
     from calicoctl.errors import CalicoError
     from calicoctl.node import status
     from calicoctl.nodename import node_name
+    from calicoctl.datastore import migrate
     name = node_name()
-    report = status.collect(open_store(), name)
+    store = open_store()
+    report = status.collect(store, name)
     out(table(["Node %s" % name, "Status", "Detail"],
               [[i.what, "ok" if i.ok else "DOWN", i.detail] for i in report.items]))
     if report.sessions:
@@ -28,6 +30,8 @@ def run(arguments):
                    for s in report.sessions]))
     elif not report.bgp_error:
         out("No BGP peers.")
+    for line in migrate.notes(store)[1:]:
+        msg(line)            # v3 is empty but v2 holds Calico's data: name the migration
     problems = report.problems
     if problems:
         for problem in problems:

@@ -101,3 +101,24 @@ def v2_data_waiting(store):
             "with '%s' (or set ETCD_API=2 to keep using v2)." % (
                 count, "" if count == 1 else "s", "it" if count == 1 else "them",
                 MIGRATE_COMMAND))
+
+
+def notes(store):
+    """What status and checksystem say about the datastore: which API and why, and the
+    migration hint when it applies; [] when etcd cannot be asked (their etcd check says why)."""
+    try:
+        hint = v2_data_waiting(store)
+        return [store.describe_api()] + ([hint] if hint else [])
+    except CalicoError:
+        return []
+
+
+def warn_if_unmigrated(store, say):
+    """Pass the migration hint to say() before a command writes into an empty v3 keyspace
+    (after which the hint could no longer tell an upgrade that skipped migrating)."""
+    try:
+        hint = v2_data_waiting(store)
+    except CalicoError:
+        return    # the command's own etcd access reports the problem
+    if hint:
+        say(hint)

@@ -139,3 +139,20 @@ def test_nothing_said_on_v2_or_without_v2_data(cli, v3, etcd_env, monkeypatch):
     assert migrate.v2_data_waiting(open_store()) is None      # speaks v2 here
     monkeypatch.setenv("ETCD_API", "3")
     assert migrate.v2_data_waiting(open_store()) is None      # v3 empty, v2 empty too
+
+
+def test_status_checksystem_and_node_get_the_line(cli, v3, calico_v2_data, monkeypatch):
+    """What those commands print (checksystem: every note; status and node: the hint, the
+    latter before it writes anything into v3)."""
+    from calicoctl.datastore import migrate, open_store
+    monkeypatch.setenv("ETCD_API", "3")
+    notes = migrate.notes(open_store())
+    assert notes[0] == "etcd v3 API (ETCD_API=3)"
+    assert len(notes) == 2 and "calicoctl datastore migrate" in notes[1]
+    said = []
+    migrate.warn_if_unmigrated(open_store(), said.append)
+    assert said == notes[1:]
+    monkeypatch.delenv("ETCD_API")
+    said.clear()
+    migrate.warn_if_unmigrated(open_store(), said.append)    # on v2: nothing to say
+    assert said == [] and migrate.notes(open_store())[0].startswith("etcd v2 API (detected")
