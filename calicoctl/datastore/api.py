@@ -26,19 +26,18 @@ def choose(settings, endpoints):
     """The API to speak ("2" or "3") and how it was chosen, as (api, reason)."""
     if settings.api:
         return settings.api, "ETCD_API=%s" % settings.api
-    key = tuple(settings.endpoints)
-    with _lock:
-        api = _detected.get(key)
-    if api is None:
-        api = probe(settings, endpoints)
-        with _lock:
-            _detected[key] = api
+    api = detected(settings, endpoints)
     return api, ("detected: the cluster serves the v2 API" if api == "2" else
                  "detected: the cluster does not serve the v2 API")
 
 
 def serves_v2(settings, endpoints):
-    """Whether the cluster answers the v2 API (probing if this process has not yet)."""
+    """Whether the cluster answers the v2 API (whatever ETCD_API says)."""
+    return detected(settings, endpoints) == "2"
+
+
+def detected(settings, endpoints):
+    """"2" if the cluster serves the v2 API, else "3": probed once per process."""
     key = tuple(settings.endpoints)
     with _lock:
         api = _detected.get(key)
@@ -46,7 +45,7 @@ def serves_v2(settings, endpoints):
         api = probe(settings, endpoints)
         with _lock:
             _detected[key] = api
-    return api == "2"
+    return api
 
 
 def forget():

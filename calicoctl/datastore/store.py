@@ -56,7 +56,7 @@ class EtcdSettings:
             endpoints = ["%s://%s" % (scheme, a.strip()) for a in authorities if a.strip()]
             endpoints = endpoints or ["%s://%s" % (scheme, DEFAULT_AUTHORITY)]
         endpoints = [_check_endpoint(e) for e in endpoints]
-        api = (env.get("ETCD_API") or "").strip().lower().lstrip("v") or None
+        api = (env.get("ETCD_API") or "").strip().lower().removeprefix("v") or None
         if api is not None and api not in APIS:
             raise CalicoError("ETCD_API must be 2 or 3 (or unset to detect the API etcd serves), "
                               "not %r." % env["ETCD_API"])
