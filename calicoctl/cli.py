@@ -17,6 +17,7 @@ Commands:
   config        Configure the agent, BGP and the node.
   plugin        Run Docker's network and IPAM driver (calicoctl plugin serve).
   felix         Run the per-host agent (calicoctl felix serve).
+  dns           Answer names across hosts inside workloads (calicoctl dns serve).
   checksystem   Check this host meets Calico's requirements.
   diags         Save diagnostics to a tar.gz file.
   datastore     Copy Calico's data from etcd's v2 keyspace to v3; which API is in use.
@@ -49,6 +50,7 @@ COMMANDS = {
     "config": "config",
     "plugin": "plugin",
     "felix": "felix",
+    "dns": "dns",
     "checksystem": "checksystem",
     "diags": "diags",
     "datastore": "datastore",
