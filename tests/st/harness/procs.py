@@ -157,12 +157,25 @@ def kill_namespace_processes(init_pid, timeout=20.0):
         time.sleep(0.05)
 
 
+def _pid_namespace(pid):
+    try:
+        return os.readlink(f"/proc/{pid}/ns/pid")
+    except OSError:
+        return None
+
+
 def find_pids_by_argv0_prefix(prefix):
-    """{pid: argv0} for live processes whose argv[0] starts with `prefix` (the init marker)."""
+    """{pid: argv0} for live processes whose argv[0] starts with `prefix` (the init marker).
+
+    Only processes of our own PID namespace: a whole machine in a child PID namespace (a fresh
+    Debian root under tools/fresh-root-check) runs its own testbed with the same names, and a
+    cleanup here must never kill it."""
     found = {}
+    ours = _pid_namespace("self")
     for pid in _all_pids():
         argv = cmdline(pid)
-        if argv and argv[0].startswith(prefix) and is_alive(pid):
+        if argv and argv[0].startswith(prefix) and is_alive(pid) \
+                and _pid_namespace(pid) == ours:
             found[pid] = argv[0]
     return found
 
