@@ -25,7 +25,7 @@ from calicoctl.errors import ValidationError
 
 def run(arguments):
     from calicoctl.datastore import open_store
-    from calicoctl.dns.service import DnsService
+    from calicoctl.dnsproxy.service import DnsService
     from calicoctl.node.containers import docker_socket_path
     from calicoctl.nodename import node_name
 

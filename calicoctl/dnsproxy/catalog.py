@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 from calicoctl.datastore import keys
 from calicoctl.datastore.models import Endpoint
-from calicoctl.dns.wire import TYPE_A, TYPE_AAAA, TYPE_MX
+from calicoctl.dnsproxy.wire import TYPE_A, TYPE_AAAA, TYPE_MX
 from calicoctl.errors import ValidationError
 
 log = logging.getLogger(__name__)

@@ -14,7 +14,7 @@ import struct
 from dataclasses import dataclass
 
 from calicoctl.dataplane.netlink import run_in_netns
-from calicoctl.dns.rules import MARK, RESOLVER_IP
+from calicoctl.dnsproxy.rules import MARK, RESOLVER_IP
 from calicoctl.errors import CalicoError, DataplaneError
 
 # Our listening port in every workload namespace.  Fixed, so that after a restart the same port

@@ -24,8 +24,8 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from calicoctl.dns import sandboxes, wire
-from calicoctl.dns.catalog import TTL, View
+from calicoctl.dnsproxy import sandboxes, wire
+from calicoctl.dnsproxy.catalog import TTL, View
 from calicoctl.errors import CalicoError
 
 log = logging.getLogger(__name__)

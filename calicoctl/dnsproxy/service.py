@@ -26,9 +26,9 @@ from dataclasses import dataclass
 
 from calicoctl.datastore import keys
 from calicoctl.datastore.result import HistoryLost
-from calicoctl.dns import rules, sandboxes
-from calicoctl.dns.catalog import Records
-from calicoctl.dns.server import Answerer
+from calicoctl.dnsproxy import rules, sandboxes
+from calicoctl.dnsproxy.catalog import Records
+from calicoctl.dnsproxy.server import Answerer
 from calicoctl.errors import CalicoError, DataplaneError, DatastoreError
 
 log = logging.getLogger(__name__)

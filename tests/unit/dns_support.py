@@ -19,13 +19,17 @@ import dns.message
 import dns.rcode
 import dns.rrset
 
-from calicoctl.dns import sandboxes
+from calicoctl.dnsproxy import sandboxes
 
 UPSTREAM_ANSWER = "203.0.113.7"
 
 
 def run(cmd, check=True):
-    return subprocess.run(cmd, capture_output=True, text=True, check=check)
+    result = subprocess.run(cmd, capture_output=True, text=True)
+    if check and result.returncode != 0:
+        raise AssertionError("%s exited %d: %s" % (" ".join(cmd), result.returncode,
+                                                   (result.stderr or result.stdout).strip()))
+    return result
 
 
 class DockerNetns:

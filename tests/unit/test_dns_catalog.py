@@ -1,4 +1,4 @@
-"""calicoctl/dns/catalog.py: from etcd records to who may resolve what (pure; no services)."""
+"""calicoctl/dnsproxy/catalog.py: from etcd records to who may resolve what (pure; no services)."""
 
 import collections
 import ipaddress
@@ -8,8 +8,8 @@ import socket
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from calicoctl.datastore import keys
-from calicoctl.dns.catalog import Records, candidates
-from calicoctl.dns.wire import TYPE_A, TYPE_AAAA, TYPE_MX
+from calicoctl.dnsproxy.catalog import Records, candidates
+from calicoctl.dnsproxy.wire import TYPE_A, TYPE_AAAA, TYPE_MX
 
 NETS = {"n1": "net1", "n2": "net2", "n3": "net3", "m1": "net1", "m2": "net2", "m3": "net3"}
 

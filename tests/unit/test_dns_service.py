@@ -14,9 +14,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from calicoctl.datastore import keys
-from calicoctl.dns import rules, sandboxes
-from calicoctl.dns.server import Answerer, Limits
-from calicoctl.dns.service import DnsService
+from calicoctl.dnsproxy import rules, sandboxes
+from calicoctl.dnsproxy.server import Answerer, Limits
+from calicoctl.dnsproxy.service import DnsService
 from tests.unit.dns_support import UPSTREAM_ANSWER, DockerNetns, needs_root_and_netns, wait_for
 
 pytestmark = pytest.mark.skipif(needs_root_and_netns() is not None,

@@ -1,4 +1,4 @@
-"""calicoctl/dns/wire.py against dnspython: what it answers, what it leaves to Docker, and that
+"""calicoctl/dnsproxy/wire.py against dnspython: what it answers, what it leaves to Docker, and that
 no byte string makes it raise (pure; no services)."""
 
 import collections
@@ -12,7 +12,7 @@ import dns.rrset
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from calicoctl.dns import wire
+from calicoctl.dnsproxy import wire
 
 E4 = socket.inet_aton("192.168.0.5")
 E6 = socket.inet_pton(socket.AF_INET6, "fd80::5")
