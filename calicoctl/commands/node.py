@@ -15,12 +15,14 @@ Description:
   'calicoctl node' checks the host, registers it in etcd (address, BGP AS, agent settings),
   turns on forwarding and starts the calico-node container (the agent and BIRD) and, when asked
   (with the libnetwork option), the calico-libnetwork container (Docker's network and IPAM
-  driver "calico").
+  driver "calico") and the calico-dns container (names of workloads on other hosts, resolved
+  inside each workload; 'calicoctl dns --help').
   Running it again is safe: a healthy node with the same configuration is left alone, a changed
   one is restarted.  It refuses to start, with nothing written, on Docker older than 20.10 or
   while anything but calico-node holds TCP port 179 (BGP) on this host.  With --runtime=none it
-  registers the node and starts nothing (run 'calicoctl felix serve' and 'calicoctl plugin
-  serve' yourself, e.g. under systemd); the host then needs BIRD 1.6 or later of its own.
+  registers the node and starts nothing (run 'calicoctl felix serve', 'calicoctl plugin serve'
+  and 'calicoctl dns serve' yourself, e.g. under systemd); the host then needs BIRD 1.6 or
+  later of its own.
 
 Options:
   --ip=<IP>                 This host's IPv4 address for BGP; found automatically if not
@@ -30,8 +32,8 @@ Options:
   --as=<AS_NUM>             This node's AS number (default: the global one, 'calicoctl bgp
                             default-node-as').
   --node-image=<IMAGE>      The agent's image (default: calico/node:v<version>).
-  --libnetwork              Also start the libnetwork plugin container.
-  --libnetwork-image=<IMAGE>  The plugin's image (default: calico/node-libnetwork:v<version>).
+  --libnetwork              Also start the libnetwork plugin and DNS containers.
+  --libnetwork-image=<IMAGE>  Their image (default: calico/node-libnetwork:v<version>).
   --log-dir=<LOG_DIR>       Host folder for Calico's logs [default: /var/log/calico].
   --detach=<DETACH>         "false" to stay in the foreground showing the agent's output;
                             Ctrl-C then stops the node [default: true].

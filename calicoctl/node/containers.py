@@ -1,7 +1,9 @@
-"""The node's containers: `calico-node` (the agent and BIRD) and `calico-libnetwork` (the plugin).
+"""The node's containers: `calico-node` (the agent and BIRD), and with --libnetwork
+`calico-libnetwork` (the plugin) and `calico-dns` (names across hosts, calicoctl/dnsproxy/).
 
 What each container should look like is a pure function of the node's settings
-(`node_container_spec`, `plugin_container_spec`); `ensure_container` compares that with what is
+(`node_container_spec`, `plugin_container_spec`, `dns_container_spec`); `ensure_container`
+compares that with what is
 there and starts, restarts or leaves it alone.  The whole spec, with the image's id, is hashed
 into a label, so "same configuration" means exactly the same container would be made, and a
 rebuilt image counts as a change.
@@ -22,6 +24,11 @@ log = logging.getLogger(__name__)
 
 NODE_CONTAINER = "calico-node"
 PLUGIN_CONTAINER = "calico-libnetwork"
+DNS_CONTAINER = "calico-dns"
+# calicoctl dns serve writes its ready file here once it answers (bound from the host, so
+# `calicoctl node` can see it) and removes it when it stops.
+DNS_RUN_DIR = "/var/run/calico"
+DNS_READY_FILE = DNS_RUN_DIR + "/dns.ready"
 DEFAULT_LOG_DIR = "/var/log/calico"
 PLUGIN_DIR = "/run/docker/plugins"
 PLUGIN_SOCKET = PLUGIN_DIR + "/calico.sock"
@@ -209,6 +216,29 @@ def plugin_container_spec(settings):
     }
 
 
+def dns_container_spec(settings):
+    """calicoctl dns serve, from the plugin's image.  It works inside workloads' network
+    namespaces, which it finds at Docker's sandbox paths through dockerd's own root
+    (/proc/<dockerd's pid>/root/var/run/docker/netns/<id>): hence the host's pid namespace,
+    and no mount of the host's netns folder (whose propagation would have to be shared)."""
+    volumes = _volumes(settings)
+    volumes[settings.docker_socket] = {"bind": "/var/run/docker.sock", "mode": "rw"}
+    volumes[DNS_RUN_DIR] = {"bind": DNS_RUN_DIR, "mode": "rw"}
+    env = _common_env(settings)
+    env["DOCKER_HOST"] = "unix:///var/run/docker.sock"
+    return {
+        "name": DNS_CONTAINER,
+        "image": settings.libnetwork_image,
+        "command": ["calicoctl", "dns", "serve", "--ready-file=" + DNS_READY_FILE],
+        "environment": env,
+        "volumes": volumes,
+        "network_mode": "host",
+        "pid_mode": "host",
+        "restart_policy": {"Name": "unless-stopped"},
+        **privilege_options(settings.missing_caps),
+    }
+
+
 def config_hash(spec, image_id):
     text = json.dumps({"spec": spec, "image_id": image_id}, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
@@ -240,6 +270,18 @@ def plugin_answers(path=PLUGIN_SOCKET, timeout=2.0):
         return False
     finally:
         conn.close()
+
+
+def dns_ready(path=DNS_READY_FILE):
+    return os.path.exists(path)
+
+
+def clear_dns_ready(path=DNS_READY_FILE):
+    """Forget an earlier run's ready file (a killed one leaves it), so only the new one counts."""
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
 
 
 def agent_alive(store, node_name):
@@ -372,6 +414,7 @@ def create_and_start(client, spec, labels):
     host_config = client.api.create_host_config(
         binds=spec["volumes"], network_mode=spec["network_mode"],
         restart_policy=spec["restart_policy"], privileged=spec.get("privileged", False),
+        pid_mode=spec.get("pid_mode"),
         cap_add=spec.get("cap_add"), cap_drop=spec.get("cap_drop"),
         security_opt=spec.get("security_opt"))
     if spec.get("unmask_system_paths"):
@@ -385,7 +428,8 @@ def create_and_start(client, spec, labels):
 
 
 def start_node(client, store, settings, say):
-    """Start (or leave alone) calico-node and, with a libnetwork image, calico-libnetwork."""
+    """Start (or leave alone) calico-node and, with a libnetwork image, calico-libnetwork and
+    calico-dns."""
     node_spec = node_container_spec(settings)
     ensure_container(client, node_spec, lambda: agent_alive(store, settings.node_name),
                      "the agent has not reported itself alive in etcd", say,
@@ -394,12 +438,16 @@ def start_node(client, store, settings, say):
         ensure_container(client, plugin_container_spec(settings), plugin_answers,
                          "the plugin socket %s does not answer /Plugin.Activate" % PLUGIN_SOCKET,
                          say)
+        ensure_container(client, dns_container_spec(settings), dns_ready,
+                         "it has not written %s (not answering yet)" % DNS_READY_FILE, say,
+                         before_start=clear_dns_ready)
 
 
 def stop_node(client, say, timeout=10):
-    """Stop and remove both containers; returns the names that were there."""
+    """Stop and remove the node's containers; returns the names that were there.  calico-dns
+    goes first: stopping, it hands every workload back to Docker's resolver alone."""
     stopped = []
-    for name in (PLUGIN_CONTAINER, NODE_CONTAINER):
+    for name in (DNS_CONTAINER, PLUGIN_CONTAINER, NODE_CONTAINER):
         container = find_container(client, name)
         if container is None:
             continue

@@ -95,15 +95,15 @@ def start(request, store, say, report_check, docker_factory=None):
 
     if not use_docker:
         say("--runtime=none: nothing started. Run 'calicoctl felix serve'%s on this host."
-            % (" and 'calicoctl plugin serve'" if request.libnetwork else ""))
+            % (", 'calicoctl plugin serve' and 'calicoctl dns serve'" if request.libnetwork
+               else ""))
         return
     _make_dirs(request.log_dir)
     containers.start_node(client, store, settings, say)
     if not request.libnetwork:
-        plugin = containers.find_container(client, containers.PLUGIN_CONTAINER)
-        if plugin is not None:
-            say("%s was left as it is (this run did not ask for --libnetwork)."
-                % containers.PLUGIN_CONTAINER)
+        for name in (containers.PLUGIN_CONTAINER, containers.DNS_CONTAINER):
+            if containers.find_container(client, name) is not None:
+                say("%s was left as it is (this run did not ask for --libnetwork)." % name)
     if not request.detach:
         say("Showing calico-node's output; Ctrl-C stops the node.")
         containers.follow_logs(client, say)
