@@ -1,13 +1,32 @@
 """What must hold on a Calico system at rest, read from etcd and the hosts: used by the churn and
 restart tests.  Each check returns a list of problems (empty when all is well), so a test can
-poll until the system converges and then report exactly what is still wrong."""
+poll until the system converges and then report exactly what is still wrong.
+
+Every check compares two sides both ways (records against the dataplane and back), so with
+live workloads an empty listing on either side is itself a problem: a check cannot pass because
+a read came back empty.  Reads that fail raise."""
 
 import ipaddress
 import json
+import time
+
+import pytest
 
 from tests.st.plugin_helpers import host_links
 
 POOL = ipaddress.ip_network("192.168.0.0/16")
+NETWORKS = ("churn1", "churn2", "churn3")
+PREFIX = "churn-"              # the names of the churn and restart tests' containers
+
+
+@pytest.fixture(scope="module")
+def stack(calico_stack):
+    """The shared agent+plugin stack with the churn networks created on both hosts (removed
+    with every container by calico_stack's teardown)."""
+    for h in calico_stack["hosts"]:
+        for net in NETWORKS:
+            h.docker("network", "create", "--driver", "calico", "--ipam-driver", "calico", net)
+    return calico_stack
 
 
 def running_containers(host, prefix=""):
@@ -139,3 +158,21 @@ def all_problems(store, hosts, networks, prefix=""):
         if ep.endpoint_id not in live:
             leaked += [str(a) for a in ep.addresses() if str(a) in allocated]
     return problems, sorted(set(leaked)), containers
+
+
+def settle(store, hosts, networks, prefix=PREFIX, timeout=90):
+    """The problems left once the system is at rest, polling up to timeout seconds: [] when it
+    converged.  A read that fails raises; it never counts as "no problems"."""
+    deadline = time.monotonic() + timeout
+    while True:
+        problems = all_problems(store, hosts, networks, prefix)[0]
+        if not problems or time.monotonic() >= deadline:
+            return problems
+        time.sleep(0.5)
+
+
+def report(request, line):
+    """Print a test's summary line past pytest's capture (it is the test's figure)."""
+    capture = request.config.pluginmanager.getplugin("capturemanager")
+    with capture.global_and_fixture_disabled():
+        print("\n" + line)

@@ -7,7 +7,9 @@ networks while the plugin, the agent and dockerd are each SIGKILLed and restarte
   - no veth, route, felix endpoint chain or tag ipset member without an endpoint;
   - live workloads reach each other exactly as the networks' default policy says (same network
     yes, other networks no), on a seeded sample of pairs within and across hosts.
-Prints ops completed, faults injected and addresses leaked (must be 0).
+Prints ops completed, faults injected and addresses leaked (must be 0).  The run must show it
+tested something: ops of both kinds, every kind of fault, live workloads at rest, and checked
+pairs of every kind (same network on one host, same network across hosts, other networks).
 
 CHURN_SEED, CHURN_OPS and CHURN_SECONDS (environment) change the seed, the number of operations
 and the time bound.
@@ -19,30 +21,20 @@ import signal
 import threading
 import time
 
-import pytest
-
-from tests.st.churn_checks import all_problems
+from tests.st.churn_checks import (NETWORKS, PREFIX, all_problems, report,  # noqa: F401
+                                   stack)
 from tests.st.harness import procs
-from tests.st.calico_stack import calico_stack  # noqa: F401 - the fixture
-from tests.st.plugin_helpers import ping, poll
+from tests.st.plugin_helpers import ping_answered, poll
 
 SEED = int(os.environ.get("CHURN_SEED", "20261127"))
 TARGET_OPS = int(os.environ.get("CHURN_OPS", "300"))
 CHURN_SECONDS = float(os.environ.get("CHURN_SECONDS", "240"))
-NETWORKS = ("churn1", "churn2", "churn3")
 WORKERS_PER_HOST = 3
 MAX_PER_WORKER = 4            # live containers a worker keeps at most (so about 24 in all)
 FAULT_GAP = (1.0, 4.0)        # seconds between faults (ops run at ~5 a second)
 DOWN_TIME = (0.2, 3.0)        # seconds a killed component stays down
 CONVERGE_SECONDS = 120
-PREFIX = "churn-"
-
-
-def remove_stand_in(host):
-    for rule in (["-i", "cali+"], ["-o", "cali+"]):
-        while host.run(["iptables", "-w", "-D", "FORWARD", *rule, "-j", "ACCEPT"],
-                       check=False).returncode == 0:
-            pass
+FAULT_KINDS = ("plugin", "agent", "dockerd")
 
 
 def kill_dockerd(host):
@@ -51,16 +43,6 @@ def kill_dockerd(host):
     poll(lambda: not procs.is_alive(pid), timeout=20, what="dockerd to die")
     # containerd dies with dockerd; its pid file would make the next dockerd wait on it.
     host.run(["rm", "-f", "/run/docker.pid", "/run/docker/containerd/containerd.pid"])
-
-
-@pytest.fixture(scope="module")
-def stack(calico_stack):
-    """The shared agent+plugin stack with the churn networks created on both hosts (removed
-    with every container by calico_stack's teardown)."""
-    for h in calico_stack["hosts"]:
-        for net in NETWORKS:
-            h.docker("network", "create", "--driver", "calico", "--ipam-driver", "calico", net)
-    return calico_stack
 
 
 class Tally:
@@ -108,7 +90,7 @@ def faulter(stack, tally, stop):
     rng = random.Random(SEED)
     hosts = stack["hosts"]
     while not stop.wait(rng.uniform(*FAULT_GAP)):
-        kind = rng.choice(("plugin", "agent", "dockerd"))
+        kind = rng.choice(FAULT_KINDS)
         i = rng.randrange(len(hosts))
         host, down = hosts[i], rng.uniform(*DOWN_TIME)
         started = time.monotonic()
@@ -129,28 +111,32 @@ def faulter(stack, tally, stop):
 
 
 def reach_problems(hosts_by_name, containers, rng, same_pairs=10, other_pairs=6):
-    """Ping a seeded sample of pairs: same network must answer, other networks must not."""
+    """Ping a seeded sample of pairs: same network must answer, other networks must not.
+    Returns (problems, {kind: pairs checked}) for kinds "same host", "across hosts" (same
+    network) and "other network"."""
     live = [(h, name, net, ip) for h, cs in containers.items() for name, nets in cs.items()
             for net, (_, ip) in nets.items()]
     same = [(a, b) for a in live for b in live if a[1] != b[1] and a[2] == b[2]]
     other = [(a, b) for a in live for b in live if a[2] != b[2]]
     rng.shuffle(same)
     rng.shuffle(other)
-    # Prefer a mix of same-host and cross-host pairs.
-    same.sort(key=lambda p: p[0][0] == p[1][0])
-    picked_same = same[:same_pairs // 2] + same[-(same_pairs - same_pairs // 2):] \
-        if len(same) > same_pairs else same
-    problems, checked = [], 0
+    # Half the same-network pairs within a host, half across hosts, when there are enough.
+    local = [p for p in same if p[0][0] == p[1][0]]
+    across = [p for p in same if p[0][0] != p[1][0]]
+    picked_local = local[:same_pairs // 2]
+    picked_same = picked_local + across[:same_pairs - len(picked_local)]
+    problems, checked = [], {"same host": 0, "across hosts": 0, "other network": 0}
     for a, b in picked_same:
-        checked += 1
+        checked["same host" if a[0] == b[0] else "across hosts"] += 1
         host = hosts_by_name[a[0]]
-        ok = poll_quietly(lambda: ping(host, a[1], b[3], timeout=1).returncode == 0, 20)
+        ok = poll_quietly(lambda: ping_answered(host, a[1], b[3]), 20)
         if not ok:
             problems.append("%s (%s) cannot reach %s (%s) in the same network %s" % (
                 a[1], a[0], b[1], b[0], a[2]))
     for a, b in other[:other_pairs]:
-        checked += 1
-        if ping(hosts_by_name[a[0]], a[1], b[3], timeout=1).returncode == 0:
+        checked["other network"] += 1
+        # ping_answered raises if the ping never ran: an unrun ping proves no isolation.
+        if ping_answered(hosts_by_name[a[0]], a[1], b[3]):
             problems.append("%s (%s, %s) reaches %s (%s, %s) across networks" % (
                 a[1], a[0], a[2], b[1], b[0], b[2]))
     return problems, checked
@@ -194,17 +180,17 @@ def test_churn_with_faults_leaks_nothing(stack, request):
     poll_quietly(converged, CONVERGE_SECONDS)
     converge_seconds = time.monotonic() - converge_started
     problems, leaked, containers = state["problems"], state["leaked"], state["containers"]
-    reach, pairs = ([], 0)
+    reach, pairs = [], {}
     if not problems:
         reach, pairs = reach_problems({h.name: h for h in hosts}, containers,
                                       random.Random(SEED))
-    live = sum(len(c) for c in containers.values())
+    live = {name: len(c) for name, c in containers.items()}
     faults = {}
     for kind, _, _ in tally.faults:
         faults[kind] = faults.get(kind, 0) + 1
     line = ("churn: seed %d, %d ops completed (run %d, rm %d), %d failed during faults, in %.0f s; "
-            "%d faults injected %s; %d live workloads; addresses leaked: %d (%d before "
-            "convergence, %.0f s to converge); %d pairs checked, %d wrong"
+            "%d faults injected %s; live workloads %s; addresses leaked: %d (%d before "
+            "convergence, %.0f s to converge); pairs checked %s, %d wrong"
             % (SEED, sum(tally.ok.values()), tally.ok["run"], tally.ok["rm"],
                sum(tally.failed.values()), churn_seconds, len(tally.faults), faults, live,
                len(leaked), leaked_at_once, converge_seconds, pairs, len(reach)))
@@ -215,10 +201,13 @@ def test_churn_with_faults_leaks_nothing(stack, request):
             procs.run(["sh", "-c", "cp %s/* %s/%s/" % (h.log_path("x").parent, keep, h.name)],
                       check=False)
         line += "; logs kept in " + keep
-    capture = request.config.pluginmanager.getplugin("capturemanager")
-    with capture.global_and_fixture_disabled():
-        print("\n" + line)
-    assert tally.faults, "no fault was injected"
+    report(request, line)
+    # What ran: ops of both kinds, every kind of fault.
     assert sum(tally.ok.values()) >= min(100, TARGET_OPS // 2), line
+    assert tally.ok["run"] and tally.ok["rm"], line
+    assert set(faults) == set(FAULT_KINDS), "not every kind of fault was injected: " + line
     assert not problems, "%s\n%s" % (line, "\n".join(problems[:40]))
+    # What was checked at rest: live workloads on both hosts, pairs of every kind.
+    assert all(live.values()), "no live workload on a host at rest: " + line
+    assert all(pairs.values()), "a kind of reachability pair was never checked: " + line
     assert not reach, "%s\n%s" % (line, "\n".join(reach))
