@@ -17,11 +17,6 @@ class EtcdServer(_HarnessEtcd):
         super().__init__("127.0.0.1", name=name, enable_v2=enable_v2)
 
     @property
-    def api(self):
-        """The API calicoctl picks for this etcd ("2" where v2 is served)."""
-        return "2" if self.enable_v2 else "3"
-
-    @property
     def client_port(self):
         return self.port
 

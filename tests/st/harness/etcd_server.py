@@ -60,6 +60,11 @@ class EtcdServer:
         return f"http://{self.address}:{self.port}"
 
     @property
+    def api(self):
+        """The etcd API calicoctl picks for this etcd: "2" where v2 is served, else "3"."""
+        return "2" if self.enable_v2 else "3"
+
+    @property
     def authority(self):
         """host:port, the form calicoctl's ETCD_AUTHORITY takes."""
         return f"{self.address}:{self.port}"
