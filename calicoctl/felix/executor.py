@@ -20,7 +20,8 @@ import tenacity
 from calicoctl.errors import DataplaneError
 from calicoctl.felix import ipsets as ipset_names
 from calicoctl.felix.nat import TOP_JUMPS as NAT_JUMPS
-from calicoctl.felix.policy import CHAIN_PREFIX, TOP_JUMPS as FILTER_JUMPS, chain_rank
+from calicoctl.felix.policy import (CHAIN_PREFIX, TOP_JUMPS as FILTER_JUMPS, canonical_protocol,
+                                    chain_rank)
 from calicoctl.felix.raw import TOP_JUMPS as RAW_JUMPS
 
 log = logging.getLogger(__name__)
@@ -67,15 +68,26 @@ def retrying(runner, attempts=3):
 # --- iptables ---------------------------------------------------------------------------------
 
 def parse_save(text):
-    """iptables-save output of one table -> {chain: [rule text after '-A chain ']}."""
+    """iptables-save output of one table -> {chain: [rule text after '-A chain ']}, with each
+    rule's protocol in the form we write it (policy.canonical_protocol)."""
     chains = {}
     for line in text.splitlines():
         if line.startswith(":"):
             chains.setdefault(line[1:].split()[0], [])
         elif line.startswith("-A "):
             _, chain, rest = line.split(" ", 2) if line.count(" ") >= 2 else (line, "", "")
-            chains.setdefault(chain, []).append(rest)
+            chains.setdefault(chain, []).append(_canonical_rule(rest))
     return chains
+
+
+def _canonical_rule(rule):
+    if "-p " not in rule:
+        return rule
+    words = rule.split(" ")
+    for i, word in enumerate(words[:-1]):
+        if word == "-p":
+            words[i + 1] = canonical_protocol(words[i + 1])
+    return " ".join(words)
 
 
 class IptablesTable:
@@ -173,7 +185,8 @@ class IptablesTable:
         except DataplaneError:
             return None                       # no such chain
         prefix = "-A %s " % chain
-        return [line[len(prefix):] for line in out.splitlines() if line.startswith(prefix)]
+        return [_canonical_rule(line[len(prefix):]) for line in out.splitlines()
+                if line.startswith(prefix)]
 
     def quick_sync(self, desired):
         """A cheap refresh for big rule sets (iptables-save of 100,000 rules takes seconds):

@@ -103,28 +103,38 @@ def _protocol(rule, version):
     if proto == "icmpv6":
         return "ipv6-icmp"     # the name ip6tables-save prints
     if isinstance(proto, int):
-        # iptables-save prints the /etc/protocols name; use it too, so a read-back compares
-        # equal and an unchanged chain is never rewritten.
-        return _protocol_names().get(proto, str(proto))
+        # By number: iptables-save prints /etc/protocols names up to 1.8.9 but numbers from
+        # 1.8.10 on (Debian 13); executor.parse_save turns either into the number, so an
+        # unchanged chain compares equal on both and is never rewritten.
+        return canonical_protocol(str(proto))
     return str(proto)
 
 
-_PROTOCOLS = {}
+# Names iptables knows by itself and always prints as names, whatever its version.
+IPTABLES_PROTOCOL_NAMES = {"tcp", "udp", "udplite", "icmp", "ipv6-icmp", "icmpv6", "esp", "ah",
+                           "sctp", "mh", "all"}
+_PROTOCOL_NUMBERS = {}
 
 
-def _protocol_names():
-    """number -> name from /etc/protocols (what iptables itself uses), read once."""
-    if not _PROTOCOLS:
-        _PROTOCOLS[-1] = None                # read at most once, even if the file is missing
+def canonical_protocol(text):
+    """`-p` as we write and compare it: a built-in name as it is, anything else by number
+    ("gre" and "47" are both "47")."""
+    if text in ("icmpv6", "58"):
+        return "ipv6-icmp"        # what we write; ip6tables-save prints any of the three
+    if text in IPTABLES_PROTOCOL_NAMES or text.isdigit():
+        return text
+    if not _PROTOCOL_NUMBERS:
+        _PROTOCOL_NUMBERS[""] = None          # read at most once, even if the file is missing
         try:
             with open("/etc/protocols") as f:
                 for line in f:
                     words = line.split("#", 1)[0].split()
                     if len(words) >= 2 and words[1].isdigit():
-                        _PROTOCOLS.setdefault(int(words[1]), words[0])
+                        for name in [words[0], *words[2:]]:
+                            _PROTOCOL_NUMBERS.setdefault(name, words[1])
         except OSError:
             pass
-    return _PROTOCOLS
+    return _PROTOCOL_NUMBERS.get(text) or text
 
 
 def rule_to_iptables(rule, version, ipset_name):
