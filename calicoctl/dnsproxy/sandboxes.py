@@ -45,8 +45,14 @@ class Sockets:
 
 def in_netns(path, fn, *args):
     """fn(*args) in a thread inside the namespace at `path` (and anything it runs, too: a child
-    process inherits the namespace of the thread that forks it)."""
-    return run_in_netns(path, fn, *args)
+    process inherits the namespace of the thread that forks it).  A namespace that is gone, or
+    going (its container is being removed while we look), is a DataplaneError like any other
+    failure in it."""
+    try:
+        return run_in_netns(path, fn, *args)
+    except OSError as exc:
+        raise DataplaneError(["nsenter", "--net=" + path], exc.errno or 1,
+                             stderr=exc.strerror or str(exc))
 
 
 def identity(path):

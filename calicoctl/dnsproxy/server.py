@@ -338,7 +338,8 @@ class Answerer:
                 answer = None if query is None else self.answer(sb.key, query, wire.TCP_LIMIT)
                 if answer is None:
                     if upstream is None:
-                        upstream = sandboxes.forward_stream(sb.path, self.limits.tcp_idle)
+                        upstream = sandboxes.forward_stream(sb.path,
+                                                            self.limits.forward_timeout)
                     upstream.sendall(frame(message))
                     answer = read_frame(upstream)
                     if answer is None:

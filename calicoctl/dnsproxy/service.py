@@ -144,7 +144,7 @@ class DnsService:
         view = self.records.view()
         self.answerer.set_view(view)
         for key in [k for k in self.adopted if k not in view.sandboxes]:
-            self.release(key)
+            self._contained(self.release, key)
         for key in [k for k in self.waiting if k not in view.sandboxes]:
             del self.waiting[key]
         now = self.clock()
@@ -156,10 +156,20 @@ class DnsService:
         now = self.clock()
         for key, (when, delay) in list(self.waiting.items()):
             if when <= now:
-                self.adopt(key, delay)
+                self._contained(self.adopt, key, delay)
         if now >= self.next_refresh:
             self.refresh()
             self.next_refresh = self.clock() + self.refresh_interval
+
+    def _contained(self, fn, key, *args):
+        """fn(key, ...), where a bug in handling one workload must not stop the answers of all
+        the others: it is logged whole, and the workload is tried again later."""
+        try:
+            fn(key, *args)
+        except Exception:  # noqa: BLE001 - logged with its traceback; see docstring
+            log.exception("Unexpected failure with %s; trying it again later", key)
+            if key not in self.adopted:
+                self.waiting[key] = (self.clock() + ADOPT_MAX_DELAY, ADOPT_MAX_DELAY)
 
     def _path(self, key):
         if self.root is None or (self.root and not os.path.isdir(self.root)):
@@ -204,32 +214,38 @@ class DnsService:
         adopted = self.adopted.pop(key, None)
         if adopted is None:
             return
-        if sandboxes.identity(adopted.path) == adopted.identity:
-            try:
-                sandboxes.in_netns(adopted.path, _uninstall, adopted.flavour)
-            except CalicoError as exc:     # the workload is going away under us
-                log.info("Could not remove our DNS rules in %s: %s", key, exc)
-        self.answerer.remove(key)
+        try:
+            if sandboxes.identity(adopted.path) == adopted.identity:
+                try:
+                    sandboxes.in_netns(adopted.path, _uninstall, adopted.flavour)
+                except CalicoError as exc:     # the workload is going away under us
+                    log.info("Could not remove our DNS rules in %s: %s", key, exc)
+        finally:
+            self.answerer.remove(key)          # a socket must never keep a namespace alive
         log.info("No longer answering in %s", key)
 
     def refresh(self):
-        for key, adopted in list(self.adopted.items()):
-            if sandboxes.identity(adopted.path) != adopted.identity:
-                self.release(key)
-                continue
-            try:
-                ports = sandboxes.in_netns(adopted.path, _repair, adopted.flavour, adopted.ports)
-            except CalicoError as exc:
-                log.warning("Cannot check our DNS rules in %s: %s", key, exc)
-                continue
-            if ports and ports != adopted.docker_ports:
-                log.info("Docker's resolver in %s moved to %s", key, ports)
-                adopted.docker_ports = ports
-                self.answerer.renew_forward(key)
+        for key in list(self.adopted):
+            self._contained(self._refresh_one, key)
+
+    def _refresh_one(self, key):
+        adopted = self.adopted[key]
+        if sandboxes.identity(adopted.path) != adopted.identity:
+            self.release(key)
+            return
+        try:
+            ports = sandboxes.in_netns(adopted.path, _repair, adopted.flavour, adopted.ports)
+        except CalicoError as exc:
+            log.warning("Cannot check our DNS rules in %s: %s", key, exc)
+            return
+        if ports and ports != adopted.docker_ports:
+            log.info("Docker's resolver in %s moved to %s", key, ports)
+            adopted.docker_ports = ports
+            self.answerer.renew_forward(key)
 
     def shutdown(self):
         for key in list(self.adopted):
-            self.release(key)
+            self._contained(self.release, key)
         self.answerer.stop()
         if self.ready_file:
             try:

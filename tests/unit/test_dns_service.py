@@ -17,6 +17,7 @@ from calicoctl.datastore import keys
 from calicoctl.dnsproxy import rules, sandboxes
 from calicoctl.dnsproxy.server import Answerer, Limits
 from calicoctl.dnsproxy.service import DnsService
+from calicoctl.errors import DataplaneError
 from tests.unit.dns_support import UPSTREAM_ANSWER, DockerNetns, needs_root_and_netns, wait_for
 
 pytestmark = pytest.mark.skipif(needs_root_and_netns() is not None,
@@ -251,6 +252,32 @@ def test_refresh_repairs_rules_follows_docker_and_lets_go_of_vanished_namespaces
         b.close()
         wait_for(lambda: b.path not in running.service.answerer.sandboxes,
                  what="the vanished namespace to be let go")
+    finally:
+        running.stop()
+
+
+def test_a_failure_with_one_workload_stops_nothing_else(store, workloads, monkeypatch):
+    """A namespace that vanishes while it is taken over, or a bug met with one workload, is
+    logged; the others are answered, and that one is tried again."""
+    from calicoctl.dnsproxy import service as service_module
+    a, b = workloads
+    assert pytest.raises(DataplaneError, sandboxes.in_netns, "/run/netns/gone", len, "x")
+    monkeypatch.setattr(service_module, "ADOPT_MAX_DELAY", 0.2)
+    real = sandboxes.open_sockets
+    failed = []
+
+    def once_broken(path, *args):
+        if path == b.path and not failed:
+            failed.append(path)
+            raise RuntimeError("a bug")
+        return real(path, *args)
+    monkeypatch.setattr(sandboxes, "open_sockets", once_broken)
+    running = Running(store)
+    try:
+        running.adopted(a, b)
+        assert failed == [b.path]
+        assert addresses(a.ask("workload-e.net1")) == [E_ADDRESS]
+        assert running.thread.is_alive()
     finally:
         running.stop()
 
