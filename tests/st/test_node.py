@@ -9,25 +9,8 @@ import time
 
 import pytest
 
-from tests.st.demo import default_calicoctl
+from tests.st.node_helpers import calicoctl, env, store  # noqa: F401 (fixtures)
 from tests.st.harness import wait_for
-
-
-@pytest.fixture(scope="module")
-def env(testbed):
-    return {"authority": testbed.etcd_url.split("//", 1)[1], "calicoctl": default_calicoctl()}
-
-
-def calicoctl(host, env, *args, timeout=180):
-    argv = ["env", "-u", "DOCKER_HOST", "-u", "CALICO_HOSTNAME", "-u", "ETCD_ENDPOINTS",
-            "ETCD_AUTHORITY=" + env["authority"], env["calicoctl"], *args]
-    return host.run(argv, check=False, timeout=timeout)
-
-
-@pytest.fixture
-def store(testbed):
-    from calicoctl.datastore.store import EtcdSettings, EtcdStore
-    return EtcdStore(EtcdSettings(endpoints=[testbed.etcd_url]))
 
 
 def _clean(hosts, env):
@@ -76,20 +59,21 @@ def test_node_libnetwork_starts_healthy_and_reruns_safely(two_hosts, node_images
         assert any(n.startswith("calico-libnetwork calico/node-libnetwork:") for n in names)
         assert store.get("/calico/felix/v1/host/calico-01/status") is not None
         ids = host.docker("ps", "-q", "--no-trunc").stdout.split()
-        # Again with the same configuration: both left alone.
+        # Again with the same configuration: calico-node, calico-libnetwork and calico-dns
+        # left alone.
         r = calicoctl(host, env, "node", "--libnetwork")
         assert r.returncode == 0, r.stderr
-        assert r.stderr.count("left alone") == 2, r.stderr
+        assert r.stderr.count("left alone") == 3, r.stderr
         assert host.docker("ps", "-q", "--no-trunc").stdout.split() == ids
         # A new AS is only etcd data (the agent follows it): containers left alone.
         r = calicoctl(host, env, "node", "--libnetwork", "--as=64512")
-        assert r.returncode == 0 and r.stderr.count("left alone") == 2, r.stderr
+        assert r.returncode == 0 and r.stderr.count("left alone") == 3, r.stderr
         assert store.get("/calico/bgp/v1/host/calico-01/as_num") == "64512"
         # A changed container configuration restarts calico-node only.
         host.docker("tag", node_images[0], "calico/node:st-alt")
         r = calicoctl(host, env, "node", "--libnetwork", "--node-image=calico/node:st-alt")
         assert r.returncode == 0, r.stderr
-        assert "configuration changed" in r.stderr and r.stderr.count("left alone") == 1
+        assert "configuration changed" in r.stderr and r.stderr.count("left alone") == 2
     finally:
         _clean([host], env)
 

@@ -5,27 +5,10 @@ with no node and leaves none behind, so each passes alone and in any order."""
 
 import pytest
 
-from tests.st.demo import default_calicoctl
+from tests.st.node_helpers import calicoctl, env, store  # noqa: F401 (fixtures)
 from tests.st.harness import wait_for
 
 IP6 = "fd00:198:18::21"
-
-
-@pytest.fixture(scope="module")
-def env(testbed):
-    return {"authority": testbed.etcd_url.split("//", 1)[1], "calicoctl": default_calicoctl()}
-
-
-def calicoctl(host, env, *args, timeout=180):
-    argv = ["env", "-u", "DOCKER_HOST", "-u", "CALICO_HOSTNAME", "-u", "ETCD_ENDPOINTS",
-            "ETCD_AUTHORITY=" + env["authority"], env["calicoctl"], *args]
-    return host.run(argv, check=False, timeout=timeout)
-
-
-@pytest.fixture
-def store(testbed):
-    from calicoctl.datastore.store import EtcdSettings, EtcdStore
-    return EtcdStore(EtcdSettings(endpoints=[testbed.etcd_url]))
 
 
 @pytest.fixture
