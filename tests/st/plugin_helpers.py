@@ -126,50 +126,30 @@ class EtcdReadError(RuntimeError):
     """etcd could not be read or written: never to be taken for "no keys"."""
 
 
-def _etcd_request(etcd, path, method="GET"):
-    """The decoded answer of etcd's v2 API, or None for 404 "Key not found" (errorCode 100);
-    any other failure raises EtcdReadError."""
-    import urllib.error
-    import urllib.request
-    url = "%s/v2/keys%s" % (etcd.url, path)
-    try:
-        with urllib.request.urlopen(urllib.request.Request(url, method=method), timeout=10) as r:
-            return json.loads(r.read())
-    except urllib.error.HTTPError as exc:
-        body = exc.read()
-        try:
-            code = json.loads(body).get("errorCode")
-        except ValueError:
-            code = None
-        if exc.code == 404 and code == 100:
-            return None
-        raise EtcdReadError("%s %s: HTTP %d %s" % (method, url, exc.code, body[:200])) from None
-    except (OSError, ValueError) as exc:
-        raise EtcdReadError("%s %s: %s" % (method, url, exc)) from None
+def _direct(etcd):
+    from tests.st.harness.etcd_direct import DirectEtcd
+    return DirectEtcd(etcd.url, etcd.api)
 
 
 def etcd_keys(etcd, prefix="/calico"):
-    """{key: value} of every leaf under prefix; {} only when etcd says the prefix is absent."""
-    data = _etcd_request(etcd, prefix + "?recursive=true")
-    out = {}
-    if data is None:
-        return out
-
-    def walk(node):
-        if node.get("dir"):
-            for child in node.get("nodes", []):
-                walk(child)
-        else:
-            out[node["key"]] = node.get("value")
-    walk(data["node"])
-    return out
+    """{key: value} of every leaf under prefix, in whichever API the testbed's etcd serves; {}
+    only when etcd says the prefix is absent. Any failure raises EtcdReadError."""
+    try:
+        return _direct(etcd).dump(prefix)
+    except Exception as exc:  # noqa: BLE001 - every failure, re-raised as "could not read"
+        raise EtcdReadError("reading %s from etcd at %s: %s" % (prefix, etcd.url, exc)) from exc
 
 
 def wipe_etcd(etcd):
-    """Delete /calico; raises unless etcd then says it is absent."""
-    _etcd_request(etcd, "/calico?recursive=true&dir=true", method="DELETE")
-    if _etcd_request(etcd, "/calico") is not None:
-        raise EtcdReadError("/calico is still in etcd at %s after deleting it" % etcd.url)
+    """Delete /calico; raises unless etcd then says nothing is left under it."""
+    try:
+        _direct(etcd).delete("/calico", recursive=True)
+    except Exception as exc:  # noqa: BLE001 - every failure, re-raised as "could not wipe"
+        raise EtcdReadError("deleting /calico from etcd at %s: %s" % (etcd.url, exc)) from exc
+    left = etcd_keys(etcd)
+    if left:
+        raise EtcdReadError("/calico still holds %d keys at %s after deleting it"
+                            % (len(left), etcd.url))
 
 
 def poll(predicate, timeout=15, what="condition"):
