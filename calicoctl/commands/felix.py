@@ -68,6 +68,8 @@ def log_to_file(store, host):
     if not path or path.lower() == "none":
         return None
     level = LOG_LEVELS.get((setting("LogSeverityFile") or "INFO").upper(), logging.INFO)
+    if _is_stderr(path):
+        return None           # stderr already goes there (e.g. a service's redirection)
     try:
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
         handler = logging.FileHandler(path)
@@ -78,6 +80,14 @@ def log_to_file(store, host):
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.getLogger().addHandler(handler)
     return handler
+
+
+def _is_stderr(path):
+    try:
+        ours, theirs = os.fstat(2), os.stat(path)
+    except OSError:
+        return False
+    return (ours.st_dev, ours.st_ino) == (theirs.st_dev, theirs.st_ino)
 
 
 def felix_serve(store, host, log_level, interval, bgp, run_dir, backend, agent_cls, bird_cls,
