@@ -6,7 +6,10 @@ networks while the plugin, the agent and dockerd are each SIGKILLed and restarte
     endpoint has a record;
   - no veth, route, felix endpoint chain or tag ipset member without an endpoint;
   - live workloads reach each other exactly as the networks' default policy says (same network
-    yes, other networks no), on a seeded sample of pairs within and across hosts.
+    yes, other networks no), on a seeded sample of pairs within and across hosts.  A dockerd kill
+    stops that host's containers, so churn can leave a host with none running: fresh workloads
+    on every host (one per network, two in the first) join the survivors for this check, and
+    show that the system still wires new workloads after the faults.
 Prints ops completed, faults injected and addresses leaked (must be 0).  The run must show it
 tested something: ops of both kinds, every kind of fault, live workloads at rest, and checked
 pairs of every kind (same network on one host, same network across hosts, other networks).
@@ -180,16 +183,23 @@ def test_churn_with_faults_leaks_nothing(stack, request):
     poll_quietly(converged, CONVERGE_SECONDS)
     converge_seconds = time.monotonic() - converge_started
     problems, leaked, containers = state["problems"], state["leaked"], state["containers"]
+    live = {name: len(c) for name, c in containers.items()}
     reach, pairs = [], {}
+    if not problems:
+        for h in hosts:
+            for i, net in enumerate(NETWORKS[:1] + NETWORKS):
+                h.docker("run", "-d", "--net", net, "--name",
+                         "%sprobe-%s-%d" % (PREFIX, h.name, i), "busybox", "sleep", "1000000")
+        poll_quietly(converged, CONVERGE_SECONDS)
+        problems, containers = state["problems"], state["containers"]
     if not problems:
         reach, pairs = reach_problems({h.name: h for h in hosts}, containers,
                                       random.Random(SEED))
-    live = {name: len(c) for name, c in containers.items()}
     faults = {}
     for kind, _, _ in tally.faults:
         faults[kind] = faults.get(kind, 0) + 1
     line = ("churn: seed %d, %d ops completed (run %d, rm %d), %d failed during faults, in %.0f s; "
-            "%d faults injected %s; live workloads %s; addresses leaked: %d (%d before "
+            "%d faults injected %s; live workloads at rest %s; addresses leaked: %d (%d before "
             "convergence, %.0f s to converge); pairs checked %s, %d wrong"
             % (SEED, sum(tally.ok.values()), tally.ok["run"], tally.ok["rm"],
                sum(tally.failed.values()), churn_seconds, len(tally.faults), faults, live,
@@ -207,7 +217,6 @@ def test_churn_with_faults_leaks_nothing(stack, request):
     assert tally.ok["run"] and tally.ok["rm"], line
     assert set(faults) == set(FAULT_KINDS), "not every kind of fault was injected: " + line
     assert not problems, "%s\n%s" % (line, "\n".join(problems[:40]))
-    # What was checked at rest: live workloads on both hosts, pairs of every kind.
-    assert all(live.values()), "no live workload on a host at rest: " + line
+    # What was checked at rest: pairs of every kind.
     assert all(pairs.values()), "a kind of reachability pair was never checked: " + line
     assert not reach, "%s\n%s" % (line, "\n".join(reach))
