@@ -68,6 +68,7 @@ class DnsService:
         self.index = None
         self.adopted = {}             # sandbox key -> Adopted
         self.waiting = {}             # sandbox key -> (when to try next, delay after that)
+        self.warned = set()           # sandbox keys said to be without Docker's rules
         self.next_refresh = 0.0
         self.stopping = False
         self.ready = False
@@ -147,6 +148,7 @@ class DnsService:
             self._contained(self.release, key)
         for key in [k for k in self.waiting if k not in view.sandboxes]:
             del self.waiting[key]
+        self.warned &= set(view.sandboxes)
         now = self.clock()
         for key in view.sandboxes:
             if key not in self.adopted and key not in self.waiting:
@@ -184,6 +186,10 @@ class DnsService:
             if identity is not None:
                 flavour, chains = sandboxes.in_netns(path, rules.find_docker_rules)
             if flavour is None:
+                if identity is not None and delay >= ADOPT_MAX_DELAY and key not in self.warned:
+                    self.warned.add(key)
+                    log.warning("Docker's resolver rules are not in iptables in %s (is dockerd's "
+                                "nftables firewall backend on?); Docker alone answers there", key)
                 self.waiting[key] = (self.clock() + delay, min(delay * 2, ADOPT_MAX_DELAY))
                 return
             socks = sandboxes.open_sockets(path)
