@@ -143,10 +143,10 @@ class Answerer:
                 if key.data is None:
                     self._drain_wake()
                 else:
-                    key.data(key.fileobj)
+                    self._contained(key.data, key.fileobj)
             while self._posted:
                 fn, args = self._posted.popleft()
-                fn(*args)
+                self._contained(fn, *args)
             now = self.clock()
             if now >= next_expiry:
                 self._expire(now)
@@ -156,6 +156,16 @@ class Answerer:
         self._selector.close()
         self._wake_r.close()
         self._wake_w.close()
+
+    def _contained(self, fn, *args):
+        """One thread answers every workload: a bug met with one packet is logged whole and the
+        loop carries on, since its rules would otherwise lead every workload's queries to
+        sockets nobody reads."""
+        try:
+            fn(*args)
+        except Exception:  # noqa: BLE001 - logged with its traceback; see docstring
+            self.counts["bugs"] += 1
+            log.exception("Unexpected failure in the answering loop; carrying on")
 
     def _drain_wake(self):
         try:

@@ -287,6 +287,21 @@ def test_a_failure_with_one_workload_stops_nothing_else(store, workloads, monkey
         running.stop()
 
 
+def test_a_bug_in_answering_one_query_stops_no_other(store, workloads, serving, monkeypatch):
+    a, _ = workloads
+    answerer = serving.service.answerer
+    real = answerer.answer
+
+    def broken_for_one(key, query, limit):
+        if query.name == "boom":
+            raise RuntimeError("a bug")
+        return real(key, query, limit)
+    monkeypatch.setattr(answerer, "answer", broken_for_one)
+    assert a.ask("boom", timeout=0.3) is None
+    assert answerer.counts["bugs"] == 1
+    assert addresses(a.ask("workload-e.net1")) == [E_ADDRESS]
+
+
 # --- bounds and hostile input -------------------------------------------------------------------
 
 def test_each_workload_gets_a_bounded_rate(store, workloads):
