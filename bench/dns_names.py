@@ -13,6 +13,8 @@ costs no upstream timeout), net1 on both hosts with workload-A and workload-C on
                moment it returns, A's namespace asks for bench-E<i>.net1 every 2 ms until the
                answer carries the new address.  Also the way back: `docker rm -f` returning
                until the name gets NXDOMAIN again.  p50 and p99.
+  first        --first times, at each of a few pauses: a new container on calico-01 that looks
+               up workload-E.net1 as it starts (its own namespace may not be taken over yet).
   latency      --queries queries of each kind, interleaved, from a client in A's namespace (one
                socket per kind, a query in flight at a time): a name on calico-02 (answered by
                calicoctl dns), a name on calico-01 asked of Docker's resolver alone (the
@@ -132,6 +134,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=30)
     parser.add_argument("--queries", type=int, default=3000)
+    parser.add_argument("--first", type=int, default=10)
     parser.add_argument("--engine", default="host")
     args = parser.parse_args()
     with exclusive():
@@ -167,6 +170,7 @@ def run(bed, args):
                                              "workload-A").stdout.strip()
         print("Docker %s on both hosts" % h1.engine_version())
         propagation(h2, netns, args.runs)
+        first_lookups(h1, args.first)
         latency(netns, args.queries)
     finally:
         for p in procs:
@@ -198,6 +202,20 @@ def propagation(h2, netns, runs):
     print("  `docker rm -f` returned -> NXDOMAIN:    %s; p50 %.0f ms, p99 %.0f ms" % (
         stats.summary(disappear, digits=0), stats.percentile(disappear, 50) * 1000,
         stats.percentile(disappear, 99) * 1000))
+
+
+def first_lookups(h1, runs):
+    """A new workload's own namespace is taken over a little after Docker has set it up, so a
+    lookup in its first moments may get Docker's answer alone.  How often, at once and after a
+    short pause."""
+    print("\nA new workload on calico-01 looks up workload-E.net1 as it starts (%d each)" % runs)
+    for pause in ("0", "0.05", "0.2", "1"):
+        ok = 0
+        for _ in range(runs):
+            out = h1.docker("run", "--rm", "--net", "net1", "busybox", "sh", "-c",
+                            "sleep %s; nslookup workload-E.net1" % pause, check=False).stdout
+            ok += "Address" in out.split("workload-E.net1", 1)[-1]
+        print("  after %4s s: %d of %d resolved" % (pause, ok, runs))
 
 
 def latency(netns, count):

@@ -40,8 +40,14 @@ REFRESH = 10.0
 # A namespace is tried again this soon after Join (on Docker 20.10 and 26 the namespace is bound
 # a little after Join), backing off to ADOPT_MAX_DELAY for one that stays unready (e.g. Docker
 # 28's opt-in nftables firewall backend keeps its resolver rules out of iptables).
-ADOPT_FIRST_DELAY = 0.02
+ADOPT_FIRST_DELAY = 0.01
 ADOPT_MAX_DELAY = 5.0
+
+
+def _later(delay):
+    """The next wait: half as long again.  A workload's first lookups go to Docker alone until
+    its namespace is taken over, so the first tries come close together."""
+    return min(delay * 1.5, ADOPT_MAX_DELAY)
 
 
 @dataclass
@@ -190,12 +196,12 @@ class DnsService:
                     self.warned.add(key)
                     log.warning("Docker's resolver rules are not in iptables in %s (is dockerd's "
                                 "nftables firewall backend on?); Docker alone answers there", key)
-                self.waiting[key] = (self.clock() + delay, min(delay * 2, ADOPT_MAX_DELAY))
+                self.waiting[key] = (self.clock() + delay, _later(delay))
                 return
             socks = sandboxes.open_sockets(path)
         except CalicoError as exc:
             log.info("Not yet answering in %s: %s", key, exc)
-            self.waiting[key] = (self.clock() + delay, min(delay * 2, ADOPT_MAX_DELAY))
+            self.waiting[key] = (self.clock() + delay, _later(delay))
             return
         if socks.identity != identity:      # replaced while we looked: look again
             socks.close()
@@ -207,7 +213,7 @@ class DnsService:
         except CalicoError as exc:
             log.warning("Cannot add our DNS rules in %s: %s", key, exc)
             self.answerer.remove(key)
-            self.waiting[key] = (self.clock() + delay, min(delay * 2, ADOPT_MAX_DELAY))
+            self.waiting[key] = (self.clock() + delay, _later(delay))
             return
         del self.waiting[key]
         self.adopted[key] = Adopted(path, flavour, socks.ports, identity,
