@@ -130,6 +130,38 @@ def forward_stream(path, timeout):
     return in_netns(path, _forward_here, socket.SOCK_STREAM, timeout)
 
 
+def path_in_root(root, path, hops=40):
+    """`path` as a process whose root is `root` sees it, e.g. root /proc/<pid>/root: each
+    symlink resolved against that root.  The kernel would follow an absolute symlink inside
+    /proc/<pid>/root into *our* root instead -- and Docker's sandbox paths start with
+    /var/run, on Debian a symlink to /run."""
+    if not root:
+        return path
+    parts = [p for p in path.split("/") if p]
+    done = []
+    while parts:
+        part = parts.pop(0)
+        if part == ".":
+            continue
+        if part == "..":
+            if done:
+                done.pop()
+            continue
+        try:
+            target = os.readlink(root + "/" + "/".join(done + [part]))
+        except OSError:            # not a symlink, or not there (the caller finds out)
+            done.append(part)
+            continue
+        hops -= 1
+        if hops < 0:
+            raise DataplaneError(["readlink", "-f", path], errno.ELOOP,
+                                 stderr="too many symlinks under %s" % root)
+        if target.startswith("/"):
+            done = []
+        parts = [p for p in target.split("/") if p] + parts
+    return root + "/" + "/".join(done)
+
+
 def dockerd_root(docker_socket):
     """The root, as this process sees it, of the mount namespace Docker's sandbox paths
     (/var/run/docker/netns/<id>) live in: /proc/<dockerd's pid>/root, found from the peer of

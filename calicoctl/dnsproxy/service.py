@@ -182,7 +182,7 @@ class DnsService:
     def _path(self, key):
         if self.root is None or (self.root and not os.path.isdir(self.root)):
             self.root = sandboxes.dockerd_root(self.docker_socket)   # dockerd restarted
-        return self.root + key
+        return sandboxes.path_in_root(self.root, key)
 
     def adopt(self, key, delay):
         try:
