@@ -150,7 +150,7 @@ class IPAMClient:
         for ip in ips:
             by_block.setdefault(blocks.block_cidr_for(ip), []).append(ip)
         not_allocated = set()
-        for cidr, members in sorted(by_block.items()):
+        for cidr, members in sorted(by_block.items(), key=lambda kv: (kv[0].version, kv[0])):
             ordinals = [blocks.ordinal_of(cidr, ip) for ip in members]
             released, handles = self._release_in_block(cidr, lambda b: ordinals)
             not_allocated.update(ip for ip in members

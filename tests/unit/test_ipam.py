@@ -153,6 +153,16 @@ def test_release_is_idempotent_and_requeues_at_the_end(store, etcd_dump):
     assert "/calico/ipam/v2/host/h1/ipv4/block/10.0.0.0-26" in etcd_dump()
 
 
+def test_release_of_both_families_at_once(store, etcd_dump):
+    # `calicoctl container remove` releases an endpoint's IPv4 and IPv6 addresses together.
+    add_pool(store, "10.0.0.0/26")
+    add_pool(store, "fd00::/64")
+    ipam = IPAMClient(store, host="h1")
+    v4, v6 = ipam.auto_assign(4), ipam.auto_assign(6)
+    assert ipam.release([v6, v4, IP("fd00::99")]) == {IP("fd00::99")}
+    assert ipam.get_assignment(v4) is None and ipam.get_assignment(v6) is None
+
+
 def test_handles(store, etcd_dump):
     add_pool(store, "10.0.0.0/24")
     add_pool(store, "fd00::/64")
