@@ -71,3 +71,44 @@ def test_container_add_gives_a_working_second_interface(host, etcd_on_bridge):
     assert "eth1" not in host.docker("exec", "c1", "ip", "link").stdout
     assert_nothing_left([host], etcd, present=["/calico/v1/ipam/v4/pool/192.168.0.0-16",
                                               "/calico/v1/policy/profile/prof1/rules"])
+
+
+def test_container_add_interface_ipv6_and_profile_set_remove(host, etcd_on_bridge):
+    """--interface names the Calico interface; an IPv6 address from an IPv6 pool; profile set
+    replaces and profile remove takes away, as the endpoint's record and `endpoint show` say."""
+    etcd = etcd_on_bridge
+    calicoctl(host, etcd, "pool", "add", "192.168.0.0/16")
+    calicoctl(host, etcd, "pool", "add", "fd80:24e2:f998:72d6::/64")
+    for name in ("p1", "p2", "p3"):
+        calicoctl(host, etcd, "profile", "add", name)
+    host.docker("run", "-tid", "--name", "c3", "busybox")
+    calicoctl(host, etcd, "container", "add", "c3", "192.168.2.1", "--interface=calieth")
+    links = host.docker("exec", "c3", "ip", "link").stdout
+    assert "calieth" in links and "eth1" not in links, links
+    calicoctl(host, etcd, "container", "c3", "ip", "add", "fd80:24e2:f998:72d6::11",
+              "--interface=calieth")
+    addrs = host.docker("exec", "c3", "ip", "-6", "-o", "addr", "show", "calieth").stdout
+    assert "fd80:24e2:f998:72d6::11/" in addrs, addrs
+
+    cid = host.docker("inspect", "--format", "{{.Id}}", "c3").stdout.strip()
+
+    def record():
+        eps = [json.loads(v) for k, v in etcd_keys(etcd).items()
+               if "/workload/docker/%s/endpoint/" % cid in k]
+        assert len(eps) == 1, eps
+        return eps[0]
+    assert record()["ipv6_nets"] == ["fd80:24e2:f998:72d6::11/128"]
+
+    calicoctl(host, etcd, "container", "c3", "profile", "set", "p1", "p2")
+    assert record()["profile_ids"] == ["p1", "p2"]
+    calicoctl(host, etcd, "container", "c3", "profile", "remove", "p1")
+    assert record()["profile_ids"] == ["p2"]
+    calicoctl(host, etcd, "container", "c3", "profile", "set", "p3")
+    assert record()["profile_ids"] == ["p3"]
+    shown = calicoctl(host, etcd, "container", "c3", "endpoint", "show").stdout
+    assert "p3" in shown and "p2" not in shown, shown
+    bad = calicoctl(host, etcd, "container", "c3", "profile", "remove", "p1", check=False)
+    assert bad.returncode == 1 and "p1" in bad.stderr, bad.stderr
+    assert record()["profile_ids"] == ["p3"]                       # nothing half-done
+    calicoctl(host, etcd, "container", "remove", "c3")
+    assert "calieth" not in host.docker("exec", "c3", "ip", "link").stdout
