@@ -28,10 +28,10 @@ unit-test: deps
 	$(PY) -m pytest tests/unit -q
 
 st-test: deps
-	$(PY) -m pytest tests/st -q -rs
+	$(PY) -m pytest tests/st -q -rfEs --durations=15
 
 test: deps
-	$(PY) -m pytest tests/unit tests/st -q -rs
+	$(PY) -m pytest tests/unit tests/st -q -rfEs --durations=25
 
 # calico/node and calico/node-libnetwork, built with no registry (debootstrap base, cached).
 images: deps
