@@ -24,7 +24,7 @@ from calicoctl.datastore import keys
 from calicoctl.plugin.app import CONTENT_TYPE, error_field
 from calicoctl.plugin.schemas import SCHEMAS
 from tests.unit.conftest import dump
-from tests.unit.test_plugin import (EP, NET, _root, calico_network, netns,  # noqa: F401
+from tests.unit.plugin_support import (EP, NET, _root, calico_network, netns,  # noqa: F401
                                     plugin, plugin_parts, start_container)
 
 pytestmark = pytest.mark.skipif(not _root(), reason="needs root to make a network namespace")

@@ -9,7 +9,7 @@ import pytest
 from calicoctl.datastore import endpoints
 from calicoctl.datastore.models import Endpoint, Pool
 from calicoctl.datastore.pools import add_pool
-from tests.unit.test_plugin import (EP, NET, _root, calico_network, netns,  # noqa: F401
+from tests.unit.plugin_support import (EP, NET, _root, calico_network, netns,  # noqa: F401
                                     ns_run, plugin, plugin_parts, start_container)
 
 pytestmark = pytest.mark.skipif(not _root(), reason="needs root to make a network namespace")

@@ -15,7 +15,7 @@ from calicoctl.datastore.models import Pool
 from calicoctl.datastore.pools import add_pool
 from tests.st.harness.procs import wait_for
 from tests.unit.etcd_server import EtcdServer
-from tests.unit.test_plugin import (EP, EP2, NET, Plugin, _root, calico_network,  # noqa: F401
+from tests.unit.plugin_support import (EP, EP2, NET, Plugin, _root, calico_network,  # noqa: F401
                                     netns, start_container)
 
 pytestmark = pytest.mark.skipif(not _root(), reason="needs root to make a network namespace")
