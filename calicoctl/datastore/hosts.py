@@ -13,7 +13,9 @@ def register_node(store, node, endpoint_to_host_action="RETURN"):
         store.set(keys.host_bird6_ip(node.name), str(node.ipv6))
         store.set(keys.bgp_host_ip(node.name, 6), str(node.ipv6))
     else:
-        store.delete(keys.bgp_host_ip(node.name, 6))
+        # Written empty, not deleted: the original plugin and BIRD templates read ip_addr_v6 of
+        # every host and took "" for "no IPv6 address" (every reader here does the same).
+        store.set(keys.bgp_host_ip(node.name, 6), "")
     if node.as_num:
         store.set(keys.bgp_host_as(node.name), str(node.as_num))
     else:

@@ -30,6 +30,7 @@ def test_runtime_none_registers_the_host_and_turns_forwarding_on(two_hosts, env,
     assert r.returncode == 0, r.stderr
     assert store.get("/calico/v1/host/calico-01/bird_ip") == host.ip      # eth0, not docker0
     assert store.get("/calico/bgp/v1/host/calico-01/ip_addr_v4") == host.ip
+    assert store.get("/calico/bgp/v1/host/calico-01/ip_addr_v6") == ""    # no --ip6: empty
     assert host.run(["sysctl", "-n", "net.ipv4.ip_forward"]).stdout.strip() == "1"
     assert host.docker("ps", "-q").stdout.strip() == ""                   # nothing started
     r = calicoctl(host, env, "node", "--runtime=none", "--ip=198.18.0.99")

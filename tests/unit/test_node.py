@@ -59,6 +59,24 @@ def test_node_explicit_ip_and_rerun_is_idempotent(cli, etcd_dump, sysctls, host_
     assert "/calico/bgp/v1/host/testhost/as_num" not in first   # inherits the global AS
 
 
+def test_node_without_ipv6_writes_ip_addr_v6_empty_and_readers_see_no_address(
+        cli, etcd_dump, sysctls, host_ip):
+    # The original wrote ip_addr_v6 on every host ("" without --ip6): its plugin and BIRD
+    # templates read the key, so it must be there, empty, and mean "no IPv6 address".
+    assert cli("node", "--runtime=none").code == 0
+    data = etcd_dump()
+    assert data["/calico/bgp/v1/host/testhost/ip_addr_v6"] == ""
+    assert "/calico/v1/host/testhost/bird6_ip" not in data
+    r = cli("node", "show")
+    rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
+            for line in r.out.splitlines() if line.startswith("|")}
+    assert rows["testhost"][:2] == [str(host_ip), ""]
+    from calicoctl.felix.agent import Agent
+    agent = Agent(store=None, host="testhost", dataplane=None, birds={})
+    agent.state.load_snapshot([(k, v) for k, v in data.items() if k.startswith("/calico/bgp/")])
+    assert agent.state.bgp_view().nodes["testhost"] == {"ip4": str(host_ip), "as": None}
+
+
 def test_node_keeps_operator_defaults(cli, etcd_dump, sysctls, raw_etcd):
     raw_etcd.write("/calico/v1/config/LogSeverityScreen", "DEBUG")
     raw_etcd.write("/calico/bgp/v1/global/as_num", "65000")
