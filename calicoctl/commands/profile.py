@@ -107,22 +107,17 @@ def rule_from_arguments(arguments):
     for field, arg in (("src_tag", "<SRCTAG>"), ("dst_tag", "<DSTTAG>")):
         if arguments[arg] is not None:
             raw[field] = validate_name(arguments[arg], "tag")
-    families = set()
     for field, arg in (("src_net", "<SRCCIDR>"), ("dst_net", "<DSTCIDR>")):
         if arguments[arg] is not None:
-            net = parse_cidr(arguments[arg])
-            raw[field] = str(net)
-            families.add(net.version)
+            raw[field] = str(parse_cidr(arguments[arg]))
     for field, arg in (("src_ports", "<SRCPORTS>"), ("dst_ports", "<DSTPORTS>")):
         if arguments[arg] is not None:
             raw[field] = parse_ports(arguments[arg])
     for field, arg in (("icmp_type", "<ICMPTYPE>"), ("icmp_code", "<ICMPCODE>")):
         if arguments[arg] is not None:
             raw[field] = arguments[arg]
-    # The grammar has one word for ICMP.  An IPv6 CIDR says unambiguously which ICMP is meant
-    # (as the original did), so store icmpv6; a rule naming both families is refused below.
-    if protocol == "icmp" and families == {6}:
-        protocol = "icmpv6"
+    # The grammar has one word for ICMP, as the original's had: with an IPv6 CIDR it means
+    # ICMPv6 (normalise_rule); a rule naming both families is refused there.
     if protocol:
         raw["protocol"] = protocol
     return normalise_rule(raw)

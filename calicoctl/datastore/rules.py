@@ -3,6 +3,13 @@
 A rule is stored as a JSON object with only the keys that are set (datamodel.md).  The same
 validation runs on CLI input, on `rule update` JSON and on values the agent reads back from etcd,
 so a hand-edited rule can never become broader than it says.
+
+In memory (normalise_rule) a rule names its IP family outright: `ip_version` whenever a CIDR or
+the protocol implies one, and `icmpv6` for ICMP over IPv6.  Stored (stored_rule) it takes the
+original calicoctl's form, whose Rule had neither an `ip_version` key nor an `icmpv6` protocol
+and refused to load a rule with either: the family is left to the CIDR, and ICMP with an IPv6
+CIDR is written `icmp`.  Only a rule the original had no words for (ICMPv6 or one family with no
+CIDR to say which) keeps `icmpv6` or `ip_version`, the agent's own names for them.
 """
 
 import ipaddress
@@ -113,6 +120,9 @@ def normalise_rule(raw):
             net = parse_cidr(rule[name])
             versions.add(net.version)
             out[name] = str(net)
+    if protocol == "icmp" and versions == {6}:
+        # The stored form of an ICMPv6 rule (stored_rule): `icmp` with an IPv6 CIDR.
+        protocol = out["protocol"] = "icmpv6"
     for name in ("src_tag", "dst_tag"):
         if name in rule:
             out[name] = validate_name(rule[name], "tag")
@@ -146,7 +156,7 @@ def normalise_rule(raw):
     if len(versions) > 1:
         raise ValidationError("The rule mixes IPv4 and IPv6 (CIDRs, icmp/icmpv6, ip_version); "
                               "use one family per rule.")
-    if versions and "ip_version" not in out and ("src_net" in out or "dst_net" in out):
+    if versions and "ip_version" not in out:
         out["ip_version"] = versions.pop()
     return out
 
@@ -166,8 +176,27 @@ def rule_versions(rule):
     return {4, 6}
 
 
+def _cidr_versions(rule):
+    return {ipaddress.ip_network(rule[n]).version for n in ("src_net", "dst_net") if n in rule}
+
+
+def stored_rule(rule):
+    """A normalised rule in the original's stored form (module docstring): no `ip_version` where
+    a CIDR or the protocol says the family, and ICMPv6 with an IPv6 CIDR as `icmp`.
+    normalise_rule(stored_rule(r)) == r."""
+    out = dict(rule)
+    nets = _cidr_versions(out)
+    if out.get("protocol") == "icmpv6" and nets == {6}:
+        out["protocol"] = "icmp"
+    implied = nets or {"icmp": {4}, "icmpv6": {6}}.get(out.get("protocol"), set())
+    if "ip_version" in out and implied == {out["ip_version"]}:
+        del out["ip_version"]
+    return out
+
+
 def format_rule(rule):
     """One line, in the words `rule add` takes, e.g. 'allow tcp from ports 80 tag web'."""
+    rule = stored_rule(rule)
     out = [rule.get("action", "allow")]
     if "protocol" in rule:
         out.append(str(rule["protocol"]))
@@ -228,8 +257,8 @@ class Rules:
         return cls(profile, lists["inbound_rules"], lists["outbound_rules"])
 
     def to_json(self):
-        return {"id": self.profile, "inbound_rules": self.inbound,
-                "outbound_rules": self.outbound}
+        return {"id": self.profile, "inbound_rules": [stored_rule(r) for r in self.inbound],
+                "outbound_rules": [stored_rule(r) for r in self.outbound]}
 
     def direction(self, name):
         if name == "inbound":

@@ -119,16 +119,19 @@ def test_rule_add_full_grammar(cli, etcd_dump):
     assert rules["inbound_rules"][1] == {
         "action": "allow", "protocol": "tcp", "src_ports": [80, 443, "1000:2000"],
         "src_tag": "web", "src_net": "10.0.0.0/8", "dst_ports": [8080], "dst_tag": "db",
-        "dst_net": "10.1.0.0/16", "ip_version": 4}
+        "dst_net": "10.1.0.0/16"}
     assert rules["inbound_rules"][3] == {"action": "allow", "protocol": "icmp", "icmp_type": 8,
                                          "icmp_code": 0, "src_tag": "ping"}
-    # `icmp` with an IPv6 CIDR means ICMPv6.
-    assert rules["inbound_rules"][4] == {"action": "deny", "protocol": "icmpv6", "icmp_type": 128,
-                                         "dst_net": "fd00::/64", "ip_version": 6}
+    # `icmp` with an IPv6 CIDR means ICMPv6, stored as the original stored it: `icmp`.
+    assert rules["inbound_rules"][4] == {"action": "deny", "protocol": "icmp", "icmp_type": 128,
+                                         "dst_net": "fd00::/64"}
     show = cli("profile", "p", "rule", "show").out.splitlines()
     assert show[2] == ("   2 allow tcp from ports 80,443,1000:2000 tag web cidr 10.0.0.0/8 "
                        "to ports 8080 tag db cidr 10.1.0.0/16")
-    assert show[5] == "   5 deny icmpv6 type 128 to cidr fd00::/64"
+    assert show[5] == "   5 deny icmp type 128 to cidr fd00::/64"
+    # The rule as shown is the rule as typed: removing it by those words finds it.
+    assert cli("profile", "p", "rule", "remove", "inbound", "deny", "icmp", "type", "128", "to",
+               "cidr", "fd00::/64").code == 0
     assert show[6] == "Outbound rules:"
 
 
@@ -172,6 +175,46 @@ def test_rule_json_and_update_round_trip(cli, etcd_dump):
     # Stored in canonical form: the port "53" becomes the number 53.
     assert rules_of(etcd_dump, "p")["outbound_rules"] == [
         {"action": "deny", "protocol": "udp", "dst_ports": [53]}]
+
+
+# The original calicoctl's Rule took only action, protocol (tcp, udp or icmp), src/dst tag, net
+# and ports, icmp_type and icmp_code: it refused to load a rule with ip_version or icmpv6.
+ORIGINAL_RULE_KEYS = {"action", "protocol", "src_tag", "src_ports", "src_net", "dst_tag",
+                      "dst_ports", "dst_net", "icmp_type", "icmp_code"}
+
+
+def test_rules_are_written_in_the_original_form_and_our_older_form_still_reads(cli, etcd_dump,
+                                                                              store):
+    cli("profile", "add", "p")
+    older = {"id": "p", "outbound_rules": [], "inbound_rules": [
+        {"action": "allow", "protocol": "icmpv6", "icmp_type": 128, "src_net": "fd00::/64",
+         "ip_version": 6},
+        {"action": "allow", "protocol": "tcp", "dst_net": "10.0.0.0/8", "ip_version": 4},
+        {"action": "deny", "protocol": "icmp", "ip_version": 4},
+        {"action": "allow", "protocol": "icmp", "dst_net": "fd00::/64"}]}
+    r = cli("profile", "p", "rule", "update", stdin=json.dumps(older))
+    assert r.code == 0, r
+    assert rules_of(etcd_dump, "p")["inbound_rules"] == [
+        {"action": "allow", "protocol": "icmp", "icmp_type": 128, "src_net": "fd00::/64"},
+        {"action": "allow", "protocol": "tcp", "dst_net": "10.0.0.0/8"},
+        {"action": "deny", "protocol": "icmp"},
+        {"action": "allow", "protocol": "icmp", "dst_net": "fd00::/64"}]
+    for rule in rules_of(etcd_dump, "p")["inbound_rules"]:
+        assert set(rule) <= ORIGINAL_RULE_KEYS and rule["protocol"] in ("tcp", "udp", "icmp")
+    # Read back, `icmp` with an IPv6 CIDR is ICMPv6 to the agent, and only IPv6.
+    from calicoctl.datastore import profiles
+    from calicoctl.datastore.rules import rule_versions
+    inbound = profiles.get_rules(store, "p").inbound
+    assert inbound[0]["protocol"] == "icmpv6" and rule_versions(inbound[0]) == {6}
+    assert rule_versions(inbound[1]) == {4} and rule_versions(inbound[2]) == {4}
+    # Only what the original had no words for keeps the agent's own names for it.
+    assert cli("profile", "p", "rule", "update", stdin=json.dumps({
+        "id": "p", "outbound_rules": [], "inbound_rules": [
+            {"action": "allow", "protocol": "icmpv6", "icmp_type": 128, "ip_version": 6},
+            {"action": "deny", "ip_version": 6}]})).code == 0
+    assert rules_of(etcd_dump, "p")["inbound_rules"] == [
+        {"action": "allow", "protocol": "icmpv6", "icmp_type": 128},
+        {"action": "deny", "ip_version": 6}]
 
 
 @pytest.mark.parametrize("argv, contains", [
