@@ -36,13 +36,15 @@ def parse_cidr(text, version=None, strict=False):
 
 
 def parse_as(text):
-    """AS numbers: 1-4294967295, or the dotted a.b form (a, b 0-65535).  Returns a string."""
+    """AS numbers: 1-4294967295, or the dotted a.b form (a, b 0-65535).  Returns the plain
+    decimal string, which is what is stored: the original calicoctl turned a.b into
+    65536 * a + b (asplain, RFC 5396) before writing it, so 1.10 is stored as 65546."""
     s = str(text).strip()
     m = _AS_DOTTED.match(s)
     if m:
         hi, lo = int(m.group(1)), int(m.group(2))
         if hi <= 65535 and lo <= 65535 and (hi, lo) != (0, 0):
-            return "%d.%d" % (hi, lo)
+            return str(65536 * hi + lo)
     elif s.isascii() and s.isdigit() and 1 <= int(s) <= 4294967295:
         return str(int(s))
     raise ValidationError("Invalid AS number %r: use 1-4294967295 or the dotted form a.b."

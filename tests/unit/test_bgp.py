@@ -15,7 +15,8 @@ def test_peer_add_show_remove(cli, etcd_dump):
     data = etcd_dump()
     assert json.loads(data[GLOBAL + "/peer_v4/198.18.0.200"]) == {"ip": "198.18.0.200",
                                                                   "as_num": "64513"}
-    assert json.loads(data[GLOBAL + "/peer_v6/fd00::c8"]) == {"ip": "fd00::c8", "as_num": "1.10"}
+    # Dotted (asdot) on input, stored plain as the original stored it: 65536 * 1 + 10.
+    assert json.loads(data[GLOBAL + "/peer_v6/fd00::c8"]) == {"ip": "fd00::c8", "as_num": "65546"}
     assert data["/calico/v1/Ready"] == "true"
     r = cli("bgp", "peer", "show")
     assert r.code == 0
@@ -46,7 +47,24 @@ def test_default_node_as(cli, etcd_dump):
     assert cli("bgp", "default-node-as").out == "65000\n"
     assert cli("bgp", "default-node-as", "4294967295").code == 0
     assert cli("bgp", "default-node-as", "01.02").code == 0
-    assert cli("bgp", "default-node-as").out == "1.2\n"
+    assert etcd_dump()[GLOBAL + "/as_num"] == "65538"
+    assert cli("bgp", "default-node-as").out == "65538\n"
+
+
+@pytest.mark.parametrize("dotted, plain", [
+    ("1.10", "65546"), ("0.1", "1"), ("0.65535", "65535"), ("1.0", "65536"),
+    ("65535.65535", "4294967295")])
+def test_dotted_as_numbers_are_stored_plain(cli, etcd_dump, dotted, plain):
+    # The original converted a.b to asplain (65536 * a + b) before writing; so do we, everywhere
+    # an AS is given: global peers, the default node AS, this node's peers.
+    assert cli("bgp", "peer", "add", "198.18.0.200", "as", dotted).code == 0
+    assert cli("bgp", "default-node-as", dotted).code == 0
+    assert cli("node", "bgp", "peer", "add", "198.18.0.201", "as", dotted).code == 0
+    data = etcd_dump()
+    assert json.loads(data[GLOBAL + "/peer_v4/198.18.0.200"])["as_num"] == plain
+    assert data[GLOBAL + "/as_num"] == plain
+    assert json.loads(data["/calico/bgp/v1/host/testhost/peer_v4/198.18.0.201"])["as_num"] == plain
+    assert "| %s " % plain in cli("bgp", "peer", "show", "--ipv4").out
 
 
 @pytest.mark.parametrize("argv, contains", [

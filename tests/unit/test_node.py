@@ -77,6 +77,11 @@ def test_node_without_ipv6_writes_ip_addr_v6_empty_and_readers_see_no_address(
     assert agent.state.bgp_view().nodes["testhost"] == {"ip4": str(host_ip), "as": None}
 
 
+def test_node_dotted_as_is_stored_plain(cli, etcd_dump, sysctls, host_ip):
+    assert cli("node", "--runtime=none", "--as=1.10").code == 0
+    assert etcd_dump()["/calico/bgp/v1/host/testhost/as_num"] == "65546"   # 65536 * 1 + 10
+
+
 def test_node_keeps_operator_defaults(cli, etcd_dump, sysctls, raw_etcd):
     raw_etcd.write("/calico/v1/config/LogSeverityScreen", "DEBUG")
     raw_etcd.write("/calico/bgp/v1/global/as_num", "65000")
