@@ -1,8 +1,9 @@
 """The etcd key layout (Calico v1), in one place.
 
 Every module that needs a key calls a builder here; every module that needs to know what a key
-means matches it against PATTERNS here.  Nothing else concatenates or splits keys.  The layout is
-the one in shared/docs/datamodel.md, which follows what the v0.12.0-era code really wrote.
+means matches it against PATTERNS here.  Nothing else concatenates or splits keys.  The layout,
+with each key's value, writers and readers, is described in docs/datamodel.md; it follows what
+the v0.12.0-era code really wrote.
 """
 
 import re
@@ -24,7 +25,7 @@ FELIX_DIR = "/calico/felix/v1"
 FELIX_HOSTS_DIR = "/calico/felix/v1/host"
 LIBNETWORK_DIR = "/calico/libnetwork/v1"
 
-# Orchestrator/workload names of endpoints the libnetwork plugin creates (datamodel.md).
+# Orchestrator/workload names of endpoints the libnetwork plugin creates (docs/datamodel.md).
 LIBNETWORK_ORCHESTRATOR = "libnetwork"
 LIBNETWORK_WORKLOAD = "libnetwork"
 DOCKER_ORCHESTRATOR = "docker"

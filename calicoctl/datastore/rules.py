@@ -1,6 +1,6 @@
 """Policy rules: validation, the stored JSON form, and the one-line form `rule show` prints.
 
-A rule is stored as a JSON object with only the keys that are set (datamodel.md).  The same
+A rule is stored as a JSON object with only the keys that are set (docs/datamodel.md).  The same
 validation runs on CLI input, on `rule update` JSON and on values the agent reads back from etcd,
 so a hand-edited rule can never become broader than it says.
 

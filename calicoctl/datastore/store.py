@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_AUTHORITY = "127.0.0.1:2379"
 # How long one etcd request may take before we call that endpoint unresponsive.  Commands must fail
-# within a few seconds when etcd is down (issue: foundation).
+# within a few seconds when etcd is down.
 DEFAULT_TIMEOUT = 3.0
 CAS_RETRIES = 20
 APIS = ("2", "3")

@@ -17,7 +17,7 @@ from calicoctl.felix.bird import bgp_peer_states
 log = logging.getLogger(__name__)
 
 # Liveness TTL and refresh period: the key outlives one missed refresh, and a dead agent is
-# noticed within 30 s (INTERFACES.md).
+# noticed within 30 s.
 STATUS_TTL = 30
 STATUS_INTERVAL = 10
 

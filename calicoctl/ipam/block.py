@@ -1,7 +1,7 @@
 """Allocation blocks as pure data: the stored JSON and what can be done to it.
 
 A block is the unit a host claims: 64 consecutive addresses (BLOCK_PREFIX: /26 or /122).  Its JSON
-(shared/docs/datamodel.md) is
+(docs/datamodel.md) is
 
     {"cidr": "192.168.0.0/26", "affinity": "host:calico-01",
      "allocations": [0, null, ...64...], "unallocated": [1, 2, ...],

@@ -3,7 +3,8 @@ per-node BGP peers, and refusal of bad input with nothing written.
 
 Starting containers needs a Docker engine and the node images: tests/st/test_node.py does that on
 namespace hosts.  Here forwarding is switched on in files under tmp_path, never in this machine's
-own /proc/sys (the root namespace must not forward: docs/testbed.md).
+own /proc/sys (the root namespace must not forward: tests/st/harness/network.py,
+guard_root_forwarding).
 """
 
 import http.server

@@ -1,7 +1,7 @@
 """A "host": its own network, UTS and mount namespaces held open by a long-lived process.
 
-Everything a host runs is entered into those namespaces with `nsenter -t PID -n -u -m`. The init
-script follows docs/testbed.md: each step is there because dockerd or the calico agents need it.
+Everything a host runs is entered into those namespaces with `nsenter -t PID -n -u -m`. Each step
+of the init script is there because dockerd or the calico agents need it; its comments say why.
 """
 
 import glob
