@@ -154,5 +154,9 @@ def bgp_peer(store, name, arguments):
         versions = (4,) if arguments["--ipv4"] else (6,) if arguments["--ipv6"] else (4, 6)
         for v in versions:
             peers = bgp.list_peers(store, v, host=name)
+            if not peers:
+                # The original's words, blank line included (as for the global peers).
+                out("No IPv%d BGP Peers defined for this node.\n" % v)
+                continue
             out(table(["Node specific IPv%d BGP Peer" % v, "AS Num"],
                       [[str(p.ip), p.as_num] for p in peers]))

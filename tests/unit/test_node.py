@@ -188,6 +188,10 @@ def test_node_remove_dead_host_deletes_keys_affinities_and_endpoints(cli, raw_et
 
 
 def test_node_bgp_peers(cli, etcd_dump):
+    # No peers: the original's sentence for each family, not an empty table.
+    r = cli("node", "bgp", "peer", "show")
+    assert r.code == 0 and r.out == ("No IPv4 BGP Peers defined for this node.\n\n"
+                                     "No IPv6 BGP Peers defined for this node.\n\n"), r
     assert cli("node", "bgp", "peer", "add", "198.18.0.200", "as", "64513").code == 0
     assert cli("node", "bgp", "peer", "add", "fd00::200", "as", "64514").code == 0
     data = etcd_dump()
@@ -197,6 +201,11 @@ def test_node_bgp_peers(cli, etcd_dump):
     r = cli("node", "bgp", "peer", "show", "--ipv4")
     assert "198.18.0.200" in r.out and "64513" in r.out and "fd00::200" not in r.out
     assert cli("node", "bgp", "peer", "remove", "198.18.0.200").code == 0
+    assert cli("node", "bgp", "peer", "show", "--ipv4").out == \
+        "No IPv4 BGP Peers defined for this node.\n\n"
+    r = cli("node", "bgp", "peer", "show")
+    assert r.out.startswith("No IPv4 BGP Peers defined for this node.\n\n+")
+    assert "Node specific IPv6 BGP Peer" in r.out and "fd00::200" in r.out
     r = cli("node", "bgp", "peer", "remove", "198.18.0.200")
     assert r.code == 1 and "not a BGP peer" in r.err
     r = cli("node", "bgp", "peer", "add", "198.18.0.300", "as", "1")
