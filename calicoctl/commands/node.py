@@ -36,7 +36,8 @@ Options:
   --libnetwork-image=<IMAGE>  Their image (default: calico/node-libnetwork:v<version>).
   --log-dir=<LOG_DIR>       Host folder for Calico's logs [default: /var/log/calico].
   --detach=<DETACH>         "false" to stay in the foreground showing the agent's output;
-                            Ctrl-C then stops the node [default: true].
+                            Ctrl-C then stops the node; not with --libnetwork
+                            [default: true].
   --runtime=<RUNTIME>       "docker" starts the containers, "none" only registers the node
                             [default: docker].
   --kubernetes              Not supported (the Kubernetes plugin is not part of this project).
@@ -85,6 +86,11 @@ def node_start(arguments):
         raise ValidationError("--runtime=rkt is not supported: use docker or none.")
     runtime = _flag_value(runtime, "--runtime", ("docker", "none"))
     detach = _flag_value(arguments["--detach"] or "true", "--detach", ("true", "false")) == "true"
+    if not detach and arguments["--libnetwork"]:
+        # Refused as the original refused it (its node command's argument checks): with the
+        # libnetwork plugin only a detached node is supported.  Checked before any write.
+        raise ValidationError("The only valid value for --detach is 'true' when using "
+                              "--libnetwork.")
     ip = parse_ip(arguments["--ip"], version=4, what="address (--ip)") \
         if arguments["--ip"] else None
     ip6 = parse_ip(arguments["--ip6"], version=6, what="address (--ip6)") \

@@ -102,6 +102,9 @@ def test_node_keeps_operator_defaults(cli, etcd_dump, sysctls, raw_etcd):
     (["--runtime=rkt"], "rkt is not supported"),
     (["--runtime=lxc"], "--runtime must be docker or none"),
     (["--detach=maybe"], "--detach must be true or false"),
+    # The original refused a foreground node with the libnetwork plugin, before any write.
+    (["--detach=false", "--libnetwork"], "only valid value for --detach is 'true' when using"),
+    (["--runtime=docker", "--detach=FALSE", "--libnetwork"], "--libnetwork"),
     (["--kubernetes"], "--kubernetes is not supported"),
     (["--rkt"], "--rkt is not supported"),
 ])
