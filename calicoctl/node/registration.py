@@ -69,7 +69,8 @@ def remove(store, name, remove_endpoints=False, ipam=None):
     """Delete the node's keys, its IPAM block affinities and (if asked) its endpoints.
 
     Refuses while the node still has endpoints, unless remove_endpoints; those endpoints' addresses
-    are released (their IPAM handle is the endpoint id), so nothing leaks.
+    are released, so nothing leaks: by address (the plugin's handles are its own,
+    plugin/ipam_driver.new_handle) and by the endpoint id (`calicoctl container`'s handle).
     """
     eps = endpoints.list_endpoints(store, host=name)
     if eps and not remove_endpoints:
@@ -80,6 +81,7 @@ def remove(store, name, remove_endpoints=False, ipam=None):
         from calicoctl.ipam.allocator import IPAMClient
         ipam = IPAMClient(store, host=name)
     for ep in eps:
+        ipam.release(ep.addresses())
         ipam.release_by_handle(ep.endpoint_id)
         endpoints.delete_endpoint(store, ep)
     ipam.release_host_affinities(name)

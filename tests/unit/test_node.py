@@ -190,6 +190,25 @@ def test_node_remove_dead_host_deletes_keys_affinities_and_endpoints(cli, raw_et
             assert json.loads(value).get("affinity") in (None, "")
 
 
+def test_node_remove_releases_the_plugins_addresses(cli, raw_etcd, etcd_dump, store):
+    # The plugin's IPAM handle is not the endpoint id (plugin/ipam_driver.new_handle).
+    from calicoctl.ipam.allocator import IPAMClient
+    from calicoctl.plugin.ipam_driver import new_handle
+    assert cli("pool", "add", "192.168.0.0/16").code == 0
+    ipam = IPAMClient(store, host="deadhost")
+    handle = new_handle("deadhost")
+    ip = ipam.auto_assign(4, handle_id=handle)
+    ep_id = "d" * 64
+    raw_etcd.write("/calico/v1/host/deadhost/workload/libnetwork/libnetwork/endpoint/" + ep_id,
+                   json.dumps({"state": "active", "name": "cali" + ep_id[:11],
+                               "mac": "ee:ee:ee:ee:ee:ee", "profile_ids": ["net1"],
+                               "ipv4_nets": ["%s/32" % ip], "ipv6_nets": []}))
+    r = cli("node", "remove", "--hostname=deadhost", "--remove-endpoints")
+    assert r.code == 0, r
+    assert ipam.get_assignment(ip) is None
+    assert "/calico/ipam/v2/handle/" + handle not in etcd_dump()
+
+
 def test_node_bgp_peers(cli, etcd_dump):
     # No peers: the original's sentence for each family, not an empty table.
     r = cli("node", "bgp", "peer", "show")
