@@ -1,8 +1,9 @@
 """Host networking for workloads: veths, addresses, routes, proxy ARP/NDP and sysctls.
 
 Shared by the libnetwork plugin (which hands the container end to Docker) and `calicoctl
-container` (which moves it into a running container's namespace itself).  Every change to the
-kernel goes through `netlink.Executor`, which turns failures into DataplaneError.
+container` (which moves it into a running container's namespace itself).  Every netlink call
+goes through `netlink.Executor` and every sysctl through `sysctl.py` (the agent's and `calicoctl
+node`'s too); both turn failures into DataplaneError.
 """
 
 

@@ -1,4 +1,4 @@
-"""The one executor for dataplane side effects: netlink (pyroute2) calls and sysctl writes.
+"""The one executor for netlink (pyroute2) calls; sysctls are `dataplane/sysctl.py`'s.
 
 Each call names what it did in terms of the equivalent `ip` command, so a failure reads like
 one (DataplaneError carries that command, the errno and the kernel's message).
@@ -84,27 +84,6 @@ class Executor:
         self.call(["link", "del", ifname], self._ipr.link, "del", index=index,
                   ignore=(errno.ENODEV,))
         return True
-
-
-def write_sysctl(path, value):
-    """Write one /proc/sys value; path is relative to /proc/sys with slashes (interface names
-    may hold dots, so the dotted form would be ambiguous)."""
-    full = "/proc/sys/" + path
-    try:
-        with open(full, "w") as f:
-            f.write(str(value))
-    except OSError as exc:
-        raise DataplaneError(["sysctl", "-w", "%s=%s" % (path.replace("/", "."), value)],
-                             exc.errno or 1, stderr=exc.strerror or str(exc))
-
-
-def read_sysctl(path):
-    full = "/proc/sys/" + path
-    try:
-        with open(full) as f:
-            return f.read().strip()
-    except OSError:
-        return None
 
 
 CLONE_NEWNET = 0x40000000

@@ -7,7 +7,8 @@ import errno
 import ipaddress
 import socket
 
-from calicoctl.dataplane.netlink import Executor, read_sysctl, run_in_netns, write_sysctl
+from calicoctl.dataplane import sysctl
+from calicoctl.dataplane.netlink import Executor, run_in_netns
 from calicoctl.dataplane.veth import IPV6_GATEWAY, RT_SCOPE_LINK
 from calicoctl.datastore.models import IPV4_GATEWAY
 from calicoctl.errors import DataplaneError
@@ -68,8 +69,8 @@ def _enable_ipv6(ifname):
     # kernel then refuses IPv6 addresses on them (EACCES).  Runs inside the container's
     # namespace: /proc/sys/net shows the namespace of the thread that opens it.
     path = "net/ipv6/conf/%s/disable_ipv6" % ifname
-    if read_sysctl(path) == "1":
-        write_sysctl(path, 0)
+    if sysctl.read(path) == "1":
+        sysctl.write(path, 0)
 
 
 def _add_address(ex, ifname, index, net):

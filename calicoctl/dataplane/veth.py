@@ -8,7 +8,8 @@ import ipaddress
 import logging
 import socket
 
-from calicoctl.dataplane.netlink import Executor, read_sysctl, write_sysctl
+from calicoctl.dataplane import sysctl
+from calicoctl.dataplane.netlink import Executor
 from calicoctl.datastore.models import WORKLOAD_MAC
 from calicoctl.errors import DataplaneError
 
@@ -51,12 +52,6 @@ def workload_mtu(override=None, ipip=False):
     return uplink_mtu() - (IPIP_OVERHEAD if ipip else 0)
 
 
-def enable_forwarding(ipv6=False):
-    write_sysctl("net/ipv4/ip_forward", 1)
-    if ipv6:
-        write_sysctl("net/ipv6/conf/all/forwarding", 1)
-
-
 def veth_exists(host_ifname):
     with Executor() as ex:
         return ex.link_index(host_ifname) is not None
@@ -94,18 +89,14 @@ def create_veth(host_ifname, peer_ifname, mtu, mac=WORKLOAD_MAC):
 def configure_host_side(host_ifname, ipv4_nets=(), ipv6_nets=()):
     """proxy ARP (and NDP), the IPv6 gateway address, and one host route per workload address."""
     ipv6 = bool(ipv6_nets)
-    conf4 = "net/ipv4/conf/%s/" % host_ifname
-    write_sysctl(conf4 + "proxy_arp", 1)
-    # Proxy ARP replies are delayed by a random 0-0.8 s by default (proxy_delay, meant for
-    # shared segments); on a point-to-point veth that only slows the workload's first packet.
-    write_sysctl("net/ipv4/neigh/%s/proxy_delay" % host_ifname, 0)
+    sysctl.enable_proxy_arp(host_ifname)
     if ipv6:
         conf6 = "net/ipv6/conf/%s/" % host_ifname
-        if read_sysctl(conf6 + "disable_ipv6") == "1":
-            write_sysctl(conf6 + "disable_ipv6", 0)
-        write_sysctl(conf6 + "proxy_ndp", 1)
-        write_sysctl(conf6 + "forwarding", 1)
-    enable_forwarding(ipv6)
+        if sysctl.read(conf6 + "disable_ipv6") == "1":
+            sysctl.write(conf6 + "disable_ipv6", 0)
+        sysctl.enable_proxy_ndp(host_ifname)
+        sysctl.write(conf6 + "forwarding", 1)
+    sysctl.enable_forwarding(ipv6)
     with Executor() as ex:
         index = ex.link_index(host_ifname)
         if index is None:

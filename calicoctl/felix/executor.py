@@ -5,7 +5,7 @@
   incremental change never rewrites the table.
 - ipsets: one `ipset restore` per batch: new sets created and filled, changed sets updated
   member by member, and on a full sync every set filled under a temporary name and swapped in.
-- routes and sysctls through pyroute2 and /proc.
+- routes through pyroute2; sysctls through `calicoctl/dataplane/sysctl.py`.
 
 A failing command raises DataplaneError (command, return code, stdout, stderr, input); commands
 are retried a few times first (xtables takes a lock other tools may hold for a moment).
@@ -17,6 +17,7 @@ import subprocess
 
 import tenacity
 
+from calicoctl.dataplane import sysctl
 from calicoctl.errors import DataplaneError
 from calicoctl.felix import ipsets as ipset_names
 from calicoctl.felix.nat import TOP_JUMPS as NAT_JUMPS
@@ -283,14 +284,14 @@ class IpsetManager:
 
 # --- routes, sysctls, tunnels -----------------------------------------------------------------
 
-def write_sysctl(path, value):
+def _best_effort(set_sysctls, *args):
+    """Sysctls are written by `dataplane/sysctl.py`; the agent carries on without one it
+    cannot set (the interface went with its workload, the host has no IPv6): it logs that and
+    leaves the rest to the next route sync or restart."""
     try:
-        with open(path, "w") as f:
-            f.write(value)
-        return True
-    except OSError as exc:
-        log.debug("Cannot set %s: %s", path, exc)
-        return False
+        set_sysctls(*args)
+    except DataplaneError as exc:
+        log.debug("Cannot set a sysctl: %s", exc)
 
 
 def present_interfaces(prefix):
@@ -368,21 +369,14 @@ class RouteManager:
         if route.gateway:
             return
         if ":" in route.dst:
-            write_sysctl("/proc/sys/net/ipv6/conf/%s/proxy_ndp" % route.dev, "1")
+            _best_effort(sysctl.enable_proxy_ndp, route.dev)
         else:
-            # The workload's gateway 169.254.1.1 exists nowhere: the host answers for it.
-            write_sysctl("/proc/sys/net/ipv4/conf/%s/proxy_arp" % route.dev, "1")
-            write_sysctl("/proc/sys/net/ipv4/neigh/%s/proxy_delay" % route.dev, "0")
+            _best_effort(sysctl.enable_proxy_arp, route.dev)
 
     def close(self):
         if self._ipr is not None:
             self._ipr.close()
             self._ipr = None
-
-
-def enable_forwarding():
-    write_sysctl("/proc/sys/net/ipv4/ip_forward", "1")
-    write_sysctl("/proc/sys/net/ipv6/conf/all/forwarding", "1")
 
 
 def ensure_tunnel(device, runner=run_command):
@@ -417,7 +411,7 @@ class Dataplane:
         self.run = run
 
     def prepare(self):
-        enable_forwarding()
+        _best_effort(sysctl.enable_forwarding, True)
 
     def _each_table(self, work):
         """Run work(key, table) for every table at once: the IPv4 and IPv6 restores are

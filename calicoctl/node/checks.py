@@ -15,6 +15,7 @@ import shutil
 import subprocess
 from dataclasses import dataclass
 
+from calicoctl.dataplane import sysctl
 from calicoctl.errors import CalicoError, DataplaneError
 
 # Docker 20.10 (API 1.41) is the oldest engine calicoctl is built and tested for (Debian 12's
@@ -152,20 +153,12 @@ def check_ipip(probe=probe_in_scratch_netns):
                  required=False)
 
 
-def read_sysctl(path):
-    try:
-        with open(path) as f:
-            return f.read().strip()
-    except OSError:
-        return None
-
-
-def check_rp_filter(read=read_sysctl):
+def check_rp_filter(read=sysctl.read):
     # The agent's anti-spoofing does not rest on this sysctl: a raw-table rpfilter match drops
     # any workload packet whose source is not routed back to its own veth (felix/raw.py).  Loose
     # filtering host-wide is still worth a warning: it lets anything else on the host (a veth the
     # agent does not manage) send from addresses that are not its own.
-    value = read("/proc/sys/net/ipv4/conf/all/rp_filter")
+    value = read("net/ipv4/conf/all/rp_filter")
     if value == "2":
         return Check("reverse-path filtering", False,
                      "net.ipv4.conf.all.rp_filter is 2 (loose), which lets interfaces Calico does "

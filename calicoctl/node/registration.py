@@ -6,12 +6,9 @@ import logging
 from calicoctl.datastore import bgp, endpoints, hosts, keys
 from calicoctl.datastore.globals import ensure_defaults
 from calicoctl.datastore.models import Node
-from calicoctl.errors import CalicoError, ValidationError
+from calicoctl.errors import ValidationError
 
 log = logging.getLogger(__name__)
-
-FORWARDING_SYSCTLS = {4: "/proc/sys/net/ipv4/ip_forward",
-                      6: "/proc/sys/net/ipv6/conf/all/forwarding"}
 
 
 def check_address_free(store, name, ip):
@@ -33,23 +30,6 @@ def register(store, name, ipv4, ipv6=None, as_num=None):
     hosts.register_node(store, Node(name=name, ipv4=str(ipv4),
                                     ipv6=str(ipv6) if ipv6 else None,
                                     as_num=str(as_num) if as_num else None))
-
-
-def enable_forwarding(ipv6=False, write=None):
-    """A Calico host routes its workloads' traffic, so forwarding must be on."""
-    write = write or _write_sysctl
-    write(FORWARDING_SYSCTLS[4], "1")
-    if ipv6:
-        write(FORWARDING_SYSCTLS[6], "1")
-
-
-def _write_sysctl(path, value):
-    try:
-        with open(path, "w") as f:
-            f.write(value)
-    except OSError as exc:
-        raise CalicoError("Could not turn on forwarding (%s: %s); run as root." % (
-            path, exc.strerror))
 
 
 def agent_alive(store, name):

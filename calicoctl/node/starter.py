@@ -7,7 +7,8 @@ before the first write to etcd or the host.
 import logging
 from dataclasses import dataclass
 
-from calicoctl.errors import CalicoError, ValidationError
+from calicoctl.dataplane import sysctl
+from calicoctl.errors import CalicoError, DataplaneError, ValidationError
 from calicoctl.node import address, checks, containers, registration
 
 log = logging.getLogger(__name__)
@@ -89,7 +90,10 @@ def start(request, store, say, report_check, docker_factory=None):
             containers.image_id(client, image)
 
     registration.register(store, request.node_name, ip, request.ip6, request.as_num)
-    registration.enable_forwarding(ipv6=request.ip6 is not None)
+    try:
+        sysctl.enable_forwarding(ipv6=request.ip6 is not None)
+    except DataplaneError as exc:
+        raise CalicoError("Could not turn on forwarding (%s); run as root." % exc) from exc
     say("Node %s registered with address %s%s." % (
         request.node_name, ip, (" and %s" % request.ip6) if request.ip6 else ""))
 

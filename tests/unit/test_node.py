@@ -15,15 +15,17 @@ import threading
 
 import pytest
 
-from calicoctl.node import address, registration
+from calicoctl.dataplane import sysctl
+from calicoctl.node import address
 
 
 @pytest.fixture
 def sysctls(tmp_path, monkeypatch):
-    paths = {4: tmp_path / "ip_forward", 6: tmp_path / "forwarding6"}
+    paths = {v: tmp_path / p for v, p in sysctl.FORWARDING.items()}
     for p in paths.values():
+        p.parent.mkdir(parents=True, exist_ok=True)
         p.write_text("0")
-    monkeypatch.setattr(registration, "FORWARDING_SYSCTLS", {v: str(p) for v, p in paths.items()})
+    monkeypatch.setattr(sysctl, "PROC_SYS", str(tmp_path))
     return paths
 
 
