@@ -123,6 +123,7 @@ def node_stop(store, name, force):
 
 
 def node_remove(store, name, remove_endpoints, own):
+    from calicoctl.felix.status import agent_alive
     from calicoctl.node import containers, registration
     if own:
         from calicoctl.errors import CalicoError
@@ -134,7 +135,7 @@ def node_remove(store, name, remove_endpoints, own):
         if node is not None and containers.container_running(node):
             raise ValidationError("The node is running; stop it first with 'calicoctl node "
                                   "stop'.")
-    if registration.agent_alive(store, name):
+    if agent_alive(store, name):
         raise ValidationError(
             "The agent of node %s reported itself alive; stop it first ('calicoctl node stop' "
             "on %s) or wait for its liveness report to expire." % (name, name))

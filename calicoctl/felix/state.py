@@ -18,6 +18,7 @@ from calicoctl.datastore.models import Endpoint, Pool, interface_name
 from calicoctl.datastore.rules import Rules, normalise_rule
 from calicoctl.errors import ValidationError
 from calicoctl.felix.bird import BgpView
+from calicoctl.felix import status
 from calicoctl.felix.config import build_config
 
 log = logging.getLogger(__name__)
@@ -228,13 +229,7 @@ class FelixState:
     def _on_felix_endpoint_status(self, c, key, value, changes):
         if c["host"] == self.host:
             ep_key = (c["host"], c["orchestrator"], c["workload"], c["endpoint_id"])
-            status = None
-            if value is not None:
-                try:
-                    status = json.loads(value).get("status")
-                except (ValueError, AttributeError):
-                    status = "malformed"
-            _set_or_pop(self.reported, ep_key, status)
+            _set_or_pop(self.reported, ep_key, status.endpoint_state(value))
 
     def _on_bgp(self, c, key, value, changes):
         kind, _ = keys.match_key(key)

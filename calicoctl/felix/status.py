@@ -1,4 +1,5 @@
-"""What the agent reports in etcd, and the reading side `calicoctl status` uses.
+"""What the agent reports in etcd, and the one reading side: whether an agent is alive and
+whether an endpoint is up are answered here for `calicoctl node`/`status` and the plugin too.
 
 - /calico/felix/v1/host/<host>/status: {"time", "uptime"} with a TTL (liveness: it vanishes
   when the agent stops refreshing it), plus last_reported_status without a TTL.
@@ -20,6 +21,8 @@ log = logging.getLogger(__name__)
 # noticed within 30 s.
 STATUS_TTL = 30
 STATUS_INTERVAL = 10
+# endpoint_state() of a report that is not {"status": ...} JSON.
+MALFORMED = "malformed"
 
 
 def _now():
@@ -30,6 +33,39 @@ def report_alive(store, host, uptime):
     data = {"time": _now(), "uptime": round(uptime, 1)}
     store.set_json(keys.felix_status(host), data, ttl=STATUS_TTL)
     store.set_json(keys.felix_last_reported_status(host), data)
+
+
+def agent_alive(store, host):
+    """Whether the agent on host is alive: its liveness report exists (the TTL removes it once
+    the agent stops refreshing it)."""
+    return store.get(keys.felix_status(host)) is not None
+
+
+def alive_hosts(store):
+    """The hosts whose agent is alive, from one read of the agents' directory."""
+    return {c["host"] for k, _, _ in store.children(keys.FELIX_HOSTS_DIR)
+            for kind, c in [keys.match_key(k)] if kind == "felix_status"}
+
+
+def clear_alive(store, host):
+    """Forget an agent's liveness, so that only a new agent's report counts."""
+    store.delete(keys.felix_status(host))
+
+
+def endpoint_state(value):
+    """What an endpoint report's stored text says: its status ("up", ...), None for no report
+    (or one without a status), MALFORMED for text that is no report."""
+    if value is None:
+        return None
+    try:
+        return json.loads(value).get("status")
+    except (ValueError, AttributeError):
+        return MALFORMED
+
+
+def endpoint_up(value):
+    """Whether an endpoint report's stored text (None: no report) says the endpoint is up."""
+    return endpoint_state(value) == "up"
 
 
 def report_endpoint(store, host, endpoint_key, status="up"):
@@ -59,10 +95,7 @@ def read_status(store, host):
         kind, _c = keys.match_key(key)
         if kind != "felix_endpoint_status":
             continue
-        try:
-            state = json.loads(value).get("status")
-        except (ValueError, AttributeError):
-            continue
+        state = endpoint_state(value)
         if state in result["endpoints"]:
             result["endpoints"][state] += 1
     return result

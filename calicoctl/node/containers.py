@@ -284,17 +284,6 @@ def clear_dns_ready(path=DNS_READY_FILE):
         pass
 
 
-def agent_alive(store, node_name):
-    from calicoctl.datastore import keys
-    return store.get(keys.felix_status(node_name)) is not None
-
-
-def clear_agent_liveness(store, node_name):
-    """Forget the previous agent's liveness so only the new one's report counts as healthy."""
-    from calicoctl.datastore import keys
-    store.delete(keys.felix_status(node_name))
-
-
 def _pid_namespace(pid):
     try:
         return os.readlink("/proc/%d/ns/pid" % pid)
@@ -430,10 +419,12 @@ def create_and_start(client, spec, labels):
 def start_node(client, store, settings, say):
     """Start (or leave alone) calico-node and, with a libnetwork image, calico-libnetwork and
     calico-dns."""
+    from calicoctl.felix import status
     node_spec = node_container_spec(settings)
-    ensure_container(client, node_spec, lambda: agent_alive(store, settings.node_name),
+    # Forget the previous agent's liveness first, so only the new one's report counts.
+    ensure_container(client, node_spec, lambda: status.agent_alive(store, settings.node_name),
                      "the agent has not reported itself alive in etcd", say,
-                     before_start=lambda: clear_agent_liveness(store, settings.node_name))
+                     before_start=lambda: status.clear_alive(store, settings.node_name))
     if settings.libnetwork_image:
         ensure_container(client, plugin_container_spec(settings), plugin_answers,
                          "the plugin socket %s does not answer /Plugin.Activate" % PLUGIN_SOCKET,

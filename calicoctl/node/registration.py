@@ -7,6 +7,7 @@ from calicoctl.datastore import bgp, endpoints, hosts, keys
 from calicoctl.datastore.globals import ensure_defaults
 from calicoctl.datastore.models import Node
 from calicoctl.errors import ValidationError
+from calicoctl.felix.status import alive_hosts
 
 log = logging.getLogger(__name__)
 
@@ -32,15 +33,10 @@ def register(store, name, ipv4, ipv6=None, as_num=None):
                                     as_num=str(as_num) if as_num else None))
 
 
-def agent_alive(store, name):
-    return store.get(keys.felix_status(name)) is not None
-
-
 def node_rows(store):
     """[(name, ipv4, ipv6, AS, agent alive)] for every registered node."""
     default_as = bgp.get_default_as(store)
-    alive = {c["host"] for k, _, _ in store.children(keys.FELIX_HOSTS_DIR)
-             for kind, c in [keys.match_key(k)] if kind == "felix_status"}
+    alive = alive_hosts(store)
     return [(n.name, n.ipv4 or "", n.ipv6 or "", n.as_num or "(%s)" % default_as,
              "yes" if n.name in alive else "no") for n in hosts.list_nodes(store)]
 

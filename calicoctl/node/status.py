@@ -173,7 +173,8 @@ def collect(store, node_name, docker_factory=containers.docker_client):
         report.items.append(Item("plugin socket", answers, containers.PLUGIN_SOCKET + (
             " answers" if answers else " does not answer /Plugin.Activate")))
 
-    alive = containers.agent_alive(store, node_name)
+    from calicoctl.felix.status import agent_alive
+    alive = agent_alive(store, node_name)
     report.items.append(Item("agent liveness", alive, "reported alive in etcd" if alive else
                              "no liveness report in etcd for node %s" % node_name))
 

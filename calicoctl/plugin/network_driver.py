@@ -5,7 +5,6 @@ calls a driver, so nothing here calls back into Docker (names.py learns names fr
 """
 
 import ipaddress
-import json
 import logging
 import time
 
@@ -14,6 +13,7 @@ from calicoctl.datastore import endpoints, keys, pools as pools_store, profiles
 from calicoctl.datastore.models import (IPIP_DEVICE, IPV4_GATEWAY, WORKLOAD_MAC, Endpoint, Pool,
                                         interface_name)
 from calicoctl.errors import ConflictError, DatastoreError, NotFoundError, ValidationError
+from calicoctl.felix import status
 from calicoctl.plugin import records
 from calicoctl.plugin.ipam_driver import ANY_POOL, is_calico_address_space
 from calicoctl.plugin.schemas import shown
@@ -321,14 +321,14 @@ class NetworkDriver:
         """When the agent runs here, give it a bounded moment to program the endpoint, so the
         workload's first packets are not dropped for want of policy or a route.  Watches the
         report key (answering the moment it lands) rather than polling."""
-        if not self.felix_wait or self.store.get(keys.felix_status(self.host)) is None:
+        if not self.felix_wait or not status.agent_alive(self.store, self.host):
             return
         key = keys.felix_endpoint_status(self.host, ep.orchestrator, ep.workload,
                                          ep.endpoint_id)
         deadline = time.monotonic() + self.felix_wait
         # The index first, then the read: a report written in between is seen by the watch.
         index = self.store.current_index()
-        if _is_up(self.store.get_json(key)):
+        if status.endpoint_up(self.store.get(key)):
             return
         while True:
             remaining = deadline - time.monotonic()
@@ -338,17 +338,14 @@ class NetworkDriver:
                 change = self.store.watch(key, index + 1, timeout=remaining)
             except DatastoreError:   # e.g. HistoryLost (the index left etcd's history), a blip
                 index = self.store.current_index()
-                if _is_up(self.store.get_json(key)):
+                if status.endpoint_up(self.store.get(key)):
                     return
                 continue
             if change is None:
                 continue
             index = change.modified_index
-            try:
-                if _is_up(json.loads(change.value or "null")):
-                    return
-            except ValueError:
-                continue
+            if status.endpoint_up(change.value):
+                return
         log.warning("The agent did not report endpoint %s up within %.1f s; answering Join "
                     "anyway", ep.endpoint_id[:12], self.felix_wait)
 
@@ -423,10 +420,6 @@ def remove_endpoint_state(store, ep):
     for net in ep.ipv4_nets + ep.ipv6_nets:
         records.release_claim(store, _ip(net), ep.endpoint_id)
     endpoints.delete_endpoint(store, ep)
-
-
-def _is_up(status):
-    return isinstance(status, dict) and status.get("status") == "up"
 
 
 def _host_net(cidr, version):
