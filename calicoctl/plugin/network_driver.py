@@ -44,6 +44,10 @@ MTU_CACHE_SECONDS = 10.0
 def parse_options(generic):
     """--opt key/values -> typed dict; refuses unknown keys of the user's, naming the known
     ones, and passes over Docker's own (com.docker.network.*)."""
+    if not isinstance(generic, dict):
+        # Docker always sends an object; anything else is not a request we understand.
+        raise ValidationError("Network options (%s) must be an object of --opt key/values."
+                              % GENERIC_OPTIONS)
     unknown = sorted(k for k in generic
                      if k not in KNOWN_OPTIONS and not str(k).startswith(DOCKER_OPTION_PREFIX))
     if unknown:

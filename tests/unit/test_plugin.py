@@ -219,6 +219,10 @@ def test_unknown_opt_refused(plugin, etcd_dump):
     assert "mtu" in plugin.err("NetworkDriver.CreateNetwork", {
         "NetworkID": NET, "IPv4Data": [{"Pool": "10.5.0.0/24"}],
         "Options": {"com.docker.network.generic": {"mtu": "12"}}})
+    for bad in (["ipip"], "ipip=true", 7):          # found by test_fuzz_plugin
+        assert "must be an object" in plugin.err("NetworkDriver.CreateNetwork", {
+            "NetworkID": NET, "IPv4Data": [{"Pool": "10.5.0.0/24"}],
+            "Options": {"com.docker.network.generic": bad}})
     assert keys.libnetwork_network(NET) not in etcd_dump()
     assert not [k for k in etcd_dump() if "/pool/" in k]
 
