@@ -14,8 +14,10 @@ from calicoctl.cli import COMMANDS
 REPO = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def binary(tmp_path_factory):
+    # Session-scoped: the v2/v3 parametrisation of the etcd fixtures would otherwise make
+    # pytest rebuild a module-scoped binary for each (30 s a build).
     pyinstaller = shutil.which("pyinstaller", path=str(Path(sys.executable).parent))
     if pyinstaller is None:
         pytest.skip("PyInstaller is not installed (pip install -e '.[binary]')")
