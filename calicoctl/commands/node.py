@@ -119,6 +119,11 @@ def node_stop(store, name, force):
             "Node %s still has %d endpoint%s; remove the workloads first or use --force "
             "(their traffic stops with the node)." % (name, len(eps), "" if len(eps) == 1 else "s"))
     stopped = containers.stop_node(containers.docker_client(), msg)
+    if containers.NODE_CONTAINER in stopped:
+        # The agent is gone with calico-node; its liveness report would otherwise outlive it
+        # by its TTL, and `calicoctl node remove` would refuse until then.
+        from calicoctl.felix.status import clear_alive
+        clear_alive(store, name)
     msg("Node stopped." if stopped else "No Calico node containers were running.")
 
 
