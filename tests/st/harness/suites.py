@@ -38,6 +38,20 @@ def node_image_suite(engine):
     return NODE_IMAGE_SUITES.get(engine, DEFAULT_NODE_IMAGE_SUITE)
 
 
+# etcd goes with the engine's era too.  A Debian 13 or testing user's etcd-server (3.5) serves
+# v3 alone unless told otherwise, so modules on those engines run calicoctl on etcd's v3 API;
+# on this machine's own engine and Debian 12's, etcd also serves v2, where existing Calico data
+# lives.  CALICO_ST_ETCD_API (etcd_server.py) overrides this for every module.
+V3_ONLY_SUITES = ("trixie", "forky")
+
+
+def etcd_enable_v2(suite):
+    """enable_v2 for the testbed etcd beside hosts of `suite` (None: the harness default)."""
+    if os.environ.get("CALICO_ST_ETCD_API", "").strip():
+        return None
+    return False if suite in V3_ONLY_SUITES else None
+
+
 def say(msg):
     rootfs.say(msg)
 

@@ -14,7 +14,7 @@ import shutil
 import time
 from pathlib import Path
 
-from . import images, network, procs
+from . import images, network, procs, suites
 from .errors import HarnessError
 from .etcd_server import EtcdServer
 from .hosts import Host, remove_container_cgroups
@@ -112,7 +112,8 @@ class Testbed:
         network.create_bridge(u)
         if etcd:
             self.etcd = EtcdServer(str(u.bridge_ip), ETCD_PORT, ETCD_PEER_PORT,
-                                   data_dir=self.state_dir / "etcd")
+                                   data_dir=self.state_dir / "etcd",
+                                   enable_v2=suites.etcd_enable_v2(self.suite))
             self.etcd.start()
             self.save()
             progress(f"etcd {self.etcd.url} (pid {self.etcd.pid})")
