@@ -484,32 +484,40 @@ def test_ipv6_gateway_route_on_the_first_ipv6_interface(store, plugin):
         {"Destination": "169.254.1.3/32", "RouteType": 1, "NextHop": ""}]
 
 
-def test_join_waits_for_the_agent(store, plugin, etcd_dump):
+def test_join_waits_for_the_agent(store, plugin, netns, etcd_dump):
     import threading
     import time
+    from calicoctl.plugin import server
     add_pool(store, Pool(cidr=ipaddress.ip_network("10.9.0.0/24")))
     pool_id = calico_network(plugin)
     store.set(keys.felix_status("testhost"), json.dumps({"time": "now", "uptime": 1}), ttl=30)
-    addr = plugin.ok("IpamDriver.RequestAddress", {"PoolID": pool_id})["Address"]
-    plugin.ok("NetworkDriver.CreateEndpoint", {"NetworkID": NET, "EndpointID": EP,
-                                               "Interface": {"Address": addr}})
+    # A plugin whose bound on the wait is far beyond pytest's timeout: its Join can only
+    # answer because the agent's report came, and only after it came.
+    patient = Plugin(server.build(store, "testhost", felix_wait=3600, dataplane=Dataplane(netns),
+                                  reconcile=False)[0].test_client())
+    addr = patient.ok("IpamDriver.RequestAddress", {"PoolID": pool_id})["Address"]
+    patient.ok("NetworkDriver.CreateEndpoint", {"NetworkID": NET, "EndpointID": EP,
+                                                "Interface": {"Address": addr}})
     status_key = keys.felix_endpoint_status("testhost", "libnetwork", "libnetwork", EP)
-    timer = threading.Timer(0.3, lambda: store.set(status_key, json.dumps({"status": "up"})))
+    reported = threading.Event()
+
+    def report():
+        reported.set()
+        store.set(status_key, json.dumps({"status": "up"}))
+    timer = threading.Timer(0.3, report)
     timer.start()
-    started = time.monotonic()
-    plugin.ok("NetworkDriver.Join", {"NetworkID": NET, "EndpointID": EP,
-                                     "SandboxKey": ETH_SANDBOX})
-    took = time.monotonic() - started
+    patient.ok("NetworkDriver.Join", {"NetworkID": NET, "EndpointID": EP,
+                                      "SandboxKey": ETH_SANDBOX})
+    assert reported.is_set()
     timer.join()
-    assert 0.25 <= took < 1.0
-    # No report at all: Join still answers after the bound (1 s in these tests).
+    # No report at all: Join still answers, once the bound (1 s in these tests) has passed.
     addr2 = plugin.ok("IpamDriver.RequestAddress", {"PoolID": pool_id})["Address"]
     plugin.ok("NetworkDriver.CreateEndpoint", {"NetworkID": NET, "EndpointID": EP2,
                                                "Interface": {"Address": addr2}})
     started = time.monotonic()
     plugin.ok("NetworkDriver.Join", {"NetworkID": NET, "EndpointID": EP2,
                                      "SandboxKey": "/var/run/docker/netns/other"})
-    assert 0.9 <= time.monotonic() - started < 2.0
+    assert time.monotonic() - started >= 0.9       # it waited; how long at most is no concern
 
 
 def test_failure_half_way_undoes(store, plugin, netns, etcd_dump):
