@@ -58,7 +58,9 @@ class AgentProcess:
 
 def store_for(etcd):
     from calicoctl.datastore.store import EtcdSettings, EtcdStore
-    return EtcdStore(EtcdSettings(endpoints=[etcd.url]))
+    # The API the harness started etcd with, not a detection: this process meets testbeds of
+    # both APIs at the same URL, and calicoctl probes a URL once per process (datastore/api.py).
+    return EtcdStore(EtcdSettings(endpoints=[etcd.url], api=etcd.api))
 
 
 def register(store, hosts):
