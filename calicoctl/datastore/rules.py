@@ -156,7 +156,7 @@ def normalise_rule(raw):
     if len(versions) > 1:
         raise ValidationError("The rule mixes IPv4 and IPv6 (CIDRs, icmp/icmpv6, ip_version); "
                               "use one family per rule.")
-    if versions and "ip_version" not in out:
+    if versions and "ip_version" not in out and ("src_net" in out or "dst_net" in out):
         out["ip_version"] = versions.pop()
     return out
 
