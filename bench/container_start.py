@@ -1,6 +1,6 @@
 """Container start-up time: Calico network vs Docker's bridge, on the same engine.
 
-    flock /tmp/calico-st.lock .venv/bin/python bench/container_start.py [--runs 20] [--parallel 8]
+    .venv/bin/python bench/container_start.py [--runs 20] [--parallel 8]
 
 Brings up a one-host testbed (tests/st/harness), runs `calicoctl plugin serve --log-level=debug`
 in it, creates a Calico network (Calico IPAM) beside Docker's default bridge, and for each network

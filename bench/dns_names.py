@@ -1,7 +1,7 @@
 """Names across hosts: how soon a new workload's name resolves on the other host, and what an
 answer costs against Docker's embedded DNS.
 
-    flock /tmp/calico-st.lock .venv/bin/python bench/dns_names.py [--runs 30] [--queries 3000]
+    .venv/bin/python bench/dns_names.py [--runs 30] [--queries 3000]
                                                            [--engine host|trixie|forky]
 
 Brings up a two-host testbed (tests/st/harness) on the chosen engine, runs the agent, the
