@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from tests.unit.test_profile import assert_fails_cleanly
+from tests.unit.cli_support import assert_fails_cleanly
 
 GLOBAL = "/calico/bgp/v1/global"
 

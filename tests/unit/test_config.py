@@ -2,7 +2,7 @@
 
 import pytest
 
-from tests.unit.test_profile import assert_fails_cleanly
+from tests.unit.cli_support import assert_fails_cleanly
 
 FELIX = "/calico/v1/config"
 BGP = "/calico/bgp/v1"

@@ -6,7 +6,7 @@ import pytest
 
 from calicoctl.datastore.endpoints import create_endpoint
 from calicoctl.datastore.models import Endpoint
-from tests.unit.test_profile import assert_fails_cleanly
+from tests.unit.cli_support import assert_fails_cleanly
 
 EID = "5a21f63bc17feb6b9c879bbbc271594dfa1483ddf9af5171efca7a2d509908e5"
 NET = "46007b33d4dd56b13ede0f10bb427ba4481e3c0efe64960b0567dd53a80d3420"

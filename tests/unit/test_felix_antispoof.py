@@ -16,7 +16,7 @@ from calicoctl.datastore import keys
 from calicoctl.felix.calc import DesiredState
 from calicoctl.felix.raw import raw_chains
 from calicoctl.felix.state import FelixState
-from tests.unit.test_felix_agent import agent, kernel, write_endpoint, write_profile  # noqa: F401
+from tests.unit.felix_support import agent, kernel, write_endpoint, write_profile  # noqa: F401
 
 
 def test_one_rule_per_family_for_the_configured_prefix():

@@ -7,25 +7,13 @@ import pytest
 
 from calicoctl.datastore.endpoints import create_endpoint
 from calicoctl.datastore.models import Endpoint
+from tests.unit.cli_support import assert_fails_cleanly
 
 PROFILE = "/calico/v1/policy/profile"
 
 
 def rules_of(etcd_dump, name):
     return json.loads(etcd_dump()["%s/%s/rules" % (PROFILE, name)])
-
-
-def assert_fails_cleanly(cli, etcd_dump, argv, stdin=None, contains=None):
-    """Exit 1, one line on stderr, no traceback, and not one etcd key changed."""
-    before = etcd_dump()
-    r = cli(*argv, stdin=stdin)
-    assert r.code == 1, (argv, r)
-    assert len(r.err.strip().splitlines()) == 1, (argv, r)
-    assert "Traceback" not in r.err and r.out == "", (argv, r)
-    if contains:
-        assert contains in r.err, (argv, r)
-    assert etcd_dump() == before, argv
-    return r
 
 
 def test_profile_add_writes_default_policy(cli, etcd_dump):
