@@ -36,7 +36,7 @@ def _interface(arguments):
 
 
 def _manager():
-    from calicoctl.dataplane.container import ContainerNetworking, docker_api
+    from calicoctl.container import ContainerNetworking, docker_api
     from calicoctl.datastore import open_store
     from calicoctl.ipam.allocator import IPAMClient
     from calicoctl.nodename import node_name
