@@ -136,3 +136,41 @@ class Node:
     ipv4: str = None
     ipv6: str = None
     as_num: str = None                # None: inherits the global AS
+
+
+@dataclass
+class Network:
+    """The libnetwork plugin's record of one Docker network on one host
+    (/calico/libnetwork/v1/<network-id>, docs/datamodel.md).  Values are kept as stored, never
+    coerced, and a field absent from a stored record stays absent when it is written back, so
+    a record round-trips byte for byte."""
+    network_id: str
+    name: str = None                  # None until learned from Docker's events (plugin/names.py)
+    ipam: str = None                  # "calico" or "default" (Docker's own IPAM)
+    pool: str = None                  # IPv4 cidr, None for "calico" IPAM without --subnet
+    pool_v6: str = None
+    ipv6: bool = None
+    mtu: object = None                # the --opt mtu value, or None
+    options: dict = None              # the parsed --opt values
+    host: str = None                  # the node whose Docker made it
+    extra: dict = field(default_factory=dict)   # fields we do not model (kept on write)
+    absent: frozenset = frozenset()   # modelled fields the stored record did not have
+
+    _FIELDS = ("name", "ipam", "pool", "pool_v6", "ipv6", "mtu", "options", "host")
+
+    def to_json(self):
+        data = dict(self.extra)
+        for name in self._FIELDS:
+            value = getattr(self, name)
+            if name not in self.absent or value is not None:
+                data[name] = value
+        return data
+
+    @classmethod
+    def from_json(cls, network_id, data):
+        if not isinstance(data, dict):
+            raise ValidationError("Network record %s is not a JSON object." % network_id)
+        extra = {k: v for k, v in data.items() if k not in cls._FIELDS}
+        return cls(network_id=network_id, extra=extra,
+                   absent=frozenset(n for n in cls._FIELDS if n not in data),
+                   **{n: data[n] for n in cls._FIELDS if n in data})

@@ -1,6 +1,7 @@
 """Who may resolve which name to what: etcd's records in, answers out (pure).
 
-The records are the plugin's own (calicoctl/plugin/records.py, names.py):
+The records are the plugin's own (calicoctl/plugin/network_driver.py, names.py, read through
+calicoctl/datastore/networks.py for the networks):
   - each endpoint record (/calico/v1/host/<host>/workload/libnetwork/libnetwork/endpoint/<id>)
     has the workload's addresses, and in its extra fields the Docker network's id
     (`network_id`, at CreateEndpoint), the sandbox's netns path (`sandbox`, at Join) and the
@@ -21,7 +22,7 @@ import logging
 import socket
 from dataclasses import dataclass
 
-from calicoctl.datastore import keys
+from calicoctl.datastore import keys, networks
 from calicoctl.datastore.models import Endpoint
 from calicoctl.dnsproxy.wire import TYPE_A, TYPE_AAAA, TYPE_MX
 from calicoctl.errors import ValidationError
@@ -116,8 +117,8 @@ class Records:
 
 def _network_name(network_id, value):
     try:
-        name = json.loads(value).get("name")
-    except (ValueError, AttributeError):
+        name = networks.parse_network(network_id, value).name
+    except (ValueError, ValidationError):
         return None
     return (network_id, name) if isinstance(name, str) and name else None
 

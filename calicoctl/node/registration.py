@@ -1,9 +1,8 @@
 """A node's record in etcd: registering it, listing every node, removing one (alive or dead)."""
 
-import json
 import logging
 
-from calicoctl.datastore import bgp, endpoints, hosts, keys
+from calicoctl.datastore import bgp, endpoints, hosts, networks
 from calicoctl.datastore.globals import ensure_defaults
 from calicoctl.datastore.models import Node
 from calicoctl.errors import ValidationError
@@ -68,13 +67,6 @@ def remove(store, name, remove_endpoints=False, ipam=None):
 
 def _remove_libnetwork_records(store, name):
     """The plugin's network records made on that host (Docker networks are per host today)."""
-    for key, value, _ in store.children(keys.LIBNETWORK_DIR):
-        kind, _c = keys.match_key(key)
-        if kind != "libnetwork_network":
-            continue
-        try:
-            host = json.loads(value).get("host")
-        except (ValueError, AttributeError):
-            continue
-        if host == name:
-            store.delete(key)
+    for network_id, network in networks.list_networks(store).items():   # skips malformed ones
+        if network.host == name:
+            networks.delete_network(store, network_id)

@@ -14,7 +14,7 @@ import logging
 import threading
 import time
 
-from calicoctl.datastore import keys, profiles
+from calicoctl.datastore import networks, profiles
 from calicoctl.errors import CalicoError
 from calicoctl.plugin import records
 
@@ -136,11 +136,11 @@ class NameLearner:
     def learn_network(self, network_id, name):
         if not network_id or not name:
             return
-        record = self.store.get_json(keys.libnetwork_network(network_id))
+        record = networks.read_network(self.store, network_id)
         if record is None:
             return            # not created through us (or already deleted)
-        if record.get("name") != name:
-            record = records.set_network_name(self.store, network_id, name)
+        if record.name != name:
+            record = networks.set_network_name(self.store, network_id, name)
             log.info("Network %s is named %s", network_id[:12], name)
         if record is None:
             return

@@ -9,9 +9,9 @@ import logging
 import time
 
 from calicoctl.dataplane import Dataplane, veth
-from calicoctl.datastore import endpoints, keys, pools as pools_store, profiles
-from calicoctl.datastore.models import (IPIP_DEVICE, IPV4_GATEWAY, WORKLOAD_MAC, Endpoint, Pool,
-                                        interface_name)
+from calicoctl.datastore import endpoints, keys, networks, pools as pools_store, profiles
+from calicoctl.datastore.models import (IPIP_DEVICE, IPV4_GATEWAY, WORKLOAD_MAC, Endpoint,
+                                        Network, Pool, interface_name)
 from calicoctl.errors import ConflictError, DatastoreError, NotFoundError, ValidationError
 from calicoctl.felix import status
 from calicoctl.plugin import records
@@ -117,13 +117,14 @@ class NetworkDriver:
         v4 = request.get("IPv4Data") or []
         v6 = request.get("IPv6Data") or []
         calico_ipam = bool(v4 or v6) and all(_is_calico_ipam(d) for d in v4 + v6)
-        old = self.store.get_json(keys.libnetwork_network(network_id))
-        record = {"name": (old or {}).get("name"), "ipam": "calico" if calico_ipam else "default",
-                  "pool": None, "pool_v6": None, "ipv6": ipv6, "mtu": opts.get("mtu"),
-                  "options": {k: v for k, v in opts.items()}, "host": self.host}
+        old = networks.read_network(self.store, network_id)
+        record = Network(network_id=network_id, name=old.name if old else None,
+                         ipam="calico" if calico_ipam else "default", pool=None, pool_v6=None,
+                         ipv6=ipv6, mtu=opts.get("mtu"), options={k: v for k, v in opts.items()},
+                         host=self.host)
         for data, field in ((v4, "pool"), (v6, "pool_v6")):
             if data and data[0].get("Pool") not in ANY_POOL.values():
-                record[field] = str(ipaddress.ip_network(data[0]["Pool"], strict=False))
+                setattr(record, field, str(ipaddress.ip_network(data[0]["Pool"], strict=False)))
         added = []
         if calico_ipam:
             if "ipip" in opts or "nat-outgoing" in opts:
@@ -133,13 +134,13 @@ class NetworkDriver:
         else:
             added = self._record_docker_pools(record, opts)
         try:
-            records.put_network(self.store, network_id, record)
+            networks.write_network(self.store, record)
         except Exception:
             for cidr in added:
                 pools_store.remove_pool(self.store, cidr)
             raise
-        log.info("Network %s created (%s IPAM, pool %s)", network_id[:12], record["ipam"],
-                 record["pool"] or "any")
+        log.info("Network %s created (%s IPAM, pool %s)", network_id[:12], record.ipam,
+                 record.pool or "any")
         return {}
 
     def _record_docker_pools(self, record, opts):
@@ -147,9 +148,9 @@ class NetworkDriver:
         never allocates from.  Returns the pools this call created (to undo on failure)."""
         added = []
         for field, version in (("pool", 4), ("pool_v6", 6)):
-            if not record[field]:
+            if not getattr(record, field):
                 continue
-            cidr = ipaddress.ip_network(record[field])
+            cidr = ipaddress.ip_network(getattr(record, field))
             existing = pools_store.list_pools(self.store, version)
             same = [p for p in existing if p.cidr == cidr]
             if same and same[0].ipam:
@@ -165,22 +166,22 @@ class NetworkDriver:
 
     def delete_network(self, request):
         network_id = request["NetworkID"]
-        record = self.store.get_json(keys.libnetwork_network(network_id))
+        record = networks.read_network(self.store, network_id)
         if record is None:
             return {}
-        records.delete_network(self.store, network_id)
+        networks.delete_network(self.store, network_id)
         # Delete first, then look: of two hosts removing the last copies at once, at least the
         # later one sees no other record and removes the shared objects.
-        others = records.list_networks(self.store, quorum=True).values()
-        name = record.get("name")
-        if name and not any(r.get("name") == name for r in others):
+        others = networks.list_networks(self.store, quorum=True).values()
+        name = record.name
+        if name and not any(r.name == name for r in others):
             if profiles.profile_exists(self.store, name):
                 profiles.remove_profile(self.store, name)
                 log.info("Removed profile %s with the last network of that name", name)
-        if record.get("ipam") == "default":
+        if record.ipam == "default":
             for field in ("pool", "pool_v6"):
-                cidr = record.get(field)
-                if cidr and not any(r.get(field) == cidr and r.get("ipam") == "default"
+                cidr = getattr(record, field)
+                if cidr and not any(getattr(r, field) == cidr and r.ipam == "default"
                                     for r in others):
                     self._remove_docker_pool(ipaddress.ip_network(cidr))
         return {}
@@ -198,14 +199,14 @@ class NetworkDriver:
     def create_endpoint(self, request):
         network_id, endpoint_id = request["NetworkID"], request["EndpointID"]
         iface = request.get("Interface") or {}
-        record = records.get_network(self.store, network_id)
+        record = networks.get_network(self.store, network_id)
         nets4 = [_host_net(iface["Address"], 4)] if iface.get("Address") else []
         nets6 = [_host_net(iface["AddressIPv6"], 6)] if iface.get("AddressIPv6") else []
         if not nets4 and not nets6:
             raise ValidationError("Docker gave endpoint %s no address; Calico endpoints need "
                                   "one." % endpoint_id[:12])
         mac = iface.get("MacAddress") or WORKLOAD_MAC
-        name = record.get("name")
+        name = record.name
         ep = Endpoint(host=self.host, orchestrator=keys.LIBNETWORK_ORCHESTRATOR,
                       workload=keys.LIBNETWORK_WORKLOAD, endpoint_id=endpoint_id,
                       name=interface_name(endpoint_id), mac=mac,
@@ -217,7 +218,7 @@ class NetworkDriver:
         claimed = []
         created_veth = False
         try:
-            if record.get("ipam") == "default":
+            if record.ipam == "default":
                 for net in nets4 + nets6:
                     self._claim(net, endpoint_id)
                     claimed.append(net)
@@ -247,10 +248,10 @@ class NetworkDriver:
                     ip, str(holder.get("endpoint_id", "?"))[:12], holder.get("host", "?")))
 
     def _mtu(self, record, nets4):
-        if record.get("mtu"):
-            return int(record["mtu"])
-        ipip = bool((record.get("options") or {}).get("ipip"))
-        if record.get("ipam") == "calico" and nets4:
+        if record.mtu:
+            return int(record.mtu)
+        ipip = bool((record.options or {}).get("ipip"))
+        if record.ipam == "calico" and nets4:
             ip = ipaddress.ip_address(_ip(nets4[0]))
             ipip = any(p.ipip and ip in p.cidr for p in self._pools_v4())
         now = time.monotonic()
@@ -271,7 +272,7 @@ class NetworkDriver:
     def join(self, request):
         network_id, endpoint_id = request["NetworkID"], request["EndpointID"]
         sandbox = request["SandboxKey"]
-        record = records.get_network(self.store, network_id)
+        record = networks.get_network(self.store, network_id)
         host_eps = records.host_endpoints(self.store, self.host)
         ep = next((e for e in host_eps if e.endpoint_id == endpoint_id), None)
         if ep is None:
@@ -301,8 +302,8 @@ class NetworkDriver:
             routes.append({"Destination": gateway4 + "/32", "RouteType": ROUTE_CONNECTED,
                            "NextHop": ""})
             # The network's own pool stays on this interface whichever one has the default.
-            if record.get("ipam") == "calico" and record.get("pool"):
-                routes.append({"Destination": record["pool"], "RouteType": ROUTE_NEXTHOP,
+            if record.ipam == "calico" and record.pool:
+                routes.append({"Destination": record.pool, "RouteType": ROUTE_NEXTHOP,
                                "NextHop": gateway4})
         if ep.ipv6_nets:
             # Every host-side veth owns fe80::1, so fe80::1 is right on any interface.
@@ -315,8 +316,8 @@ class NetworkDriver:
                 # through its own fe80::/64.
                 routes.append({"Destination": veth.IPV6_GATEWAY + "/128",
                                "RouteType": ROUTE_CONNECTED, "NextHop": ""})
-                if record.get("ipam") == "calico" and record.get("pool_v6"):
-                    routes.append({"Destination": record["pool_v6"],
+                if record.ipam == "calico" and record.pool_v6:
+                    routes.append({"Destination": record.pool_v6,
                                    "RouteType": ROUTE_NEXTHOP, "NextHop": veth.IPV6_GATEWAY})
         self._wait_for_agent(ep)
         return answer

@@ -16,7 +16,7 @@ import logging
 import threading
 import time
 
-from calicoctl.datastore import endpoints, keys
+from calicoctl.datastore import endpoints, keys, networks
 from calicoctl.datastore.models import interface_name
 from calicoctl.errors import CalicoError
 from calicoctl.plugin import records
@@ -43,8 +43,8 @@ class Reconciler:
         Docker does not know."""
         eps = [ep for ep in records.host_endpoints(self.store, self.host)
                if ep.endpoint_id not in view.endpoints]
-        nets = [nid for nid, rec in records.list_networks(self.store, quorum=True).items()
-                if rec.get("host") == self.host and nid not in view.networks]
+        nets = [nid for nid, rec in networks.list_networks(self.store, quorum=True).items()
+                if rec.host == self.host and nid not in view.networks]
         live_ips = {ip for (_, _, _, ips) in view.endpoints.values() for ip in ips}
         for ep in records.host_endpoints(self.store, self.host):
             if ep.endpoint_id in view.endpoints:

@@ -1,15 +1,6 @@
-"""What the plugin remembers in etcd: one record per Docker network per host
-(/calico/libnetwork/v1/<network-id>) and claims on addresses Docker's own IPAM handed out.
-
-Network record, JSON:
-  {"name": "net1" | null (until learned from Docker's events), "ipam": "calico" | "default",
-   "pool": v4 cidr | null ("calico" IPAM with no --subnet: null), "pool_v6": v6 cidr | null
-   ("calico" IPAM with no --subnet: the span of the IPv6 pools, ipam_driver.py),
-   "options": {"ipip": "true", ...} (the --opt values), "ipv6": bool, "mtu": int | null,
-   "host": node name}
-Network ids differ per host (Docker has no cluster store), so the same-named networks of several
-hosts are several records with one name: one Calico network, one profile.
-"""
+"""What the plugin remembers in etcd beside its network records (those are
+calicoctl/datastore/networks.py): its endpoints' extra fields, and claims on addresses Docker's
+own IPAM handed out (/calico/libnetwork/v1/address/<ip>)."""
 
 import json
 import logging
@@ -20,51 +11,6 @@ from calicoctl.datastore.store import dump_json
 from calicoctl.errors import NotFoundError
 
 log = logging.getLogger(__name__)
-
-
-def get_network(store, network_id):
-    """The record, or raise NotFoundError with a sentence Docker shows the user."""
-    record = store.get_json(keys.libnetwork_network(network_id))
-    if record is None:
-        raise NotFoundError(
-            "Network %s is not known to Calico (was it created while the plugin could not "
-            "reach etcd?); remove it with 'docker network rm' and create it again."
-            % network_id[:12])
-    return record
-
-
-def put_network(store, network_id, record):
-    store.set(keys.libnetwork_network(network_id), dump_json(record))
-
-
-def delete_network(store, network_id):
-    return store.delete(keys.libnetwork_network(network_id))
-
-
-def list_networks(store, quorum=False):
-    """{network_id: record} for every host."""
-    found = {}
-    for key, value, _ in store.children(keys.LIBNETWORK_DIR, quorum=quorum):
-        kind, captures = keys.match_key(key)
-        if kind != "libnetwork_network":
-            continue
-        try:
-            found[captures["network_id"]] = json.loads(value)
-        except ValueError:
-            log.warning("Skipping malformed network record %s", key)
-    return found
-
-
-def set_network_name(store, network_id, name):
-    """Record the learned name; returns the record (None if the network is not ours)."""
-    def apply(old):
-        if old is None:
-            return None
-        record = json.loads(old)
-        record["name"] = name
-        return dump_json(record)
-    value = store.update(keys.libnetwork_network(network_id), apply)
-    return None if value is None else json.loads(value)
 
 
 # --- endpoints ----------------------------------------------------------------------------------
