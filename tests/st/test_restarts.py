@@ -18,10 +18,10 @@ import pytest
 
 from tests.st.churn_checks import NETWORKS, PREFIX, report, settle, stack  # noqa: F401 - fixture
 from tests.st.harness import wait_for
+from tests.st.harness.etcd_direct import DirectEtcd
 from tests.st.plugin_helpers import (answers_within, calicoctl as calicoctl_in, container_ip,
                                      ping_answered)
 
-ETCD_HISTORY = 1000           # etcd v2 keeps this many events for watchers to catch up on
 SETTLE = 90                   # seconds for the system to reach rest after a restart
 ADMIT_CHURN2 = ("inbound", "allow", "from", "tag", "churn2")    # a rule for churn1's profile
 
@@ -97,12 +97,11 @@ def test_agent_resyncs_after_its_watch_index_is_lost(testbed, stack, workloads, 
     for pid in pids:
         os.kill(pid, signal.SIGSTOP)
     try:
-        # While the agent sleeps: the rule goes, a workload goes, and more events than etcd
-        # keeps for a watcher to catch up on.
+        # While the agent sleeps: the rule goes, a workload goes, and etcd drops the history
+        # its watch would need to catch up (v2: more events than it keeps; v3: a compaction).
         set_admit_rule(h1, testbed.etcd, present=False)
         h1.docker("rm", "-f", PREFIX + "x", timeout=120)
-        for i in range(ETCD_HISTORY + 100):
-            store.set("/calico-st-junk/watch-filler", str(i))
+        DirectEtcd(testbed.etcd.url, testbed.etcd.api).forget_history()
     finally:
         for pid in pids:
             os.kill(pid, signal.SIGCONT)
@@ -113,6 +112,5 @@ def test_agent_resyncs_after_its_watch_index_is_lost(testbed, stack, workloads, 
     wait_for(lambda: blocked(h1, PREFIX + "c", workloads["a"][1]), timeout=30,
              what="churn2 -> churn1 blocked again")
     assert answers_within(h1, PREFIX + "a", workloads["b"][1], 30)
-    store.delete("/calico-st-junk/watch-filler")
-    report(request, "agent watch index lost (%d events while frozen): resynced, dataplane "
-                    "right" % (ETCD_HISTORY + 100))
+    report(request, "agent watch history lost while frozen (etcd v%s): resynced, dataplane "
+                    "right" % testbed.etcd.api)
