@@ -64,18 +64,11 @@ def move_into_container(peer_ifname, path, ifname, nets, routes_via_gateway):
                                  if ipaddress.ip_network(d).version == version])
 
 
-def _enable_ipv6(ifname):
-    # Docker turns IPv6 off on a container's interfaces when its network has none, and the
-    # kernel then refuses IPv6 addresses on them (EACCES).  Runs inside the container's
-    # namespace: /proc/sys/net shows the namespace of the thread that opens it.
-    path = "net/ipv6/conf/%s/disable_ipv6" % ifname
-    if sysctl.read(path) == "1":
-        sysctl.write(path, 0)
-
-
 def _add_address(ex, ifname, index, net):
     if net.version == 6:
-        run_in_netns(ex.netns, _enable_ipv6, ifname)
+        # Inside the container's namespace: /proc/sys/net shows the namespace of the thread
+        # that opens it.
+        run_in_netns(ex.netns, sysctl.enable_ipv6, ifname)
     ex.call(["addr", "add", str(net), "dev", ifname], ex.ipr.addr, "add", index=index,
             address=str(net.network_address), prefixlen=net.prefixlen,
             family=_family(net.version), ignore=(errno.EEXIST,))

@@ -55,5 +55,13 @@ def enable_proxy_arp(ifname):
     write("net/ipv4/neigh/%s/proxy_delay" % ifname, 0)
 
 
+def enable_ipv6(ifname):
+    """Docker turns IPv6 off on interfaces of networks without it (and a host may have it off by
+    default); the kernel then refuses IPv6 addresses there (EACCES).  Written only when off."""
+    path = "net/ipv6/conf/%s/disable_ipv6" % ifname
+    if read(path) == "1":
+        write(path, 0)
+
+
 def enable_proxy_ndp(ifname):
     write("net/ipv6/conf/%s/proxy_ndp" % ifname, 1)

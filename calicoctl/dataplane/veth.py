@@ -91,11 +91,9 @@ def configure_host_side(host_ifname, ipv4_nets=(), ipv6_nets=()):
     ipv6 = bool(ipv6_nets)
     sysctl.enable_proxy_arp(host_ifname)
     if ipv6:
-        conf6 = "net/ipv6/conf/%s/" % host_ifname
-        if sysctl.read(conf6 + "disable_ipv6") == "1":
-            sysctl.write(conf6 + "disable_ipv6", 0)
+        sysctl.enable_ipv6(host_ifname)
         sysctl.enable_proxy_ndp(host_ifname)
-        sysctl.write(conf6 + "forwarding", 1)
+        sysctl.write("net/ipv6/conf/%s/forwarding" % host_ifname, 1)
     sysctl.enable_forwarding(ipv6)
     with Executor() as ex:
         index = ex.link_index(host_ifname)

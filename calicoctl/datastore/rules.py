@@ -4,8 +4,8 @@ A rule is stored as a JSON object with only the keys that are set (docs/datamode
 validation runs on CLI input, on `rule update` JSON and on values the agent reads back from etcd,
 so a hand-edited rule can never become broader than it says.
 
-In memory (normalise_rule) a rule names its IP family outright: `ip_version` whenever a CIDR or
-the protocol implies one, and `icmpv6` for ICMP over IPv6.  Stored (stored_rule) it takes the
+In memory (normalise_rule) a rule carries `ip_version` beside a CIDR, and ICMP over IPv6 is
+`icmpv6` (rule_versions derives the family of the rest).  Stored (stored_rule) it takes the
 original calicoctl's form, whose Rule had neither an `ip_version` key nor an `icmpv6` protocol
 and refused to load a rule with either: the family is left to the CIDR, and ICMP with an IPv6
 CIDR is written `icmp`.  Only a rule the original had no words for (ICMPv6 or one family with no
