@@ -30,7 +30,9 @@ def classify(exc):
     """(kind, one-line reason) for a python-etcd failure other than an etcd answer; (None, None)
     for an exception that is no etcd failure at all.
 
-    kind: "unreachable" (the request never reached etcd), "tls" (the TLS handshake failed),
+    kind: "unreachable" (the request never reached etcd), "unanswered" (the connection was not
+    accepted in time: the request never left, but asking again may work), "tls" (the TLS
+    handshake failed),
     "transient" (connection lost mid-request, timeout, cluster busy: the request may have been
     applied), "auth" (bad credentials) or "fatal" (etcd refused the request itself).
     """
@@ -74,6 +76,10 @@ def classify_transport(cause):
         return "tls", reason
     if isinstance(cause, u3.ConnectTimeoutError) or _innermost_is(cause, u3.NewConnectionError,
                                                                    u3.ConnectTimeoutError):
+        # urllib3's NewConnectionError is a ConnectTimeoutError: tell a refusal (nobody
+        # listens) from silence (the SYN or its answer was lost, or the listener is full).
+        if _innermost_is(cause, TimeoutError) or reason.lower().endswith("timed out"):
+            return "unanswered", reason
         return "unreachable", reason
     if isinstance(cause, u3.LocationValueError):
         return "fatal", reason

@@ -17,6 +17,9 @@ log = logging.getLogger("calicoctl.datastore.store")
 
 # Connecting is the quick part: a member that does not accept a TCP connection in a second is
 # down or unreachable, and waiting longer per endpoint would multiply by the number of endpoints.
+# A connection that timed out is still tried again until the operation's deadline: the kernel
+# resends a lost SYN only after a second, so one lost packet (or a listener whose accept queue
+# is momentarily full) must not end the operation.  A refused connection ends it at once.
 CONNECT_TIMEOUT = 1.0
 # Total time one operation may spend across endpoints, as a multiple of the per-request timeout:
 # enough for a killed leader to be replaced (raft election plus one retry) but still "a few
@@ -68,8 +71,10 @@ class Endpoints:
         re-raised for the caller to interpret, carrying `calico_retried = True` when an earlier
         attempt failed after it may have reached etcd.  One in `passthrough` (a watch that timed
         out) is re-raised as it is.  Anything else goes to classify(exc) -> (kind, reason), kind
-        one of "unreachable" (the request never reached etcd), "tls", "transient" (it may have
-        been applied), "auth" or "fatal"; the last two end the operation at once.
+        one of "unreachable" (the request never reached etcd), "unanswered" (nor did it, but the
+        member may accept the next connection), "tls", "transient" (it may have been applied),
+        "auth" or "fatal"; the last two end the operation at once, and a pass that met only
+        "unreachable" or "tls" ends it too.
         """
         endpoints = self.settings.endpoints
         deadline = time.monotonic() + (budget or self.timeout * TOTAL_TIMEOUT_FACTOR)
@@ -111,8 +116,9 @@ class Endpoints:
                     log.debug("etcd endpoint %s failed (%s); trying the next one.",
                               endpoint, reason)
                     problems[endpoint] = reason
-                    # Unreachable means the request never left; anything else may have landed.
-                    retried = retried or kind != "unreachable"
+                    # Unreachable or unanswered means the request never left; anything else
+                    # may have landed.
+                    retried = retried or kind not in ("unreachable", "unanswered")
                     if time.monotonic() >= deadline:
                         break
                     continue

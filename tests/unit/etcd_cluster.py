@@ -342,3 +342,100 @@ class FaultyMember:
                 conn.close()
             except OSError:
                 pass
+
+
+def _syn_sent_to(port):
+    """Whether a socket on this host is waiting for an answer to its SYN to loopback `port`."""
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table) as f:
+            next(f)
+            for line in f:
+                fields = line.split()
+                if fields[3] == "02" and int(fields[2].rsplit(":", 1)[1], 16) == port:
+                    return True
+    return False
+
+
+class SilentThenServing:
+    """A loopback stand-in for a member whose first connection attempt is lost: its accept queue
+    is full, so the kernel drops the client's SYN without an answer (as with a lost packet; the
+    client's connect times out).  Once a client has tried and given up (its SYN_SENT socket seen,
+    then gone), the queue is drained and every connection is relayed to the real member
+    `upstream` (host, port)."""
+
+    def __init__(self, upstream):
+        import socket
+        import threading
+        self.upstream = upstream
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(0)
+        self.port = self.sock.getsockname()[1]
+        self.url = "http://127.0.0.1:%d" % self.port
+        self.unanswered = 0     # connection attempts abandoned by a client
+        self._closed = False
+        # Fill the accept queue: connections complete until it is full, then SYNs are dropped.
+        self._fillers = []
+        while True:
+            filler = socket.socket()
+            filler.settimeout(0.2)
+            try:
+                filler.connect(("127.0.0.1", self.port))
+            except OSError:
+                filler.close()
+                break
+            self._fillers.append(filler)
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self):
+        import threading
+        import time
+        # Polled, not slept: the client's attempt is what this waits for.
+        while not _syn_sent_to(self.port):
+            if self._closed:
+                return
+            time.sleep(0.01)
+        while _syn_sent_to(self.port):
+            time.sleep(0.01)
+        self.unanswered += 1
+        for filler in self._fillers:
+            filler.close()
+        while not self._closed:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._relay, args=(conn,), daemon=True).start()
+
+    def _relay(self, conn):
+        import socket
+        import threading
+        try:
+            up = socket.create_connection(self.upstream, timeout=10)
+        except OSError:
+            conn.close()
+            return
+
+        def pipe(src, dst):
+            try:
+                while True:
+                    chunk = src.recv(65536)
+                    if not chunk:
+                        break
+                    dst.sendall(chunk)
+            except OSError:
+                pass
+            finally:
+                for s in (src, dst):
+                    try:
+                        s.shutdown(socket.SHUT_RDWR)
+                    except OSError:
+                        pass
+        threading.Thread(target=pipe, args=(up, conn), daemon=True).start()
+        pipe(conn, up)
+
+    def close(self):
+        self._closed = True
+        self.sock.close()
+        for filler in self._fillers:
+            filler.close()

@@ -16,7 +16,7 @@ from calicoctl.datastore.store import EtcdSettings, EtcdStore
 from calicoctl.datastore.store_v2 import V2Backend
 from calicoctl.datastore.store_v3 import V3Backend
 from calicoctl.errors import CalicoError, DatastoreError
-from tests.unit.etcd_cluster import FaultyMember
+from tests.unit.etcd_cluster import FaultyMember, SilentThenServing
 from tests.unit.etcd_server import free_port
 
 
@@ -141,6 +141,20 @@ def test_dead_endpoint_is_skipped_with_a_log_line(etcd_env, caplog):
     caplog.clear()
     store.get("/calico/test/a")
     assert not caplog.records
+
+
+@pytest.mark.timeout(60)
+def test_lost_connection_attempt_is_tried_again(etcd_env):
+    """A connect that times out (a lost SYN, a full accept queue) is not a dead member: the same
+    single endpoint is asked again within the operation's deadline, and the request succeeds."""
+    member = SilentThenServing(upstream=("127.0.0.1", etcd_env.client_port))
+    try:
+        store = EtcdStore(EtcdSettings(endpoints=[member.url], api=etcd_env.api))
+        store.set("/calico/test/lost-syn", "1")
+        assert member.unanswered == 1
+        assert store.get("/calico/test/lost-syn") == "1"
+    finally:
+        member.close()
 
 
 @pytest.mark.timeout(60)
