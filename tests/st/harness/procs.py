@@ -31,25 +31,36 @@ def _text(data):
     return data.decode(errors="replace") if isinstance(data, bytes) else data
 
 
-def wait_for(predicate, timeout=30.0, interval=0.05, what="condition"):
+def wait_for(predicate, timeout=30.0, interval=0.05, what="condition", retry_on=(Exception,),
+             raise_on_timeout=True):
     """Poll `predicate` until it returns a truthy value and return that value.
 
-    Exceptions from the predicate count as "not yet" (a daemon that is still starting refuses
-    connections); the last one is reported if time runs out. The interval grows to at most 0.5 s
-    so short waits are quick and long ones do not spin.
+    Exceptions of the types in `retry_on` count as "not yet" (a daemon that is still starting
+    refuses connections); the last one is reported if time runs out. Any other exception
+    propagates at once: pass `retry_on=()` where a check that cannot run must fail the test now
+    rather than be retried until the timeout.
+
+    On timeout a HarnessError names `what`. With `raise_on_timeout=False` the predicate's last,
+    falsy, value is returned instead, for callers that report what is still wrong themselves
+    (it still raises if that last call failed, since there is no value to return).
+
+    The interval grows to at most 0.5 s so short waits are quick and long ones do not spin.
     """
     deadline = time.monotonic() + timeout
     last_exc = None
     while True:
+        failed = False
         try:
             value = predicate()
             if value:
                 return value
-        except Exception as exc:  # noqa: BLE001 - any failure means "not ready yet"
-            last_exc = exc
+        except retry_on as exc:
+            last_exc, failed = exc, True
         if time.monotonic() >= deadline:
+            if not raise_on_timeout and not failed:
+                return value
             detail = f" (last error: {last_exc!r})" if last_exc else ""
-            raise HarnessError(f"timed out after {timeout:.0f}s waiting for {what}{detail}")
+            raise HarnessError(f"timed out after {timeout:g}s waiting for {what}{detail}")
         time.sleep(interval)
         interval = min(interval * 1.5, 0.5)
 
