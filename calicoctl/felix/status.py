@@ -10,10 +10,8 @@ whether an endpoint is up are answered here for `calicoctl node`/`status` and th
 import datetime
 import json
 import logging
-import subprocess
 
 from calicoctl.datastore import keys
-from calicoctl.felix.bird import bgp_peer_states
 
 log = logging.getLogger(__name__)
 
@@ -99,16 +97,3 @@ def read_status(store, host):
         if state in result["endpoints"]:
             result["endpoints"][state] += 1
     return result
-
-
-def bird_peers(ctl_socket="/var/run/calico/bird.ctl", birdc="birdc"):
-    """BGP sessions as BIRD reports them: [{"peer", "state", "since", "info"}], or None when
-    BIRD is not running (no control socket answering)."""
-    try:
-        proc = subprocess.run([birdc, "-s", ctl_socket, "show", "protocols"],
-                              capture_output=True, text=True, timeout=5, check=False)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    if proc.returncode != 0:
-        return None
-    return bgp_peer_states(proc.stdout)
