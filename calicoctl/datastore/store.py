@@ -18,8 +18,9 @@ import threading
 import urllib.parse
 from dataclasses import dataclass, field
 
+from calicoctl.datastore.cas import CONFLICT, retry_on_conflict
 from calicoctl.datastore.failover import Endpoints
-from calicoctl.errors import CalicoError, ConflictError
+from calicoctl.errors import CalicoError
 
 log = logging.getLogger(__name__)
 
@@ -278,19 +279,22 @@ class EtcdStore:
         Returns the value written (or None).  Two operators editing the same key never lose an
         update: the loser re-reads and re-applies its change.
         """
-        for _ in range(retries):
+        # Retried at once, as this loop always was; whether contended keys here would gain from
+        # the IPAM back-off (datastore/cas.py) has not been measured.
+        @retry_on_conflict(retries, "updating %s" % key, backoff=False)
+        def update_once():
             result = self.read(key, quorum=True)
             old = None if result is None or result.is_dir else result.value
             new = mutate(old)
             if new is None or new == old:
                 return new
             if result is None:
-                if self.create(key, new):
-                    return new
-            elif self.cas(key, new, result.modified_index):
-                return new
-        raise ConflictError("Gave up updating %s after %d conflicting writes; try again." % (
-            key, retries))
+                written = self.create(key, new)
+            else:
+                written = self.cas(key, new, result.modified_index)
+            return new if written else CONFLICT
+
+        return update_once()
 
 
 def dump_json(obj):

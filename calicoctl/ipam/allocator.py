@@ -38,8 +38,8 @@ import threading
 import time
 
 from calicoctl.datastore import pools as pool_store
-from calicoctl.errors import (CalicoError, ConflictError, PoolExhaustedError,
-                              ValidationError)
+from calicoctl.datastore.cas import CONFLICT, retry_on_conflict
+from calicoctl.errors import CalicoError, PoolExhaustedError, ValidationError
 from calicoctl.ipam import block as blocks
 from calicoctl.ipam import records
 from calicoctl.nodename import node_name
@@ -47,7 +47,8 @@ from calicoctl.nodename import node_name
 log = logging.getLogger(__name__)
 
 # Compare-and-swap attempts on one block or handle before giving up with ConflictError.  Losing
-# many times in a row needs dozens of writers on the same block; back-off spreads them out.
+# many times in a row needs dozens of writers on the same block; back-off (datastore/cas.py)
+# spreads them out.
 CAS_ATTEMPTS = 40
 # Lost claim races tolerated in one allocation before we stop claiming and borrow instead.
 CLAIM_ATTEMPTS = 32
@@ -57,12 +58,6 @@ SPREAD = 8
 # allocation is in flight is a race in any design; this bounds it to about a second, and every
 # slow-path decision (claiming, borrowing, exhaustion) re-reads the pools by quorum.
 POOL_CACHE_SECONDS = 1.0
-
-
-def _backoff(attempt):
-    if attempt:
-        # Random, growing, capped: writers that collided do not collide again in lockstep.
-        time.sleep(random.uniform(0, 0.001 * 2 ** min(attempt, 6)))
 
 
 class IPAMClient:
@@ -120,24 +115,24 @@ class IPAMClient:
             counted = _Counted(handle_id)   # the handle changes in the block's transaction
         elif handle_id is not None:
             self._change_handle(handle_id, {cidr: 1})   # handle first: a crash leaves no leak
-        try:
-            for attempt in range(CAS_ATTEMPTS):
-                _backoff(attempt)
-                state = records.read_block(self.store, cidr)
+
+        @retry_on_conflict(CAS_ATTEMPTS, "assigning %s in pool %s" % (ip, pool.cidr))
+        def assign_once():
+            state = records.read_block(self.store, cidr)
+            if state is None:
+                state = self._claim(cidr) or records.read_block(self.store, cidr)
                 if state is None:
-                    state = self._claim(cidr) or records.read_block(self.store, cidr)
-                    if state is None:
-                        continue
-                block, index = state
-                if block is None:
-                    raise ValidationError("The IPAM block %s holding %s is corrupt." % (cidr, ip))
-                new = blocks.allocate_ordinal(block, ordinal, handle_id, attributes)
-                if new is None:
-                    raise ValidationError("%s is already in use." % ip)
-                if self._cas(cidr, new, index, counted):
-                    return None
-            raise ConflictError("Gave up assigning %s in pool %s after %d conflicting writes; "
-                                "try again." % (ip, pool.cidr, CAS_ATTEMPTS))
+                    return CONFLICT
+            block, index = state
+            if block is None:
+                raise ValidationError("The IPAM block %s holding %s is corrupt." % (cidr, ip))
+            new = blocks.allocate_ordinal(block, ordinal, handle_id, attributes)
+            if new is None:
+                raise ValidationError("%s is already in use." % ip)
+            return None if self._cas(cidr, new, index, counted) else CONFLICT
+
+        try:
+            return assign_once()
         except BaseException:
             if handle_id is not None and counted is None:
                 self._settle(handle_id, {cidr: -1})
@@ -161,9 +156,10 @@ class IPAMClient:
 
     def release_by_handle(self, handle_id):
         """Release every address held under handle_id; returns them (sorted)."""
-        released = []
-        for attempt in range(CAS_ATTEMPTS):
-            _backoff(attempt)
+        released = []     # across attempts: a lost handle delete does not undo block releases
+
+        @retry_on_conflict(CAS_ATTEMPTS, "releasing handle %s" % handle_id)
+        def release_once():
             state = records.read_handle(self.store, handle_id)
             if state is None:
                 # No record: either nothing was held, or a writer died between its block write
@@ -179,8 +175,9 @@ class IPAMClient:
                 released.extend(blocks.address_at(cidr, o) for o in ordinals)
             if state is None or records.delete_handle(self.store, handle_id, state[1]):
                 return sorted(released, key=lambda ip: (ip.version, ip))
-        raise ConflictError("Gave up releasing handle %s after %d conflicting writes; try again."
-                            % (handle_id, CAS_ATTEMPTS))
+            return CONFLICT
+
+        return release_once()
 
     def get_assignment(self, ip):
         """What holds ip: {"ip","pool","block","host","handle_id","attributes"}, or None."""
@@ -285,9 +282,12 @@ class IPAMClient:
             version, "s" if len(usable) > 1 else "", full, "are" if len(usable) > 1 else "is"))
 
     def _allocate_in(self, cidr, handle_id, attributes, state, counted=None):
-        """Take the next free address of one block by CAS; None if the block is full."""
-        for attempt in range(CAS_ATTEMPTS):
-            _backoff(attempt)
+        """Take the next free address of one block by CAS; None if the block is full.
+
+        state is the (block, index) to try first (what we remember), or None to read it."""
+        @retry_on_conflict(CAS_ATTEMPTS, "allocating in block %s" % cidr)
+        def allocate_once():
+            nonlocal state
             if state is None:
                 state = records.read_block(self.store, cidr)
                 if state is None:
@@ -301,9 +301,10 @@ class IPAMClient:
                 return None
             if self._cas(cidr, new, index, counted):
                 return blocks.address_at(cidr, ordinal)
-            state = None
-        raise ConflictError("Gave up allocating in block %s after %d conflicting writes; "
-                            "try again." % (cidr, CAS_ATTEMPTS))
+            state = None      # lost: read the block again
+            return CONFLICT
+
+        return allocate_once()
 
     def _cas(self, cidr, block, index, counted=None):
         """Write the block by CAS on index; with counted (a _Counted), add one to its handle's
@@ -372,28 +373,30 @@ class IPAMClient:
         self._repaired.add(version)
 
     def _disown(self, cidr, block, index):
-        for attempt in range(CAS_ATTEMPTS):
-            _backoff(attempt)
+        @retry_on_conflict(CAS_ATTEMPTS, "releasing block %s" % cidr)
+        def disown_once():
+            nonlocal block, index
             if blocks.used_count(block) == 0:
                 if records.delete_block(self.store, cidr, index):
-                    return
+                    return None
             else:
                 new = dict(block, affinity=None)
                 if records.write_block(self.store, cidr, new, index) is not None:
-                    return
+                    return None
             state = records.read_block(self.store, cidr)
             if state is None or state[0] is None:
-                return
+                return None
             block, index = state
-        raise ConflictError("Gave up releasing block %s after %d conflicting writes; try again."
-                            % (cidr, CAS_ATTEMPTS))
+            return CONFLICT
+
+        disown_once()
 
     # -- release --------------------------------------------------------------------------------
 
     def _release_in_block(self, cidr, choose):
         """Release choose(block)'s ordinals by CAS: (released ordinals, {handle: count})."""
-        for attempt in range(CAS_ATTEMPTS):
-            _backoff(attempt)
+        @retry_on_conflict(CAS_ATTEMPTS, "releasing in block %s" % cidr)
+        def release_once():
             state = records.read_block(self.store, cidr)
             if state is None or state[0] is None:
                 return [], {}
@@ -401,8 +404,9 @@ class IPAMClient:
             new, released, handles = blocks.release_ordinals(block, choose(block))
             if not released or self._cas(cidr, new, index):
                 return released, handles
-        raise ConflictError("Gave up releasing in block %s after %d conflicting writes; "
-                            "try again." % (cidr, CAS_ATTEMPTS))
+            return CONFLICT
+
+        return release_once()
 
     # -- handles --------------------------------------------------------------------------------
 
@@ -413,8 +417,10 @@ class IPAMClient:
         """
         store = self.store
         state = (None, None) if assume_new else None
-        for attempt in range(CAS_ATTEMPTS):
-            _backoff(attempt)
+
+        @retry_on_conflict(CAS_ATTEMPTS, "updating handle %s" % handle_id)
+        def change_once():
+            nonlocal state
             if state is None:
                 state = records.read_handle(store, handle_id) or (None, None)
             handle, index = state
@@ -424,13 +430,14 @@ class IPAMClient:
             counts = {c: n for c, n in counts.items() if n > 0}
             if not counts:
                 if index is None or records.delete_handle(store, handle_id, index):
-                    return
+                    return None
             elif records.write_handle(store, handle_id, {"id": handle_id, "block": counts},
                                       index) is not None:
-                return
-            state = None
-        raise ConflictError("Gave up updating handle %s after %d conflicting writes; try again."
-                            % (handle_id, CAS_ATTEMPTS))
+                return None
+            state = None      # lost: read the handle again
+            return CONFLICT
+
+        change_once()
 
     def _settle(self, handle_id, deltas):
         """Undo a handle change after a failed allocation, best effort (a surplus is harmless:
