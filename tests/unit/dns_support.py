@@ -243,16 +243,3 @@ def needs_root_and_netns():
         if run(["sh", "-c", "command -v " + tool], check=False).returncode != 0:
             return "needs %s" % tool
     return None
-
-
-def wait_for(predicate, timeout=10.0, what="condition"):
-    """Poll predicate until it returns something true; that value, else AssertionError."""
-    import time
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise AssertionError("timed out after %.0f s waiting for %s" % (timeout, what))
-        time.sleep(0.02)

@@ -18,7 +18,8 @@ from calicoctl.dnsproxy import rules, sandboxes
 from calicoctl.dnsproxy.server import Answerer, Limits
 from calicoctl.dnsproxy.service import DnsService
 from calicoctl.errors import DataplaneError
-from tests.unit.dns_support import UPSTREAM_ANSWER, DockerNetns, needs_root_and_netns, wait_for
+from tests.st.harness import wait_for
+from tests.unit.dns_support import UPSTREAM_ANSWER, DockerNetns, needs_root_and_netns
 
 pytestmark = pytest.mark.skipif(needs_root_and_netns() is not None,
                                 reason=str(needs_root_and_netns()))
@@ -54,6 +55,7 @@ class Running:
 
     def adopted(self, *namespaces):
         wait_for(lambda: all(ns.path in self.service.adopted for ns in namespaces),
+                 timeout=10, retry_on=(),
                  what="the service to adopt %s" % [ns.name for ns in namespaces])
 
     def stop(self):
@@ -135,10 +137,10 @@ def test_a_name_goes_with_its_workload_and_comes_back(store, workloads, serving)
     key = keys.endpoint(OTHER, "libnetwork", "libnetwork", "e" * 64)
     store.delete(key)
     wait_for(lambda: a.ask("workload-e.net1").rcode() == dns.rcode.NXDOMAIN,
-             what="workload-e.net1 to be gone")
+             timeout=10, retry_on=(), what="workload-e.net1 to be gone")
     put_endpoint(store, OTHER, "f" * 64, "m1", "workload-E", ["192.168.0.99"])
     wait_for(lambda: addresses(a.ask("workload-e.net1")) == ["192.168.0.99"],
-             what="workload-e.net1 to come back with its new address")
+             timeout=10, retry_on=(), what="workload-e.net1 to come back with its new address")
 
 
 # --- adopting and handing back ------------------------------------------------------------------
@@ -159,7 +161,8 @@ def test_rules_go_above_dockers_only_once_docker_has_written_them(store, monkeyp
                      sandbox=late.path)
         put_endpoint(store, OTHER, "e" * 64, "m1", "workload-E", [E_ADDRESS])
         running = Running(store)
-        wait_for(lambda: late.path in running.service.warned, what="the namespace to wait")
+        wait_for(lambda: late.path in running.service.warned, timeout=10, retry_on=(),
+                 what="the namespace to wait")
         assert our_rules(late) == []
         # Said once, for an engine whose rules never come (Docker 28's nftables backend).
         assert caplog.text.count("Docker's resolver rules are not in iptables in %s"
@@ -245,18 +248,19 @@ def test_refresh_repairs_rules_follows_docker_and_lets_go_of_vanished_namespaces
         running.adopted(a, b)
         ours = our_rules(a)
         a.iptables("-t", "nat", "-D", "OUTPUT", *ours[0].split()[2:])
-        wait_for(lambda: our_rules(a) == ours, what="our rule to be put back")
+        wait_for(lambda: our_rules(a) == ours, timeout=10, retry_on=(),
+                 what="our rule to be put back")
         # dockerd live-restored: its resolver on new ports, its chains refilled.
         assert addresses(a.ask("example.test")) == [UPSTREAM_ANSWER]
         a.move_resolver()
         wait_for(lambda: a.ask("example.test", timeout=0.3) is not None,
-                 what="forwarding to Docker's resolver at its new port")
+                 timeout=10, retry_on=(), what="forwarding to Docker's resolver at its new port")
         assert addresses(a.ask("example.test")) == [UPSTREAM_ANSWER]
         # The workload's namespace goes while etcd still lists it: our sockets must not keep
         # it alive.
         b.close()
         wait_for(lambda: b.path not in running.service.answerer.sandboxes,
-                 what="the vanished namespace to be let go")
+                 timeout=10, retry_on=(), what="the vanished namespace to be let go")
     finally:
         running.stop()
 
@@ -327,7 +331,8 @@ def test_forwards_awaiting_docker_are_bounded(store, workloads):
         for _ in range(20):
             assert a.ask("slow.test", timeout=0.01) is None
         assert answerer.counts["forwarded"] == 8 and answerer.counts["dropped_pending"] == 12
-        wait_for(lambda: answerer.total_pending == 0, what="the forwards to expire")
+        wait_for(lambda: answerer.total_pending == 0, timeout=10, retry_on=(),
+                 what="the forwards to expire")
         assert addresses(a.ask("example.test")) == [UPSTREAM_ANSWER]
     finally:
         running.stop()
@@ -342,11 +347,13 @@ def test_tcp_sessions_are_bounded(store, workloads):
         idle = [sandboxes.in_netns(a.path, socket.create_connection, ("127.0.0.11", 53))
                 for _ in range(3)]
         try:
-            wait_for(lambda: answerer.counts["dropped_tcp"] == 1, what="the third to be refused")
+            wait_for(lambda: answerer.counts["dropped_tcp"] == 1, timeout=10, retry_on=(),
+                     what="the third to be refused")
         finally:
             for conn in idle:
                 conn.close()
-        wait_for(lambda: answerer.tcp_total == 0, what="the sessions to end")
+        wait_for(lambda: answerer.tcp_total == 0, timeout=10, retry_on=(),
+                 what="the sessions to end")
         assert addresses(a.ask("workload-e.net1", tcp=True)) == [E_ADDRESS]
     finally:
         running.stop()

@@ -9,6 +9,7 @@ import pytest
 
 from calicoctl.datastore import profiles
 from calicoctl.datastore.store import EtcdSettings, EtcdStore
+from tests.st.harness import wait_for
 from tests.unit.etcd_cluster import EtcdCluster
 from tests.unit.etcd_direct import DirectEtcd
 
@@ -32,15 +33,6 @@ def cluster_env(cluster, etcd_env, monkeypatch):
     store = EtcdStore()
     store.delete("/calico", recursive=True)
     return cluster
-
-
-def wait_for(condition, timeout=20, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.05)
-    raise AssertionError("timed out waiting for " + what)
 
 
 def test_rule_edits_from_two_threads_survive_member_kills(cluster_env):
@@ -73,12 +65,13 @@ def test_rule_edits_from_two_threads_survive_member_kills(cluster_env):
     threads = [threading.Thread(target=edit, args=(t,)) for t in (1, 2)]
     for t in threads:
         t.start()
-    wait_for(lambda: len(done) >= 40 or errors, what="40 edits")
+    wait_for(lambda: len(done) >= 40 or errors, timeout=20, retry_on=(), what="40 edits")
     in_use = store._endpoint_index
     cluster.kill(in_use)
-    wait_for(lambda: len(done) >= 90 or errors, what="90 edits with a member down")
+    wait_for(lambda: len(done) >= 90 or errors, timeout=20, retry_on=(),
+             what="90 edits with a member down")
     cluster.restart(in_use)
-    wait_for(lambda: len(done) >= 120 or errors, what="120 edits")
+    wait_for(lambda: len(done) >= 120 or errors, timeout=20, retry_on=(), what="120 edits")
     leader = cluster.leader_index()
     cluster.kill(leader)
     for t in threads:
@@ -96,7 +89,7 @@ def test_rule_edits_from_two_threads_survive_member_kills(cluster_env):
     direct = DirectEtcd(cluster.members[leader].url, cluster.api)
     final = store.get("/calico/v1/policy/profile/web/rules", quorum=True)
     wait_for(lambda: direct.get("/calico/v1/policy/profile/web/rules") == final,
-             what="restarted member to catch up")
+             timeout=20, retry_on=(), what="restarted member to catch up")
 
 
 def test_watch_moves_to_another_member_when_its_member_dies(cluster_env):
@@ -107,16 +100,15 @@ def test_watch_moves_to_another_member_when_its_member_dies(cluster_env):
     result = {}
 
     def watch():
-        deadline = time.monotonic() + 30
-        while "event" not in result and time.monotonic() < deadline:
-            event = store.watch("/calico/v1/test", index, timeout=5)
-            if event is not None:
-                result["event"] = event
+        # Watched again from the same index after each quiet watch, as the agent does.
+        result["event"] = wait_for(lambda: store.watch("/calico/v1/test", index, timeout=5),
+                                   timeout=30, retry_on=(), what="the write to reach the watch")
 
     t = threading.Thread(target=watch)
     t.start()
     # Wait until the watch is parked on its member, then kill that member under it.
-    wait_for(lambda: store.connected_to(cluster.members[in_use].url), what="watch to connect")
+    wait_for(lambda: store.connected_to(cluster.members[in_use].url), timeout=20, retry_on=(),
+             what="watch to connect")
     time.sleep(0.2)  # no condition to poll: the watch request is in flight inside urllib3
     cluster.kill(in_use)
     writer = EtcdStore(EtcdSettings(endpoints=[m.url for i, m in enumerate(cluster.members)

@@ -7,9 +7,10 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 
 import pytest
+
+from tests.st.harness import wait_for
 
 
 class UnixHTTPConnection(http.client.HTTPConnection):
@@ -29,15 +30,6 @@ def post(path, call, body):
     data = resp.read()
     conn.close()
     return resp.status, resp.getheader("Content-Type"), json.loads(data)
-
-
-def wait_for(predicate, timeout=15):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return False
 
 
 def _accepts(path):
@@ -61,7 +53,8 @@ def serve(etcd_env, tmp_path):
                                  "--socket", str(sock), "--log-level=debug"], env=env,
                                 stderr=subprocess.PIPE, text=True)
         procs.append(proc)
-        assert wait_for(lambda: _accepts(sock) or proc.poll() is not None), "no socket"
+        wait_for(lambda: _accepts(sock) or proc.poll() is not None, timeout=15, retry_on=(),
+                 what="the plugin socket %s (or the server to exit)" % sock)
         assert proc.poll() is None, proc.stderr.read()
         return proc
     yield start
