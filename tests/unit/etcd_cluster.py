@@ -13,10 +13,10 @@ import signal
 import ssl
 import subprocess
 import tempfile
-import time
 import urllib.request
 from dataclasses import dataclass
 
+from tests.st.harness import wait_for
 from tests.unit.etcd_server import free_port
 
 
@@ -184,14 +184,12 @@ class EtcdCluster:
             return False
 
     def wait_healthy(self, member, timeout=30):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        def healthy():
             if not member.running:
                 raise RuntimeError("etcd member %s exited; see %s" % (member.name, member.log.name))
-            if self.member_health(member):
-                return
-            time.sleep(0.05)
-        raise RuntimeError("etcd member %s not healthy after %ss" % (member.name, timeout))
+            return self.member_health(member)
+        wait_for(healthy, timeout=timeout, retry_on=(),
+                 what="etcd member %s to be healthy (log: %s)" % (member.name, member.log.name))
 
     def kill(self, index):
         """Crash member index (SIGKILL) and wait until it is gone."""

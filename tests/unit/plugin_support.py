@@ -8,6 +8,7 @@ import subprocess
 import pytest
 
 from calicoctl.dataplane import Dataplane
+from tests.st.harness import wait_for
 
 NET = "a1" * 32
 NET2 = "b2" * 32
@@ -29,14 +30,17 @@ def netns():
     path = "/proc/%d/ns/net" % proc.pid
     # Wait until the child has really moved (its netns differs from ours): a test run in our
     # own namespace would touch the machine's links and pass for the wrong reason.
-    import time
-    deadline = time.monotonic() + 10
-    while os.readlink(path) == os.readlink("/proc/self/ns/net"):
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            proc.wait()
-            raise RuntimeError("unshare --net never moved into a namespace of its own")
-        time.sleep(0.01)
+    def moved():
+        if proc.poll() is not None:
+            raise RuntimeError("unshare --net exited %d before it moved" % proc.returncode)
+        return os.readlink(path) != os.readlink("/proc/self/ns/net")
+    try:
+        wait_for(moved, timeout=10, interval=0.01, retry_on=(),
+                 what="unshare --net to move into a namespace of its own")
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        raise
     yield path
     proc.kill()
     proc.wait()

@@ -7,7 +7,6 @@ deterministic.
 """
 
 import logging
-import time
 
 import pytest
 
@@ -16,6 +15,7 @@ from calicoctl.datastore.store import EtcdSettings, EtcdStore
 from calicoctl.datastore.store_v2 import V2Backend
 from calicoctl.datastore.store_v3 import V3Backend
 from calicoctl.errors import CalicoError, DatastoreError
+from tests.st.harness import wait_for
 from tests.unit.etcd_cluster import FaultyMember, SilentThenServing
 from tests.unit.etcd_server import free_port
 
@@ -200,10 +200,8 @@ def test_watch_leaves_a_hung_member(etcd_env, raw_etcd):
         index = raw_etcd.write("/calico/test/w", "0")
         raw_etcd.write("/calico/test/w", "1")
         # As the agent does: watch again from the same index after a quiet watch.
-        deadline = time.monotonic() + 10
-        event = None
-        while event is None and time.monotonic() < deadline:
-            event = store.watch("/calico/test", index + 1, timeout=1)
+        event = wait_for(lambda: store.watch("/calico/test", index + 1, timeout=1), timeout=10,
+                         retry_on=(), what="the change to reach a watch from the same index")
         assert event.value == "1"
     finally:
         hung.close()
