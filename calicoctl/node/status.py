@@ -1,12 +1,14 @@
 """`calicoctl status`: is this node's Calico running, and are its BGP sessions up?
 
 Collecting (Docker, /proc, etcd, birdc) is kept apart from parsing BIRD's output
-(`parse_bird_protocols`, pure) and from the printing the command does.
+(`parse_bird_protocols`, pure) and from the printing the command does (commands/status.py, in
+the original calicoctl's layout).
 
 BIRD 1.x runs IPv4 sessions in bird and IPv6 ones in bird6 (asked through birdc6); BIRD 2 has
 one daemon for both.  birdc's greeting ("BIRD 2.17.6 ready.") says which one answered.
 """
 
+import ipaddress
 import os
 import subprocess
 from dataclasses import dataclass, field
@@ -36,12 +38,24 @@ class Item:
 
 
 @dataclass
+class Agent:
+    """How this node's agent runs: in the calico-node container, else as a host process."""
+    container: str = None     # the container's status as `docker ps -a` words it ("Up 15 hours",
+                              # "Exited (1) 2 minutes ago"); None when there is no calico-node
+    running: bool = False     # the container runs, or (no container) a host process does
+    pid: int = None           # the host's `calicoctl felix serve` process, when no container
+    version: str = None       # the calicoctl version the agent runs, when it could be asked
+    problem: str = None       # why it is not running
+
+
+@dataclass
 class BGPSession:
     name: str
     peer: str
     state: str
     since: str
     info: str
+    ip_version: int = 4       # the peer address's family: which status table it belongs in
 
     @property
     def established(self):
@@ -50,13 +64,15 @@ class BGPSession:
 
 @dataclass
 class Report:
-    items: list = field(default_factory=list)
+    agent: Agent = None
+    items: list = field(default_factory=list)     # the plugin, agent liveness, endpoints
     sessions: list = field(default_factory=list)
     bgp_error: str = None
 
     @property
     def problems(self):
-        found = ["%s: %s" % (i.what, i.detail) for i in self.items if not i.ok]
+        found = [self.agent.problem] if self.agent is not None and not self.agent.running else []
+        found += ["%s: %s" % (i.what, i.detail) for i in self.items if not i.ok]
         found += ["BGP peer %s is %s" % (s.peer, s.info or s.state)
                   for s in self.sessions if not s.established]
         if self.bgp_error:
@@ -64,12 +80,22 @@ class Report:
         return found
 
 
-def parse_bird_protocols(text):
+def parse_bird_protocols(text, ip_version=4):
     """BGPSessions from `birdc show protocols all` of BIRD 1.x or 2 (felix.bird reads the
-    table, whose layout differs between them)."""
+    table, whose layout differs between them).  A session's family is its neighbor address's;
+    ip_version (6 for bird6) only stands in where BIRD showed no address."""
     return [BGPSession(name=r["name"], peer=r["neighbor"] or r["name"], state=r["state"],
-                       since=r["since"], info=r["info"])
+                       since=r["since"], info=r["info"],
+                       ip_version=_address_version(r["neighbor"]) or ip_version)
             for r in parse_protocols(text) if r["proto"] == "BGP"]
+
+
+def _address_version(text):
+    try:
+        # BIRD 2 may show a link-local neighbor with its interface: "fe80::1%eth0".
+        return ipaddress.ip_address(text.split("%")[0]).version
+    except ValueError:
+        return None
 
 
 def bird6_absent(rc, output):
@@ -133,10 +159,50 @@ def bird_sessions(container=None):
     if found is not None and found[0] < 2:
         rc, output = _birdc(6, container)
         if rc == 0:
-            sessions += parse_bird_protocols(output)
+            sessions += parse_bird_protocols(output, ip_version=6)
         elif not bird6_absent(rc, output):
             return sessions, no_answer(6, rc, output)
     return sessions, None
+
+
+def ps_status(client, container):
+    """The container's status as `docker ps -a` words it ("Up 15 hours"), which the original
+    calicoctl printed; inspect only has the state ("running")."""
+    listed = client.api.containers(all=True, filters={"id": container.id})
+    return (listed[0].get("Status") if listed else None) or container.status
+
+
+def agent_version(container):
+    """`calicoctl version` inside calico-node: the agent's own version, which differs from this
+    calicoctl's when calicoctl was upgraded and the node not restarted.  None if it does not
+    answer (the original then left the version line out)."""
+    import docker
+    try:
+        rc, output = container.exec_run(["calicoctl", "version"])
+    except docker.errors.APIError:
+        return None
+    lines = output.decode(errors="replace").strip().splitlines()
+    return lines[-1].strip() if rc == 0 and lines else None
+
+
+def find_agent(client, docker_problem):
+    """(Agent, the calico-node container to ask BIRD in or None).  The container counts when
+    there is one; without it, a host `calicoctl felix serve` process."""
+    node = containers.find_container(client, containers.NODE_CONTAINER) if client else None
+    if node is not None:
+        running = containers.container_running(node)
+        words = ps_status(client, node)
+        agent = Agent(container=words, running=running,
+                      version=agent_version(node) if running else None,
+                      problem=None if running else "calico-node container: %s" % words)
+        return agent, node if running else None
+    pids = find_processes("felix", "serve")
+    if pids:
+        from calicoctl import __version__   # a host process runs this host's calicoctl
+        return Agent(running=True, pid=pids[0], version=__version__), None
+    return Agent(problem="agent: neither a calico-node container nor a 'calicoctl felix serve' "
+                 "process is running" + (" (%s)" % docker_problem if docker_problem else "") +
+                 "; start it with 'calicoctl node'"), None
 
 
 def collect(store, node_name, docker_factory=containers.docker_client):
@@ -149,23 +215,13 @@ def collect(store, node_name, docker_factory=containers.docker_client):
     else:
         docker_problem = None
 
-    node = containers.find_container(client, containers.NODE_CONTAINER) if client else None
-    agent_pids = find_processes("felix", "serve")
-    if node is not None:
-        running = containers.container_running(node)
-        report.items.append(Item("calico-node container", running, node.status))
-    elif agent_pids:
-        report.items.append(Item("agent process", True, "running (pid %s)" % agent_pids[0]))
-    else:
-        report.items.append(Item("agent", False, "neither a calico-node container nor a "
-                                 "'calicoctl felix serve' process is running" +
-                                 (" (%s)" % docker_problem if docker_problem else "") +
-                                 "; start it with 'calicoctl node'"))
+    report.agent, exec_in = find_agent(client, docker_problem)
 
     plugin = containers.find_container(client, containers.PLUGIN_CONTAINER) if client else None
     if plugin is not None:
         running = containers.container_running(plugin)
-        report.items.append(Item("calico-libnetwork container", running, plugin.status))
+        report.items.append(Item("calico-libnetwork container", running,
+                                 ps_status(client, plugin)))
     elif find_processes("plugin", "serve"):
         report.items.append(Item("plugin process", True, "running"))
     if plugin is not None or find_processes("plugin", "serve"):
@@ -182,7 +238,6 @@ def collect(store, node_name, docker_factory=containers.docker_client):
     count = len(endpoints.list_endpoints(store, host=node_name))
     report.items.append(Item("endpoints", True, "%d on node %s" % (count, node_name)))
 
-    exec_in = node if node is not None and node.status == "running" else None
-    if exec_in is not None or agent_pids:
+    if report.agent.running:
         report.sessions, report.bgp_error = bird_sessions(exec_in)
     return report
