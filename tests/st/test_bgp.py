@@ -40,7 +40,8 @@ def _routes_gone(stack, ips):
 
 
 def _status_peers(host, etcd):
-    """(peer address, peer type, info) rows of `calicoctl status`'s BGP table."""
+    """(peer address, peer type, info) rows of `calicoctl status`'s "IPv4 BGP status" and
+    "IPv6 BGP status" tables."""
     # Exit status 1 while any session is down (the IPv6 ones may still be connecting).
     out = calicoctl(host, etcd, "status", check=False).stdout
     rows = []

@@ -88,6 +88,9 @@ def test_two_nodes_status_bgp_and_stop_rules(two_hosts, node_images, env, store)
         status = wait_for(lambda: (lambda r: r if r.returncode == 0 else None)(
             calicoctl(host, env, "status")), timeout=60, what="calicoctl status to be healthy")
         assert "Established" in status.stdout and two_hosts[1].ip in status.stdout
+        lines = status.stdout.splitlines()      # the original calicoctl's layout
+        assert lines[0].startswith("calico-node container is running. Status: Up"), lines
+        assert "IPv4 BGP status" in lines and "IPv6 BGP status" in lines
         r = calicoctl(host, env, "node", "show")
         assert "calico-01" in r.stdout and "calico-02" in r.stdout and "yes" in r.stdout
         # A workload: stop refuses, status counts it.
@@ -126,4 +129,5 @@ def test_two_nodes_status_bgp_and_stop_rules(two_hosts, node_images, env, store)
 def test_status_says_what_is_down(two_hosts, env):
     r = calicoctl(two_hosts[0], env, "status")
     assert r.returncode == 1
+    assert r.stdout.splitlines()[0] == "calico-node container not running"
     assert "DOWN: agent" in r.stderr and "calicoctl node" in r.stderr
