@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from tests.st.calico_stack import learnt
-from tests.st.harness import procs
-from tests.st.plugin_helpers import container_ip, ping, poll
+from tests.st.harness import procs, wait_for
+from tests.st.plugin_helpers import container_ip, ping
 
 BRIDGE_NF = Path("/proc/sys/net/bridge/bridge-nf-call-iptables")
 
@@ -54,7 +54,7 @@ def test_bgp_and_workloads_cross_the_underlay(root_like_docker, calico_stack):
     ip_a = ipaddress.ip_address(container_ip(h1, "workload-A", "net1"))
     ip_e = ipaddress.ip_address(container_ip(h2, "workload-E", "net1"))
     # Each host's block reaches the other over BGP across the bridge, or not at all.
-    poll(lambda: ip_e in learnt(h1) and ip_a in learnt(h2), timeout=90,
-         what="each host to learn the other's workload block over BGP")
+    wait_for(lambda: ip_e in learnt(h1) and ip_a in learnt(h2), timeout=90,
+             what="each host to learn the other's workload block over BGP")
     result = ping(h1, "workload-A", str(ip_e), count=2)
     assert result.returncode == 0, result.stdout + result.stderr

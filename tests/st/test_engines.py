@@ -14,9 +14,10 @@ import re
 
 import pytest
 
+from tests.st.harness import wait_for
 from tests.st.plugin_helpers import (PYTHON, PluginProcess, allow_forwarding, calicoctl,
                                      clean_docker, container_ip, endpoint_id, etcd_keys,
-                                     host_links, ping, poll, wipe_etcd)
+                                     host_links, ping, wipe_etcd)
 
 pytestmark = pytest.mark.engines("host", "trixie", "forky")
 
@@ -101,7 +102,8 @@ def dns_stub(host):
     """DNS_STUB on the host's underlay address; the host's resolv.conf names it."""
     proc = host.popen([PYTHON, "-c", DNS_STUB, host.ip, DNS_ANSWER], "dns")
     try:
-        poll(lambda: "listening" in host.log_path("dns").read_text(), what="the DNS stub")
+        wait_for(lambda: "listening" in host.log_path("dns").read_text(), timeout=15,
+                 what="the DNS stub")
         with resolv_conf(host, "nameserver %s\n" % host.ip):
             yield
     finally:
@@ -128,7 +130,7 @@ def assert_endpoints_gone(host, etcd):
         assert "/calico/v1/ipam/v4/pool/192.168.0.0-16" in keys, sorted(keys)
         left = [k for k in keys if "/workload/" in k or "/ipam/v2/handle/" in k]
         return host_links(host) == [] and not left
-    poll(gone, what="no cali veth, endpoint or address handle for %s" % host.name)
+    wait_for(gone, timeout=15, what="no cali veth, endpoint or address handle for %s" % host.name)
 
 
 # --- 1. Docker's own options beside the user's --opt ---------------------------------------

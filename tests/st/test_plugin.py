@@ -4,12 +4,12 @@ import json
 
 import pytest
 
-from tests.st.harness import procs
+from tests.st.harness import procs, wait_for
 
 from tests.st.plugin_helpers import (PluginProcess, allow_forwarding, assert_nothing_left,
                                      calicoctl, clean_docker,
                                      container_ip, endpoint_id, etcd_keys, host_links,
-                                     host_routes, ping, poll, route_to, wipe_etcd)
+                                     host_routes, ping, route_to, wipe_etcd)
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +66,8 @@ def test_calico_ipam_network_across_hosts(two_hosts, etcd_on_bridge, plugins, cl
         value = etcd_keys(etcd).get(
             "/calico/v1/host/calico-01/workload/libnetwork/libnetwork/endpoint/" + ep)
         return value and json.loads(value)
-    rec = poll(lambda: (r := record()) and r.get("container_name") and r)
+    rec = wait_for(lambda: (r := record()) and r.get("container_name") and r, timeout=15,
+                   what="workload-A's endpoint record with its container name")
     assert rec["profile_ids"] == ["net1"] and rec["container_name"] == "workload-A"
     assert rec["ipv4_nets"] == ["%s/32" % ip_a] and rec["mac"] == "ee:ee:ee:ee:ee:ee"
     shown = calicoctl(h1, etcd, "endpoint", ep, "profile", "show").stdout
@@ -142,7 +143,7 @@ def test_static_ip_and_teardown_leaves_nothing(two_hosts, etcd_on_bridge, plugin
                        "--subnet", "10.99.0.0/16", "netx", check=False)
     assert result.returncode != 0 and "calicoctl pool add" in result.stderr
     h1.docker("rm", "-f", "s1", "s2", "s3")
-    poll(lambda: host_links(h1) == [], what="veths gone")
+    wait_for(lambda: host_links(h1) == [], timeout=15, what="veths gone")
     h1.docker("network", "rm", "net1")
     _no_leftovers(two_hosts, etcd)
     assert "/calico/v1/policy/profile/net1/tags" not in etcd_keys(etcd)
@@ -219,7 +220,7 @@ def test_dockerd_killed_with_containers_running(two_hosts, etcd_on_bridge, plugi
     plugin.stop(sig=9)
     pid = int(h1.run(["cat", "/run/docker.pid"]).stdout)
     h1.run(["kill", "-9", str(pid)])
-    poll(lambda: not procs.is_alive(pid), what="dockerd to die")
+    wait_for(lambda: not procs.is_alive(pid), timeout=15, what="dockerd to die")
     # containerd dies with dockerd (parent-death signal) but may linger as a zombie whose pid
     # file would make the new dockerd wait on a dead socket.
     h1.run(["rm", "-f", "/run/docker.pid", "/run/docker/containerd/containerd.pid"])
@@ -227,8 +228,8 @@ def test_dockerd_killed_with_containers_running(two_hosts, etcd_on_bridge, plugi
     h1.start_dockerd()
     # Docker does not restart the containers; between its own clean-up calls and the plugin's
     # reconciliation, nothing of their endpoints survives.
-    poll(lambda: host_links(h1) == [] and not [k for k in etcd_keys(etcd) if "/workload/" in k],
-         timeout=60, what="the dead containers' endpoints to go")
+    wait_for(lambda: host_links(h1) == [] and not [k for k in etcd_keys(etcd) if "/workload/" in k],
+             timeout=60, what="the dead containers' endpoints to go")
     h1.docker("rm", "-f", "k1", "k2", check=False)
     h1.docker("network", "rm", "net1")
     _no_leftovers(two_hosts, etcd)
@@ -249,8 +250,8 @@ def test_reconciliation_after_calls_were_missed(two_hosts, etcd_on_bridge, plugi
     plugin.stop(sig=9)
     h1.docker("rm", "-f", "g1", check=False, timeout=180)
     plugin.start()
-    poll(lambda: "Reconciliation: removed endpoint %s" % gone[:12] in plugin.log(), timeout=60,
-         what="reconciliation")
+    wait_for(lambda: "Reconciliation: removed endpoint %s" % gone[:12] in plugin.log(), timeout=60,
+             what="reconciliation")
     keys = etcd_keys(etcd)
     assert not [k for k in keys if gone in k]
     assert [k for k in keys if kept in k]

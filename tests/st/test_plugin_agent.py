@@ -6,8 +6,9 @@ import json
 import pytest
 
 from tests.st.calico_stack import remove_stand_in
+from tests.st.harness import wait_for
 from tests.st.plugin_helpers import (PluginProcess, calicoctl, clean_docker, container_ip,
-                                     endpoint_id, etcd_keys, ping, poll, route_to, wipe_etcd)
+                                     endpoint_id, etcd_keys, ping, route_to, wipe_etcd)
 
 
 @pytest.fixture
@@ -22,8 +23,8 @@ def stack(two_hosts, etcd_on_bridge):
                                     args=("felix", "serve", "--no-bgp", "--log-level=INFO"))
                       .start(wait=False))
     for h in two_hosts:
-        poll(lambda h=h: "/calico/felix/v1/host/%s/status" % h.name in etcd_keys(etcd),
-             timeout=60, what="the agent on %s" % h.name)
+        wait_for(lambda h=h: "/calico/felix/v1/host/%s/status" % h.name in etcd_keys(etcd),
+                 timeout=60, what="the agent on %s" % h.name)
     yield plugins
     for h in two_hosts:
         clean_docker(h)

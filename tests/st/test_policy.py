@@ -11,8 +11,8 @@ import pytest
 # The stack's pieces are re-exported for the other system tests that import them from here.
 from tests.st.calico_stack import (POOL, POOL6, UNDERLAY6, AgentProcess,  # noqa: F401
                                    calico_stack, learnt, register, store_for)
-from tests.st.harness import procs
-from tests.st.plugin_helpers import container_ip, endpoint_id, ping_answered, poll
+from tests.st.harness import procs, wait_for
+from tests.st.plugin_helpers import container_ip, endpoint_id, ping_answered
 from tests.skips import kernel_feature
 
 OUTSIDE_IP = "198.18.0.250"           # a namespace on the bridge outside every pool
@@ -64,19 +64,15 @@ def demo(calico):
         (h2, "workload-D", "net3"), (h2, "workload-E", "net1"))}
     calico["ips"] = ips
     # BGP: each host learns the other's block from BIRD (proto bird), no static route anywhere.
-    poll(lambda: ipaddress.ip_address(ips["workload-E"]) in learnt(h1)
-         and ipaddress.ip_address(ips["workload-A"]) in learnt(h2), timeout=60,
-         what="routes learnt over BGP")
+    wait_for(lambda: ipaddress.ip_address(ips["workload-E"]) in learnt(h1)
+             and ipaddress.ip_address(ips["workload-A"]) in learnt(h2), timeout=60,
+             what="routes learnt over BGP")
     return calico
 
 
 def reaches(host, src, dst, count=1):
     """True if dst answers src; False if ping ran unanswered; raises if ping did not run."""
     return ping_answered(host, src, dst, count=count, timeout=1)
-
-
-def eventually(predicate, what, timeout=HANG):
-    return poll(predicate, timeout=timeout, what=what)
 
 
 def test_demonstration_matrix(demo):
@@ -110,11 +106,12 @@ def test_rule_added_and_removed_live(demo):
     assert reaches(h1, "workload-A", ips["workload-C"])
     profiles.update_rules(store, "net1", add)
     try:
-        eventually(lambda: not reaches(h1, "workload-A", ips["workload-C"]),
-                   "deny rule to apply")
+        wait_for(lambda: not reaches(h1, "workload-A", ips["workload-C"]),
+                 timeout=HANG, what="deny rule to apply")
     finally:
         profiles.update_rules(store, "net1", remove)
-    eventually(lambda: reaches(h1, "workload-A", ips["workload-C"]), "deny rule to go")
+    wait_for(lambda: reaches(h1, "workload-A", ips["workload-C"]), timeout=HANG,
+             what="deny rule to go")
 
 
 def test_profile_appended_to_an_endpoint_opens_it(demo):
@@ -129,13 +126,15 @@ def test_profile_appended_to_an_endpoint_opens_it(demo):
         return e
     endpoints.update_endpoint(store, ep, append)
     try:
-        eventually(lambda: reaches(h1, "workload-A", ips["workload-B"]), "B to open to net1")
+        wait_for(lambda: reaches(h1, "workload-A", ips["workload-B"]), timeout=HANG,
+                 what="B to open to net1")
     finally:
         def restore(e):
             e.profile_ids = ["net2"]
             return e
         endpoints.update_endpoint(store, ep, restore)
-    eventually(lambda: not reaches(h1, "workload-A", ips["workload-B"]), "B to close again")
+    wait_for(lambda: not reaches(h1, "workload-A", ips["workload-B"]), timeout=HANG,
+             what="B to close again")
 
 
 def _icmp_counter(host, container, chain, src, dst=None):
@@ -186,10 +185,11 @@ def test_nat_outgoing(demo):
     assert not reaches(h1, "workload-A", OUTSIDE_IP)
     pools.add_pool(store, Pool(ipaddress.ip_network(POOL), masquerade=True))
     try:
-        eventually(lambda: reaches(h1, "workload-A", OUTSIDE_IP), "NAT outgoing")
+        wait_for(lambda: reaches(h1, "workload-A", OUTSIDE_IP), timeout=HANG, what="NAT outgoing")
     finally:
         pools.add_pool(store, Pool(ipaddress.ip_network(POOL)))
-    eventually(lambda: not reaches(h1, "workload-A", OUTSIDE_IP), "NAT outgoing off")
+    wait_for(lambda: not reaches(h1, "workload-A", OUTSIDE_IP), timeout=HANG,
+             what="NAT outgoing off")
 
 
 def test_rules_flushed_by_hand_come_back(demo):
@@ -197,9 +197,9 @@ def test_rules_flushed_by_hand_come_back(demo):
     c_ip = demo["ips"]["workload-C"]
     h1.run(["iptables", "-F", "felix-FORWARD"])
     h1.run(["iptables", "-D", "FORWARD", "-j", "felix-FORWARD"])
-    eventually(lambda: h1.run(["iptables", "-S", "FORWARD"]).stdout.splitlines()[1:2]
-               == ["-A FORWARD -j felix-FORWARD"], "the FORWARD jump to come back")
-    eventually(lambda: reaches(h1, "workload-A", c_ip), "traffic after repair")
+    wait_for(lambda: h1.run(["iptables", "-S", "FORWARD"]).stdout.splitlines()[1:2]
+             == ["-A FORWARD -j felix-FORWARD"], timeout=HANG, what="the FORWARD jump to come back")
+    wait_for(lambda: reaches(h1, "workload-A", c_ip), timeout=HANG, what="traffic after repair")
 
 
 def test_agent_restart_under_ping_loses_at_most_two(demo):
@@ -218,14 +218,14 @@ def test_agent_restart_under_ping_loses_at_most_two(demo):
     def replies():
         return len(re.findall(r"seq=\d+", log.read_text()))
     try:
-        poll(lambda: replies() >= 5, timeout=HANG, what="the ping stream to flow")
+        wait_for(lambda: replies() >= 5, timeout=HANG, what="the ping stream to flow")
         programmed = agent.log().count("Programmed ")
         agent.stop()
         agent.start()
-        poll(lambda: agent.log().count("Programmed ") > programmed, timeout=HANG,
-             what="the restarted agent to program the host")
+        wait_for(lambda: agent.log().count("Programmed ") > programmed, timeout=HANG,
+                 what="the restarted agent to program the host")
         after = replies()
-        poll(lambda: replies() >= after + 10, timeout=HANG, what="replies after the restart")
+        wait_for(lambda: replies() >= after + 10, timeout=HANG, what="replies after the restart")
         assert stream.poll() is None, "the ping stream ended inside the restart: " + log.read_text()
     finally:
         # SIGINT: busybox ping prints its statistics and exits.
@@ -237,7 +237,7 @@ def test_agent_restart_under_ping_loses_at_most_two(demo):
     assert int(m.group(1)) - int(m.group(2)) <= 2, out
     # The restarted agent reports itself alive again.
     from calicoctl.felix.status import read_status
-    eventually(lambda: read_status(demo["store"], h1.name)["alive"], "liveness")
+    wait_for(lambda: read_status(demo["store"], h1.name)["alive"], timeout=HANG, what="liveness")
 
 
 def test_ipv6_workloads_across_hosts(demo):
@@ -250,8 +250,8 @@ def test_ipv6_workloads_across_hosts(demo):
     out = h2.docker("inspect", "--format", "{{json .NetworkSettings.Networks}}", "v6-B").stdout
     ip6 = json.loads(out)["net6"]["GlobalIPv6Address"]
     assert ip6, out
-    poll(lambda: ipaddress.ip_address(ip6) in learnt(h1, 6), timeout=60,
-         what="an IPv6 route over BGP")
+    wait_for(lambda: ipaddress.ip_address(ip6) in learnt(h1, 6), timeout=60,
+             what="an IPv6 route over BGP")
     result = h1.docker("exec", "v6-A", "ping", "-6", "-c", "2", "-W", "2", ip6, check=False)
     assert result.returncode == 0, result.stdout + result.stderr
 
@@ -265,8 +265,8 @@ def test_ipip_missing_in_the_kernel_is_one_clear_error(demo):
     pools.add_pool(store, Pool(ipaddress.ip_network("10.77.0.0/16"), ipip="tunl0"))
     agent = demo["agents"][0]
     try:
-        eventually(lambda: "IPIP pool 10.77.0.0/16 needs the tunl0 device" in agent.log(),
-                   "the one clear IPIP error")
+        wait_for(lambda: "IPIP pool 10.77.0.0/16 needs the tunl0 device" in agent.log(),
+                 timeout=HANG, what="the one clear IPIP error")
         assert agent.log().count("needs the tunl0 device") == 1
         # ...and everything else carries on.
         h1 = demo["hosts"][0]
@@ -293,8 +293,8 @@ def test_ipip_pool_routes_through_tunl0(demo):
     store = demo["store"]
     pools.add_pool(store, Pool(ipaddress.ip_network(POOL), ipip="tunl0"))
     try:
-        eventually(lambda: "dev tunl0" in h1.run(["ip", "route"]).stdout,
-                   "a route to the other host's block via tunl0")
+        wait_for(lambda: "dev tunl0" in h1.run(["ip", "route"]).stdout,
+                 timeout=HANG, what="a route to the other host's block via tunl0")
         assert reaches(h1, "workload-A", demo["ips"]["workload-E"])
     finally:
         pools.add_pool(store, Pool(ipaddress.ip_network(POOL)))

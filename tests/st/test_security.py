@@ -18,7 +18,8 @@ import stat
 import pytest
 
 from tests.st.calico_stack import calico_stack, learnt  # noqa: F401 - the fixture
-from tests.st.plugin_helpers import SOCKET, calicoctl, clean_docker, poll
+from tests.st.harness import wait_for
+from tests.st.plugin_helpers import SOCKET, calicoctl, clean_docker
 
 # A python `nobody` can run (python3 on PATH may be a shim under /root).
 SYSTEM_PYTHON = "/usr/bin/python3"
@@ -83,7 +84,7 @@ def add_address(wl, addr, version):
             line = [ln for ln in out.splitlines() if addr in ln][0]
             assert "dadfailed" not in line, line
             return "tentative" not in line
-        poll(settled, timeout=10, what="DAD of %s in %s" % (addr, wl["name"]))
+        wait_for(settled, timeout=10, what="DAD of %s in %s" % (addr, wl["name"]))
 
 
 def del_address(wl, addr, version):
@@ -110,9 +111,9 @@ def spoof_net(calico_stack):
         assert ip4 and ip6, "expected a dual-stack workload, got %r %r" % (ip4, ip6)
         wl[role] = {"host": h, "name": name, 4: ip4, 6: ip6, "mac": MACS[role]}
     for v in (4, 6):
-        poll(lambda v=v: ipaddress.ip_address(wl["R2"][v]) in learnt(h1, v)
-             and ipaddress.ip_address(wl["S"][v]) in learnt(h2, v),
-             timeout=60, what="IPv%d routes over BGP" % v)
+        wait_for(lambda v=v: ipaddress.ip_address(wl["R2"][v]) in learnt(h1, v)
+                 and ipaddress.ip_address(wl["S"][v]) in learnt(h2, v),
+                 timeout=60, what="IPv%d routes over BGP" % v)
     yield {"wl": wl, "receivers": (wl["R"], wl["R2"]), "stack": calico_stack}
     for h in (h1, h2):
         clean_docker(h)
@@ -182,8 +183,8 @@ def test_forged_mac_gets_nothing_through(spoof_net, version):
     # Its own MAC back: S is heard again.
     r = spoof_net["wl"]["R"]
     before = received(r["host"], r["name"], s[version], version)
-    poll(lambda: send_pings(s["host"], s["name"], r[version], version, count=1).returncode == 0,
-         timeout=10, what="S reaching R with its own MAC again")
+    wait_for(lambda: send_pings(s["host"], s["name"], r[version], version, count=1).returncode == 0,
+             timeout=10, what="S reaching R with its own MAC again")
     assert received(r["host"], r["name"], s[version], version) > before
 
 
@@ -269,8 +270,8 @@ def host_service(spoof_net, tmp_path):
     os.chmod(tmp_path, 0o755)
     proc = h1.popen(["busybox", "httpd", "-f", "-p", "%s:%d" % (h1.ip, HOST_PORT), "-h",
                      str(tmp_path)], "sec-host-httpd")
-    poll(lambda: ":%d " % HOST_PORT in h1.run(["ss", "-ltn"]).stdout, timeout=10,
-         what="the host's test service")
+    wait_for(lambda: ":%d " % HOST_PORT in h1.run(["ss", "-ltn"]).stdout, timeout=10,
+             what="the host's test service")
     yield h1
     # nsenter without a pid namespace execs httpd: the popen'd pid is httpd's own.
     proc.terminate()
@@ -297,26 +298,26 @@ def test_workload_to_host_follows_the_configured_action(spoof_net, host_service)
     name = "DefaultEndpointToHostAction"
     # The stack registers hosts as `calicoctl node` does: RETURN for this host.
     assert config.get_config(store, name, host=h1.name) == "RETURN"
-    assert poll(lambda: _reaches_host(v, h1), timeout=10, what="V reaching its host (RETURN)")
+    assert wait_for(lambda: _reaches_host(v, h1), timeout=10, what="V reaching its host (RETURN)")
     try:
         config.set_config(store, name, "DROP", host=h1.name)
-        poll(lambda: not _reaches_host(v, h1), timeout=10, what="DROP to take effect")
+        wait_for(lambda: not _reaches_host(v, h1), timeout=10, what="DROP to take effect")
         assert _stays(lambda: not _reaches_host(v, h1)), "DROP let a connection through"
         # DROP is about the host only: V still reaches a workload next to it.
         assert send_pings(v["host"], v["name"], r[4], 4, count=1).returncode == 0
         config.set_config(store, name, "ACCEPT", host=h1.name)
-        poll(lambda: _reaches_host(v, h1), timeout=10, what="ACCEPT to take effect")
+        wait_for(lambda: _reaches_host(v, h1), timeout=10, what="ACCEPT to take effect")
         config.set_config(store, name, "RETURN", host=h1.name)
         assert _stays(lambda: _reaches_host(v, h1))
         # Globally, through the CLI, once the host's own setting is gone.
         config.set_config(store, name, None, host=h1.name)
         calicoctl(h1, etcd, "config", "felix", name, "DROP", "--force")
-        poll(lambda: not _reaches_host(v, h1), timeout=10, what="a global DROP to take effect")
+        wait_for(lambda: not _reaches_host(v, h1), timeout=10, what="a global DROP to take effect")
         assert _stays(lambda: not _reaches_host(v, h1)), "global DROP let a connection through"
     finally:
         calicoctl(h1, etcd, "config", "felix", name, "--remove", check=False)
         config.set_config(store, name, "RETURN", host=h1.name)
-    poll(lambda: _reaches_host(v, h1), timeout=10, what="RETURN again")
+    wait_for(lambda: _reaches_host(v, h1), timeout=10, what="RETURN again")
 
 
 # --- the plugin's socket and listening ports --------------------------------------------------
@@ -393,8 +394,8 @@ def test_nothing_listens_beyond_loopback_but_bird(calico_stack):
         # The agent runs BIRD and BIRD6 on BIRD 1.x, one BIRD for both families on BIRD 2;
         # wait until each has opened its BGP port.
         daemons = {"bird"} if _bird_major(h) >= 2 else {"bird", "bird6"}
-        poll(lambda h=h, d=daemons: {p for (_, _, port, p) in listeners(h) if port == 179}
-             >= d, timeout=30, what="%s on %s" % (" and ".join(sorted(daemons)), h.name))
+        wait_for(lambda h=h, d=daemons: {p for (_, _, port, p) in listeners(h) if port == 179}
+                 >= d, timeout=30, what="%s on %s" % (" and ".join(sorted(daemons)), h.name))
         plugin = calico_stack["plugins"][calico_stack["hosts"].index(h)]
         assert plugin.proc.poll() is None, "the plugin is not running"
         exposed = [l for l in listeners(h) if not _loopback(l[1])
