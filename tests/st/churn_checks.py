@@ -8,10 +8,10 @@ a read came back empty.  Reads that fail raise."""
 
 import ipaddress
 import json
-import time
 
 import pytest
 
+from tests.st.harness import wait_for
 from tests.st.plugin_helpers import host_links
 
 POOL = ipaddress.ip_network("192.168.0.0/16")
@@ -163,12 +163,15 @@ def all_problems(store, hosts, networks, prefix=""):
 def settle(store, hosts, networks, prefix=PREFIX, timeout=90):
     """The problems left once the system is at rest, polling up to timeout seconds: [] when it
     converged.  A read that fails raises; it never counts as "no problems"."""
-    deadline = time.monotonic() + timeout
-    while True:
-        problems = all_problems(store, hosts, networks, prefix)[0]
-        if not problems or time.monotonic() >= deadline:
-            return problems
-        time.sleep(0.5)
+    problems = []
+
+    def at_rest():
+        problems[:] = all_problems(store, hosts, networks, prefix)[0]
+        return not problems
+    # Not settling is no error here: the caller asserts on the problems left.
+    wait_for(at_rest, timeout=timeout, interval=0.5, retry_on=(), raise_on_timeout=False,
+             what="the system to come to rest")
+    return problems
 
 
 def report(request, line):

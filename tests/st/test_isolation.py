@@ -24,7 +24,8 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from tests.st.plugin_helpers import (calicoctl, clean_docker, container_ip, endpoint_id, poll)
+from tests.st.harness import wait_for
+from tests.st.plugin_helpers import calicoctl, clean_docker, container_ip, endpoint_id
 from tests.st.calico_stack import calico_stack, learnt  # noqa: F401 - the fixture
 
 NETWORKS = ("iso1", "iso2", "iso3", "iso4")
@@ -157,12 +158,16 @@ def measure(workloads):
 def converge(workloads, want):
     """Measure until the live system agrees with want or CONVERGE seconds pass; return the
     last measurement and the pairs still wrong."""
-    deadline = time.monotonic() + CONVERGE
-    while True:
-        live = measure(workloads)
-        wrong = sorted((k for k in want if live.get(k) != want[k]), key=str)
-        if not wrong or time.monotonic() > deadline:
-            return live, wrong
+    last = {}
+
+    def agrees():
+        last["live"] = measure(workloads)
+        last["wrong"] = sorted((k for k in want if last["live"].get(k) != want[k]), key=str)
+        return not last["wrong"]
+    # Still disagreeing is no error here: the caller reports each wrong pair.
+    wait_for(agrees, timeout=CONVERGE, retry_on=(), raise_on_timeout=False,
+             what="the live system to agree with the policy")
+    return last["live"], last["wrong"]
 
 
 # --- random changes through the CLI -----------------------------------------------------------
@@ -286,8 +291,8 @@ def workloads(calico_stack):
         list(pool.map(start, wls))
     for w in wls:
         other = h2 if w.host is h1 else h1
-        poll(lambda w=w, other=other: ipaddress.ip_address(w.ip) in learnt(other), timeout=60,
-             what="a BGP route to %s on %s" % (w.name, other.name))
+        wait_for(lambda w=w, other=other: ipaddress.ip_address(w.ip) in learnt(other), timeout=60,
+                 what="a BGP route to %s on %s" % (w.name, other.name))
     yield {"seed": seed, "rng": rng, "workloads": wls, "store": calico_stack["store"],
            "host": h1, "etcd": etcd}
     for h in (h1, h2):
