@@ -148,11 +148,6 @@ def wipe_etcd(etcd):
                             % (len(left), etcd.url))
 
 
-# The old name of the harness's wait_for, kept only because tests/st/test_bgp.py still imports
-# it (every call there passes its timeout); drop it once that file imports wait_for.
-poll = wait_for
-
-
 def host_links(host, prefix="cali"):
     out = host.run(["ip", "-o", "link", "show"]).stdout
     return [line.split(":", 2)[1].strip().split("@")[0] for line in out.splitlines()

@@ -9,7 +9,8 @@ import ipaddress
 import pytest
 
 from tests.st.calico_stack import learnt
-from tests.st.plugin_helpers import calicoctl, container_ip, ping, poll
+from tests.st.harness import wait_for
+from tests.st.plugin_helpers import calicoctl, container_ip, ping
 
 pytestmark = pytest.mark.engines("host", "forky")
 
@@ -61,14 +62,14 @@ def test_mesh_carries_blocks_then_off_withdraws_them(workloads):
     stack, ips = workloads
     h1, h2 = stack["hosts"]
     etcd = stack["etcd"]
-    poll(lambda: _routes_learnt(stack, ips), timeout=ROUTE_HANG, what="blocks over the mesh")
+    wait_for(lambda: _routes_learnt(stack, ips), timeout=ROUTE_HANG, what="blocks over the mesh")
     assert _established(h1, etcd, h2.ip, "node-to-node mesh")
     result = ping(h1, "workload-A", str(ips["E"]))
     assert result.returncode == 0, result.stdout + result.stderr
 
     calicoctl(h1, etcd, "bgp", "node-mesh", "off")
     assert "off" in calicoctl(h1, etcd, "bgp", "node-mesh").stdout
-    poll(lambda: _routes_gone(stack, ips), timeout=ROUTE_HANG,
+    wait_for(lambda: _routes_gone(stack, ips), timeout=ROUTE_HANG,
          what="the mesh's routes to be withdrawn")
     assert not any(t == "node-to-node mesh" for _, t, _ in _status_peers(h1, etcd))
 
@@ -78,22 +79,22 @@ def test_global_peers_carry_blocks_with_the_mesh_off(workloads):
     h1, h2 = stack["hosts"]
     etcd = stack["etcd"]
     calicoctl(h1, etcd, "bgp", "node-mesh", "off")
-    poll(lambda: _routes_gone(stack, ips), timeout=ROUTE_HANG, what="no routes without peers")
+    wait_for(lambda: _routes_gone(stack, ips), timeout=ROUTE_HANG, what="no routes without peers")
     # Every node peers with every global peer but itself: both hosts as global peers make a
     # hand-built mesh.
     for h in (h1, h2):
         calicoctl(h1, etcd, "bgp", "peer", "add", h.ip, "as", "64511")
     try:
-        poll(lambda: _routes_learnt(stack, ips), timeout=ROUTE_HANG,
+        wait_for(lambda: _routes_learnt(stack, ips), timeout=ROUTE_HANG,
              what="blocks over the global peers")
-        poll(lambda: _established(h1, etcd, h2.ip, "global"), timeout=ROUTE_HANG,
+        wait_for(lambda: _established(h1, etcd, h2.ip, "global"), timeout=ROUTE_HANG,
              what="calicoctl status to show the global peer established")
         result = ping(h2, "workload-E", str(ips["A"]))
         assert result.returncode == 0, result.stdout + result.stderr
     finally:
         for h in (h1, h2):
             calicoctl(h1, etcd, "bgp", "peer", "remove", h.ip, check=False)
-    poll(lambda: _routes_gone(stack, ips), timeout=ROUTE_HANG,
+    wait_for(lambda: _routes_gone(stack, ips), timeout=ROUTE_HANG,
          what="the global peers' routes to be withdrawn")
 
 
@@ -111,9 +112,9 @@ def test_per_node_as_numbers_and_node_peers(workloads):
     for h, peer in ((h1, h2), (h2, h1)):
         calicoctl(h, etcd, "node", "bgp", "peer", "add", peer.ip, "as", as_of[peer.name])
     try:
-        poll(lambda: _routes_learnt(stack, ips), timeout=ROUTE_HANG,
+        wait_for(lambda: _routes_learnt(stack, ips), timeout=ROUTE_HANG,
              what="blocks over the node-specific eBGP peers")
-        poll(lambda: _established(h1, etcd, h2.ip, "node specific"), timeout=ROUTE_HANG,
+        wait_for(lambda: _established(h1, etcd, h2.ip, "node specific"), timeout=ROUTE_HANG,
              what="calicoctl status to show the node peer established")
         assert h2.ip in calicoctl(h1, etcd, "node", "bgp", "peer", "show").stdout
         result = ping(h1, "workload-A", str(ips["E"]))
@@ -121,5 +122,5 @@ def test_per_node_as_numbers_and_node_peers(workloads):
     finally:
         for h, peer in ((h1, h2), (h2, h1)):
             calicoctl(h, etcd, "node", "bgp", "peer", "remove", peer.ip, check=False)
-    poll(lambda: _routes_gone(stack, ips), timeout=ROUTE_HANG,
+    wait_for(lambda: _routes_gone(stack, ips), timeout=ROUTE_HANG,
          what="the node peers' routes to be withdrawn")
