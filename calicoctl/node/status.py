@@ -115,8 +115,14 @@ def peer_type(name):
 
 
 def find_processes(*words):
-    """pids whose command line contains every word (e.g. "felix", "serve")."""
+    """pids whose command line contains every word (e.g. "felix", "serve"), among the processes
+    in this network namespace: an agent serves the host whose network it is in, so one running
+    for another namespace (a container's, a second host's on the same machine) is not ours."""
     found = []
+    try:
+        my_net = os.readlink("/proc/self/ns/net")
+    except OSError:
+        my_net = None
     for pid in os.listdir("/proc"):
         if not pid.isdigit() or int(pid) == os.getpid():
             continue
@@ -125,6 +131,11 @@ def find_processes(*words):
                 argv = f.read().decode(errors="replace").split("\0")
         except OSError:
             continue
+        try:
+            if my_net is not None and os.readlink("/proc/%s/ns/net" % pid) != my_net:
+                continue
+        except OSError:
+            pass    # not ours to inspect (not root): counted, as before namespaces mattered
         if "calicoctl" in " ".join(argv[:3]) and all(w in argv for w in words):
             found.append(int(pid))
     return sorted(found)

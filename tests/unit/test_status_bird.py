@@ -289,3 +289,29 @@ def test_status_healthy_exits_0_with_nothing_on_stderr(status_of):
         items=HEALTHY_ITEMS, sessions=[session]))
     assert (code, err) == (0, "")
     assert out.endswith("endpoints: 1 on node calico-01\n")
+
+
+def test_find_processes_counts_only_this_network_namespace(tmp_path):
+    """An agent serves the host whose network it is in: one started in another network
+    namespace (another namespace host on the same machine) is not this host's agent."""
+    import subprocess
+    import sys
+    fake = tmp_path / "calicoctl"
+    fake.write_text("import sys, time\nsys.stdout.write('ready\\n'); sys.stdout.flush()\n"
+                    "time.sleep(120)\n")
+    here = subprocess.Popen([sys.executable, str(fake), "felix", "serve", "here"],
+                            stdout=subprocess.PIPE, text=True)
+    elsewhere = subprocess.Popen(["unshare", "--net", sys.executable, str(fake), "felix",
+                                  "serve", "elsewhere"], stdout=subprocess.PIPE, text=True)
+    try:
+        # Each says "ready" once its argv is final (unshare has exec'd python).
+        assert here.stdout.readline() == "ready\n"
+        assert elsewhere.stdout.readline() == "ready\n"
+        assert status.find_processes("felix", "serve", "here") == [here.pid]
+        assert status.find_processes("felix", "serve", "elsewhere") == []
+        assert here.pid in status.find_processes("felix", "serve")
+        assert elsewhere.pid not in status.find_processes("felix", "serve")
+    finally:
+        for proc in (here, elsewhere):
+            proc.kill()
+            proc.wait()
