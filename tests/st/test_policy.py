@@ -8,9 +8,7 @@ import re
 
 import pytest
 
-# The stack's pieces are re-exported for the other system tests that import them from here.
-from tests.st.calico_stack import (POOL, POOL6, UNDERLAY6, AgentProcess,  # noqa: F401
-                                   calico_stack, learnt, register, store_for)
+from tests.st.calico_stack import POOL, learnt
 from tests.st.harness import procs, wait_for
 from tests.st.plugin_helpers import container_ip, endpoint_id, ping_answered
 from tests.skips import kernel_feature
