@@ -1,57 +1,44 @@
 """The plugin with the agent running beside it: Join waits for the agent's "up" report, and
-traffic flows on the agent's rules (not the tests' stand-in ACCEPT rules)."""
+traffic flows on the agent's rules (not the tests' stand-in ACCEPT rules), across hosts on the
+routes BGP gives.  The stack is the one every system test uses (tests/st/calico_stack.py)."""
 
+import ipaddress
 import json
 
-import pytest
-
-from tests.st.calico_stack import remove_stand_in
+from tests.st.calico_stack import learnt
 from tests.st.harness import wait_for
-from tests.st.plugin_helpers import (PluginProcess, calicoctl, clean_docker, container_ip,
-                                     endpoint_id, etcd_keys, ping, route_to, wipe_etcd)
+from tests.st.plugin_helpers import container_ip, endpoint_id, etcd_keys, ping, ping_answered
 
 
-@pytest.fixture
-def stack(two_hosts, etcd_on_bridge):
-    etcd = etcd_on_bridge
-    calicoctl(two_hosts[0], etcd, "pool", "add", "192.168.0.0/16")
-    plugins, agents = [], []
-    for h in two_hosts:
-        remove_stand_in(h)
-        plugins.append(PluginProcess(h, etcd, log_name="plugin-agent").start())
-        agents.append(PluginProcess(h, etcd, log_name="felix-plugin-test",
-                                    args=("felix", "serve", "--no-bgp", "--log-level=INFO"))
-                      .start(wait=False))
-    for h in two_hosts:
-        wait_for(lambda h=h: "/calico/felix/v1/host/%s/status" % h.name in etcd_keys(etcd),
-                 timeout=60, what="the agent on %s" % h.name)
-    yield plugins
-    for h in two_hosts:
-        clean_docker(h)
-    for p in plugins:
-        p.stop()
-    for agent in agents:
-        agent.stop()
-    wipe_etcd(etcd)
-
-
-def test_join_waits_for_the_agent_and_traffic_flows(two_hosts, etcd_on_bridge, stack):
-    h1, h2 = two_hosts
-    etcd = etcd_on_bridge
-    for h in two_hosts:
+def test_join_waits_for_the_agent_and_traffic_flows(calico_stack):
+    h1, h2 = calico_stack["hosts"]
+    etcd = calico_stack["etcd"]
+    for h in (h1, h2):
         h.docker("network", "create", "--driver", "calico", "--ipam-driver", "calico", "net1")
     h1.docker("run", "--net", "net1", "--name", "workload-A", "-tid", "busybox")
     h1.docker("run", "--net", "net1", "--name", "workload-C", "-tid", "busybox")
     h2.docker("run", "--net", "net1", "--name", "workload-E", "-tid", "busybox")
+    # No waiting here: docker run returned, so Join has seen the agent's report.
     ep = endpoint_id(h1, "workload-A", "net1")
     status = etcd_keys(etcd).get(
         "/calico/felix/v1/host/calico-01/workload/libnetwork/libnetwork/endpoint/" + ep)
     assert status and json.loads(status)["status"] == "up"
-    assert "did not report endpoint" not in stack[0].log()
+    assert "did not report endpoint" not in calico_stack["plugins"][0].log()
     result = ping(h1, "workload-A", "workload-C.net1")
     assert result.returncode == 0, result.stdout + result.stderr
     ip_a, ip_e = container_ip(h1, "workload-A", "net1"), container_ip(h2, "workload-E", "net1")
-    route_to(h1, ip_e, h2)
-    route_to(h2, ip_a, h1)
+    wait_for(lambda: ipaddress.ip_address(ip_e) in learnt(h1)
+             and ipaddress.ip_address(ip_a) in learnt(h2),
+             timeout=60, what="each host to learn the other's block over BGP")
     result = ping(h1, "workload-A", ip_e)
     assert result.returncode == 0, result.stdout + result.stderr
+    # And the agent's policy is what let it through: a net2 workload is refused.
+    for h in (h1, h2):
+        h.docker("network", "create", "--driver", "calico", "--ipam-driver", "calico", "net2")
+    h2.docker("run", "--net", "net2", "--name", "workload-D", "-tid", "busybox")
+    ip_d = container_ip(h2, "workload-D", "net2")
+    wait_for(lambda: ipaddress.ip_address(ip_d) in learnt(h1), timeout=60,
+             what="calico-01 to learn the route to workload-D")
+    # ping_answered raises for a ping that never ran, so "refused" is a real answer.
+    assert ping_answered(h1, "workload-A", ip_e), "workload-E stopped answering"
+    assert not ping_answered(h1, "workload-A", ip_d, count=3), "net1 reached net2"
