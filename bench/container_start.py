@@ -38,6 +38,8 @@ from tests.st.plugin_helpers import (PluginProcess, allow_forwarding, calicoctl,
                                      container_ip)
 
 CALL_LINE = re.compile(r"call (\S+) took ([0-9.]+) ms")
+# network_driver._wait_for_agent's debug line: the part of Join spent waiting for the agent.
+WAIT_LINE = re.compile(r"Join waited ([0-9.]+) ms for the agent")
 
 
 def neighbour_pid(host, name):
@@ -181,6 +183,9 @@ def print_calls(title, log_text):
             calls.setdefault(m.group(1), []).append(float(m.group(2)))
     print("\n" + title)
     print("%-45s %6s %9s %9s %9s" % ("call", "n", "p50", "p10", "p99"))
+    waits = [float(m.group(1)) for m in WAIT_LINE.finditer(log_text)]
+    if waits:
+        calls["  of which Join waited for the agent"] = waits
     for name in sorted(calls):
         v = calls[name]
         print("%-45s %6d %8.1fms %8.1fms %8.1fms" % (

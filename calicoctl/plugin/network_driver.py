@@ -328,9 +328,17 @@ class NetworkDriver:
         report key (answering the moment it lands) rather than polling."""
         if not self.felix_wait or not status.agent_alive(self.store, self.host):
             return
+        started = time.monotonic()
+        try:
+            self._watch_for_up(ep, started + self.felix_wait)
+        finally:
+            # Debug only: what Join spent waiting, apart from its own work (bench/container_start).
+            log.debug("Join waited %.1f ms for the agent's report on %s",
+                      (time.monotonic() - started) * 1000, ep.endpoint_id[:12])
+
+    def _watch_for_up(self, ep, deadline):
         key = keys.felix_endpoint_status(self.host, ep.orchestrator, ep.workload,
                                          ep.endpoint_id)
-        deadline = time.monotonic() + self.felix_wait
         # The index first, then the read: a report written in between is seen by the watch.
         index = self.store.current_index()
         if status.endpoint_up(self.store.get(key)):
