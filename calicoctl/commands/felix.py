@@ -30,7 +30,7 @@ def run(arguments):
     from calicoctl.felix.agent import Agent
     from calicoctl.felix.birdproc import BirdProcess
     from calicoctl.felix.config import LOG_LEVELS
-    from calicoctl.felix.executor import BACKENDS, Dataplane
+    from calicoctl.felix.executor import BACKENDS, AgentDataplane
     from calicoctl.nodename import node_name
 
     level = arguments["--log-level"]
@@ -49,7 +49,7 @@ def run(arguments):
         raise ValidationError("Invalid --backend %r: use nft or legacy." % backend)
     return felix_serve(open_store(), node_name(), LOG_LEVELS[level.upper()] if level else None,
                        interval, not arguments["--no-bgp"], arguments["--run-dir"], backend,
-                       Agent, BirdProcess, Dataplane)
+                       Agent, BirdProcess, AgentDataplane)
 
 
 def log_to_file(store, host):

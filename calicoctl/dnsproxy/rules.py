@@ -24,7 +24,8 @@ hook run in an order nobody chooses.  Text is computed here (pure); `apply` runs
 import re
 
 from calicoctl.errors import DataplaneError
-from calicoctl.felix.executor import parse_save, run_command
+from calicoctl.dataplane.commands import run_command
+from calicoctl.felix.executor import parse_save
 
 RESOLVER_IP = "127.0.0.11"
 # Any value does: nothing else in a container's namespace marks packets (Docker's rules there

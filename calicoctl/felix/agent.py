@@ -18,7 +18,7 @@ from calicoctl.felix import routes as route_calc
 from calicoctl.felix import status
 from calicoctl.felix.bird import render_config
 from calicoctl.felix.calc import DesiredState
-from calicoctl.felix.executor import ensure_tunnel, present_interfaces
+from calicoctl.dataplane.routing import ensure_tunnel, present_interfaces
 from calicoctl.felix.state import Changes, FelixState
 
 log = logging.getLogger(__name__)

@@ -19,7 +19,7 @@ import time
 
 from calicoctl.errors import DataplaneError
 from calicoctl.felix.bird import bird_version
-from calicoctl.felix.executor import run_command
+from calicoctl.dataplane.commands import run_command
 
 log = logging.getLogger(__name__)
 

@@ -1,23 +1,24 @@
-"""The ONE place the agent changes the host: iptables, ipsets, routes, sysctls.
+"""Where the agent changes the host: iptables and ipsets here, routes and sysctls through the
+host-networking package (`calicoctl/dataplane/`) that the plugin and `calicoctl container` use.
 
 - iptables: one `iptables-restore --noflush` per table and family per batch, holding only the
   chains that changed (declaring a chain in --noflush mode flushes just that chain), so an
   incremental change never rewrites the table.
 - ipsets: one `ipset restore` per batch: new sets created and filled, changed sets updated
   member by member, and on a full sync every set filled under a temporary name and swapped in.
-- routes through pyroute2; sysctls through `calicoctl/dataplane/sysctl.py`.
+- routes through `calicoctl/dataplane/routing.py`; sysctls through `calicoctl/dataplane/sysctl.py`.
 
 A failing command raises DataplaneError (command, return code, stdout, stderr, input); commands
 are retried a few times first (xtables takes a lock other tools may hold for a moment).
 """
 
 import logging
-import os
-import subprocess
 
 import tenacity
 
 from calicoctl.dataplane import sysctl
+from calicoctl.dataplane.commands import run_command
+from calicoctl.dataplane.routing import RouteManager, best_effort
 from calicoctl.errors import DataplaneError
 from calicoctl.felix import ipsets as ipset_names
 from calicoctl.felix.nat import TOP_JUMPS as NAT_JUMPS
@@ -43,17 +44,6 @@ DOCKER_USER = "-j DOCKER-USER"
 # would open or cut every workload at once.
 QUICK_CHAINS = ("felix-INPUT", "felix-FORWARD", "felix-ALLOW", "felix-FROM-ENDPOINT",
                 "felix-TO-ENDPOINT", "felix-POSTROUTING", "felix-PREROUTING")
-
-
-def run_command(cmd, input_text=None):
-    """Run cmd; return stdout; DataplaneError on failure."""
-    try:
-        proc = subprocess.run(cmd, input=input_text, capture_output=True, text=True, check=False)
-    except OSError as exc:
-        raise DataplaneError(cmd, -1, "", str(exc), input_text)
-    if proc.returncode != 0:
-        raise DataplaneError(cmd, proc.returncode, proc.stdout, proc.stderr, input_text)
-    return proc.stdout
 
 
 def retrying(runner, attempts=3):
@@ -282,123 +272,7 @@ class IpsetManager:
         return [n for n in kernel if n not in desired]
 
 
-# --- routes, sysctls, tunnels -----------------------------------------------------------------
-
-def _best_effort(set_sysctls, *args):
-    """Sysctls are written by `dataplane/sysctl.py`; the agent carries on without one it
-    cannot set (the interface went with its workload, the host has no IPv6): it logs that and
-    leaves the rest to the next route sync or restart."""
-    try:
-        set_sysctls(*args)
-    except DataplaneError as exc:
-        log.debug("Cannot set a sysctl: %s", exc)
-
-
-def present_interfaces(prefix):
-    """Names of this namespace's interfaces starting with prefix (cheap: one listdir)."""
-    try:
-        return {n for n in os.listdir("/sys/class/net") if n.startswith(prefix)}
-    except OSError:
-        return set()
-
-
-class RouteManager:
-    """Endpoint routes (scope link via the veth) and tunnel routes (onlink via tunl0)."""
-
-    def __init__(self):
-        self._ipr = None
-        self.programmed = set()
-
-    @property
-    def ipr(self):
-        if self._ipr is None:
-            from pyroute2 import IPRoute   # deferred: netlink socket only when needed
-            self._ipr = IPRoute()
-        return self._ipr
-
-    def _args(self, route):
-        idx = self.ipr.link_lookup(ifname=route.dev)
-        if not idx:
-            return None
-        args = {"dst": route.dst, "oif": idx[0]}
-        if route.gateway:
-            args.update(gateway=route.gateway, flags=4 if route.onlink else 0)  # RTNH_F_ONLINK
-        else:
-            args["scope"] = 253        # RT_SCOPE_LINK: the workload is on the veth
-        return args
-
-    def set_routes(self, desired):
-        """Install routes in desired not yet programmed and remove ones no longer desired."""
-        from pyroute2.netlink.exceptions import NetlinkError
-        for route in sorted(desired - self.programmed, key=str):
-            args = self._args(route)
-            if args is None:
-                continue
-            try:
-                self.ipr.route("replace", **args)
-            except NetlinkError as exc:
-                log.error("Cannot add route %s dev %s: %s", route.dst, route.dev, exc)
-                continue
-            self.programmed.add(route)
-            self._interface_sysctls(route)
-        for route in self.programmed - desired:
-            args = self._args(route)
-            if args is not None:
-                try:
-                    self.ipr.route("del", **args)
-                except NetlinkError:
-                    pass     # already gone (e.g. with its interface)
-        self.programmed &= desired
-
-    def repair(self, desired):
-        """Re-add any desired route the kernel lost (periodic refresh)."""
-        have = set()
-        for family in (2, 10):
-            for r in self.ipr.get_routes(family=family):
-                dst = r.get_attr("RTA_DST")
-                if dst is not None:
-                    have.add("%s/%d" % (dst, r["dst_len"]))
-        missing = {r for r in desired if r.dst not in have}
-        if missing:
-            log.warning("Restoring %d route(s) removed behind our back", len(missing))
-            self.programmed -= missing
-        self.set_routes(desired)
-
-    @staticmethod
-    def _interface_sysctls(route):
-        if route.gateway:
-            return
-        if ":" in route.dst:
-            _best_effort(sysctl.enable_proxy_ndp, route.dev)
-        else:
-            _best_effort(sysctl.enable_proxy_arp, route.dev)
-
-    def close(self):
-        if self._ipr is not None:
-            self._ipr.close()
-            self._ipr = None
-
-
-def ensure_tunnel(device, runner=run_command):
-    """True if the IPIP device exists (loading the module if we can); False if this kernel
-    has no ipip support."""
-    if os.path.exists("/sys/class/net/%s" % device):
-        return True
-    for cmd in (["modprobe", "ipip"], ["ip", "link", "add", "name", device, "type", "ipip"]):
-        try:
-            runner(cmd)
-        except DataplaneError:
-            pass
-        if os.path.exists("/sys/class/net/%s" % device):
-            break
-    if not os.path.exists("/sys/class/net/%s" % device):
-        return False
-    run_command(["ip", "link", "set", device, "up"])
-    return True
-
-
-
-class Dataplane:
+class AgentDataplane:
     """Every table, the ipsets and the routes, applied in a safe order: sets are created before
     the rules that match on them and destroyed only after those rules are gone."""
 
@@ -411,7 +285,7 @@ class Dataplane:
         self.run = run
 
     def prepare(self):
-        _best_effort(sysctl.enable_forwarding, True)
+        best_effort(sysctl.enable_forwarding, True)
 
     def _each_table(self, work):
         """Run work(key, table) for every table at once: the IPv4 and IPv6 restores are

@@ -8,7 +8,7 @@ import pytest
 from calicoctl.datastore import keys
 from calicoctl.datastore.globals import ensure_defaults
 from calicoctl.felix.agent import Agent
-from calicoctl.felix.executor import Dataplane
+from calicoctl.felix.executor import AgentDataplane
 from tests.unit.felix_fakes import FakeKernel
 
 HOST = "testhost"
@@ -32,7 +32,7 @@ def kernel():
 
 @pytest.fixture
 def agent(store, kernel):
-    dp = Dataplane(runner=kernel)
+    dp = AgentDataplane(runner=kernel)
     dp.routes = NoRoutes()
     ensure_defaults(store)
     return Agent(store, HOST, dp, refresh_interval=3600)

@@ -47,13 +47,13 @@ def test_agent_puts_the_jump_first_in_raw_prerouting(store, agent, kernel):  # n
 LOAD = textwrap.dedent(r'''
     import json, subprocess
     from calicoctl.felix.calc import DesiredState
-    from calicoctl.felix.executor import Dataplane
+    from calicoctl.felix.executor import AgentDataplane
     from calicoctl.felix.state import FelixState
     from calicoctl.datastore import keys
     state = FelixState("h1")
     desired = DesiredState()
     desired.update(state, state.load_snapshot([(keys.READY, "true")]), full=True)
-    dp = Dataplane()
+    dp = AgentDataplane()
     dp.sync(desired, full=True)
     out = {v: subprocess.run([cmd, "-t", "raw"], capture_output=True, text=True).stdout
            for v, cmd in (("4", "iptables-save"), ("6", "ip6tables-save"))}

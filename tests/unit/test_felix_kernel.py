@@ -18,7 +18,7 @@ pytestmark = pytest.mark.skipif(
 SCRIPT = textwrap.dedent(r'''
     import json, subprocess, sys
     from calicoctl.felix.calc import DesiredState
-    from calicoctl.felix.executor import Dataplane
+    from calicoctl.felix.executor import AgentDataplane
     from calicoctl.felix.state import FelixState
     from calicoctl.datastore import keys
 
@@ -54,7 +54,7 @@ SCRIPT = textwrap.dedent(r'''
     changes = state.load_snapshot(items)
     desired = DesiredState()
     desired.update(state, changes, full=True)
-    dp = Dataplane()
+    dp = AgentDataplane()
     dp.sync(desired, full=True)
     # An incremental change: a new local endpoint and a rule change.
     ch = state.apply(*ep("ac00000000000004", "192.168.0.4", ["net2"]))
