@@ -1,6 +1,6 @@
 """Agent speed against the raw cost of loading the same rules, in one run (needs root).
 
-    .venv/bin/python bench/felix.py [--sizes 1000,10000] [--samples 40] [--json out.json]
+    .venv/bin/python bench/felix.py [--sizes 1000,10000] [--samples 40] [--idle 60] [--json out.json]
 
 For each size N, in a throwaway network namespace with its own etcd:
   - writes 100 profiles (tag = name, an allow-from-tag inbound rule and a tcp port rule) and N
@@ -9,6 +9,9 @@ For each size N, in a throwaway network namespace with its own etcd:
   - incremental, p50/p99 over --samples: etcd write -> the executor's restore returned (kernel
     state in place) for (a) one new local endpoint, (b) one rule change in a profile, (c) one
     new endpoint on another host (a tag membership change: one ipset update);
+  - at rest: the real agent (`calicoctl felix serve`, default refresh interval) started on the
+    same etcd, and once it reports alive, its CPU seconds per minute and RSS over --idle
+    seconds, with the etcd server's CPU in the same minutes for scale;
   - raw loads of the agent's final IPv4 filter ruleset in fresh namespaces: iptables-nft-restore,
     iptables-legacy-restore and native `nft -f` (the same rules through
     iptables-restore-translate), each from empty; and one endpoint's chains added with
@@ -97,7 +100,7 @@ def measure(agent, timed, write, samples):
     return out
 
 
-def inner(n, samples):
+def inner(n, samples, idle_seconds):
     subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
     import etcd
     from tests.unit.etcd_server import EtcdServer
@@ -110,8 +113,8 @@ def inner(n, samples):
         os.environ["ETCD_AUTHORITY"] = server.authority
         from calicoctl.datastore.store import EtcdStore
         from calicoctl.felix.agent import Agent
-        from calicoctl.felix.executor import Dataplane
-        dp = Dataplane()
+        from calicoctl.felix.executor import AgentDataplane
+        dp = AgentDataplane()
         timed = Timed(dp)
         agent = Agent(EtcdStore(timeout=10), HOST, timed, refresh_interval=3600)
         dp.prepare()
@@ -145,6 +148,7 @@ def inner(n, samples):
         agent.stop()
         thread.join(5)
         desired = agent.desired
+        idle = idle_cost(server, n, idle_seconds)
         raw = raw_loads(desired, n)
         return {
             "endpoints": n, "profiles": PROFILES, "populate_s": populate_s,
@@ -152,10 +156,60 @@ def inner(n, samples):
             "filter_v4_chains": len(desired.chains[("filter", 4)]),
             "filter_v4_rules": sum(len(r) for r in desired.chains[("filter", 4)].values()),
             "new_endpoint_ms": summary(new_ep), "rule_change_ms": summary(rule),
-            "tag_member_ms": summary(member), "raw": raw,
+            "tag_member_ms": summary(member), "raw": raw, "idle": idle,
         }
     finally:
         server.stop()
+
+
+def _cpu_and_rss(pid):
+    """(CPU seconds used so far, resident set in MiB) of a process, from /proc."""
+    with open("/proc/%d/stat" % pid) as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    cpu = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    with open("/proc/%d/status" % pid) as f:
+        rss = next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
+    return cpu, rss / 1024.0
+
+
+def idle_cost(server, n, seconds):
+    """The real agent (`calicoctl felix serve`, as a user's host runs it, its periodic repair
+    at the default interval included) at rest with these n endpoints programmed: its RSS and
+    CPU seconds per minute, sampled every 5 s over `seconds`; the etcd server's CPU in the
+    same minutes for scale."""
+    env = dict(os.environ, CALICO_HOSTNAME=HOST, ETCD_AUTHORITY=server.authority)
+    proc = subprocess.Popen([sys.executable, "-m", "calicoctl", "felix", "serve", "--no-bgp",
+                             "--log-level=WARNING"], cwd=REPO, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        import etcd
+        client = etcd.Client(host="127.0.0.1", port=server.client_port)
+        deadline = time.monotonic() + 600
+        while True:       # polled: the liveness report is written after the first full sync
+            try:
+                client.read("/calico/felix/v1/host/%s/status" % HOST)
+                break
+            except etcd.EtcdKeyNotFound:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError("the agent never reported alive (exit %s)" % proc.poll())
+                time.sleep(0.2)
+        start_cpu, _ = _cpu_and_rss(proc.pid)
+        etcd_start, _ = _cpu_and_rss(server.pid)
+        started = time.monotonic()
+        rss = []
+        while time.monotonic() - started < seconds:
+            time.sleep(5)
+            rss.append(_cpu_and_rss(proc.pid)[1])
+        elapsed = time.monotonic() - started
+        cpu = _cpu_and_rss(proc.pid)[0] - start_cpu
+        etcd_cpu = _cpu_and_rss(server.pid)[0] - etcd_start
+        return {"seconds": elapsed, "agent_cpu_per_min": cpu * 60 / elapsed,
+                "agent_rss_mib": {"p50": statistics.median(rss), "max": max(rss),
+                                  "n": len(rss)},
+                "etcd_cpu_per_min": etcd_cpu * 60 / elapsed}
+    finally:
+        proc.terminate()
+        proc.wait(30)
 
 
 def summary(values):
@@ -267,18 +321,21 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="1000,10000")
     parser.add_argument("--samples", type=int, default=40)
+    parser.add_argument("--idle", type=int, default=60,
+                        help="seconds the real agent is watched at rest [default: 60]")
     parser.add_argument("--json")
     parser.add_argument("--inner", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.inner:
-        print(json.dumps(inner(args.inner, args.samples)))
+        print(json.dumps(inner(args.inner, args.samples, args.idle)))
         return
     if os.geteuid() != 0:
         sys.exit("bench/felix.py needs root (it loads rules in throwaway namespaces)")
     results = []
     for n in (int(s) for s in args.sizes.split(",")):
         proc = subprocess.run(["unshare", "-n", sys.executable, os.path.abspath(__file__),
-                               "--inner", str(n), "--samples", str(args.samples)],
+                               "--inner", str(n), "--samples", str(args.samples),
+                               "--idle", str(args.idle)],
                               capture_output=True, text=True, cwd=REPO)
         if proc.returncode != 0:
             sys.exit("size %d failed:\n%s" % (n, proc.stderr[-3000:]))
@@ -300,6 +357,12 @@ def report(r):
     for name in ("new_endpoint_ms", "rule_change_ms", "tag_member_ms"):
         print("%-16s p50 %7.1f ms  p99 %7.1f ms  (n=%d)" % (
             name[:-3], r[name]["p50"], r[name]["p99"], r[name]["n"]))
+    idle = r["idle"]
+    print("at rest (real agent, %.0f s): CPU %.2f s/min, RSS median %.0f MiB (max %.0f, n=%d); "
+          "etcd beside it %.2f s/min" % (
+              idle["seconds"], idle["agent_cpu_per_min"], idle["agent_rss_mib"]["p50"],
+              idle["agent_rss_mib"]["max"], idle["agent_rss_mib"]["n"],
+              idle["etcd_cpu_per_min"]))
     for k, v in sorted(raw.items()):
         print("raw %-32s %s" % (k, "%.3fs" % v if v is not None else "n/a"))
     print("ratios: cold start / fastest raw full load = %.2f; new endpoint p50 / raw nft "
