@@ -359,9 +359,3 @@ def parse_protocols(text):
                    "info": info[0].strip() if info else "", "neighbor": ""}
         rows.append(current)
     return rows
-
-
-def bgp_peer_states(text):
-    """Only the BGP sessions: [{"peer": name, "state": up/start/..., "info": Established...}]."""
-    return [{"peer": r["name"], "state": r["state"], "since": r["since"], "info": r["info"]}
-            for r in parse_protocols(text) if r["proto"] == "BGP"]

@@ -11,7 +11,7 @@ import ipaddress
 import pytest
 
 from calicoctl.datastore.models import Pool
-from calicoctl.felix.bird import BgpView, bgp_peer_states, render_config
+from calicoctl.felix.bird import BgpView, render_config
 from calicoctl.node import status
 from tests.st.harness.procs import wait_for
 from tests.unit import bird_support
@@ -134,9 +134,10 @@ def test_two_birds_peer_and_exchange_routes(scenario, a_index, b_index):
                 other = "b" if n == "a" else "a"
                 assert s.peer in ADDR[other]                       # from "Neighbor address:"
                 assert status.peer_type(s.name) == PEER_TYPE[scenario]
-            # The short table (felix.status reads it) agrees.
-            short = [p for d in daemons[n] for p in bgp_peer_states(d.birdc("show", "protocols"))]
-            assert sorted(p["peer"] for p in short if p["info"] == "Established") == \
+            # The short table (no neighbour addresses: sessions go by name) agrees.
+            short = [p for d in daemons[n]
+                     for p in status.parse_bird_protocols(d.birdc("show", "protocols"))]
+            assert sorted(p.name for p in short if p.info == "Established") == \
                 sorted(expected[n])
 
         # Each side learns the other's blocks (not IPIP ones) and A's Docker-IPAM workloads;

@@ -103,10 +103,10 @@ Global_198_18_0_200 BGP      master   start  21:01:00    Active        Socket: C
 
 
 def test_parse_birdc_show_protocols():
-    assert bird.bgp_peer_states(SHOW_PROTOCOLS) == [
-        {"peer": "Mesh_198_18_0_3", "state": "up", "since": "21:01:05", "info": "Established"},
-        {"peer": "Global_198_18_0_200", "state": "start", "since": "21:01:00",
-         "info": "Active        Socket: Connection refused"}]
+    assert [(s.name, s.state, s.since, s.info)
+            for s in status.parse_bird_protocols(SHOW_PROTOCOLS)] == [
+        ("Mesh_198_18_0_3", "up", "21:01:05", "Established"),
+        ("Global_198_18_0_200", "start", "21:01:00", "Active        Socket: Connection refused")]
     assert len(bird.parse_protocols(SHOW_PROTOCOLS)) == 6
 
 
@@ -234,9 +234,10 @@ def test_short_table_of_both_majors():
     assert [(r["name"], r["proto"], r["table"]) for r in rows[:4]] == [
         ("device1", "Device", "---"), ("direct1", "Direct", "---"),
         ("kernel4", "Kernel", "master4"), ("kernel6", "Kernel", "master6")]
-    assert bird.bgp_peer_states(captured("bird-2.17.6-show-protocols.txt"))[0] == {
-        "peer": "Mesh_198_18_7_1", "state": "up", "since": "16:22:00.652", "info": "Established"}
-    assert [p["info"] for p in bird.bgp_peer_states(
+    first = status.parse_bird_protocols(captured("bird-2.17.6-show-protocols.txt"))[0]
+    assert (first.name, first.state, first.since, first.info) == (
+        "Mesh_198_18_7_1", "up", "16:22:00.652", "Established")
+    assert [s.info for s in status.parse_bird_protocols(
         captured("bird-1.6.8-show-protocols.txt"))] == ["Established", "Connect"]
 
 
