@@ -60,8 +60,13 @@ class RouteManager:
 
     def set_routes(self, desired):
         """Install routes in desired not yet programmed and remove ones no longer desired."""
+        self.update(desired, self.programmed - desired)
+
+    def update(self, add, remove):
+        """Install the routes in `add` not yet programmed and remove those in `remove`: the
+        work of one change, without looking at every route (set_routes passes all of them)."""
         from pyroute2.netlink.exceptions import NetlinkError
-        for route in sorted(desired - self.programmed, key=str):
+        for route in sorted(add - self.programmed, key=str):
             args = self._args(route)
             if args is None:
                 continue
@@ -72,14 +77,14 @@ class RouteManager:
                 continue
             self.programmed.add(route)
             self._interface_sysctls(route)
-        for route in self.programmed - desired:
+        for route in remove & self.programmed:
             args = self._args(route)
             if args is not None:
                 try:
                     self.ipr.route("del", **args)
                 except NetlinkError:
                     pass     # already gone (e.g. with its interface)
-        self.programmed &= desired
+            self.programmed.discard(route)
 
     def repair(self, desired):
         """Re-add any desired route the kernel lost (periodic refresh)."""

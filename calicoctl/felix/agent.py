@@ -48,6 +48,8 @@ class Agent:
         self.index = None
         self.ifaces = set()
         self.ep_routes = {}               # local endpoint key -> set(Route) wanted
+        self.ep_names = {}                # local endpoint key -> its interface name
+        self.local_names = {}             # and back: interface name -> local endpoint key
         self.tunnel_routes = set()
         self.tunnel_ok = {}               # device -> bool (checked once per device)
         self.next_status = 0
@@ -116,6 +118,9 @@ class Agent:
         self.dataplane.routes.programmed = set()
         self.ep_routes = {k: route_calc.endpoint_routes(ep)
                           for k, ep in self.state.endpoints.items() if k[0] == self.host}
+        self.ep_names = {k: ep.name for k, ep in self.state.endpoints.items()
+                         if k[0] == self.host}
+        self.local_names = {name: k for k, name in self.ep_names.items()}
         self._update_tunnels()
         self._apply_routes()
         self._update_bird()
@@ -164,14 +169,25 @@ class Agent:
         except DataplaneError as exc:
             log.error("Applying a change failed: %s\ninput:\n%s", exc, exc.input_text)
             self.dataplane.sync(self.desired, full=True)
+        # Routes change only for the endpoints that changed: a new endpoint costs the same at
+        # 10,000 endpoints as at 10 (bench/felix.py).  Tunnels change them all.
+        gone = set()
         for key in changes.local_endpoints:
+            gone |= self.ep_routes.pop(key, set())
+            old_name = self.ep_names.pop(key, None)
+            if self.local_names.get(old_name) == key:
+                del self.local_names[old_name]
             ep = self.state.endpoints.get(key)
-            self.ep_routes[key] = route_calc.endpoint_routes(ep) if ep else set()
-            if not ep:
-                del self.ep_routes[key]
+            if ep:
+                self.ep_routes[key] = route_calc.endpoint_routes(ep)
+                self.ep_names[key] = ep.name
+                self.local_names[ep.name] = key
         if changes.pools or changes.affinities or changes.hosts:
             self._update_tunnels()
-        self._apply_routes()
+            self._apply_routes()
+        else:
+            wanted = self._routes_of(changes.local_endpoints)
+            self.dataplane.routes.update(wanted, gone - wanted)
         if changes.bgp or changes.pools or changes.affinities or changes.config \
                 or self._bird_sees(changes.local_endpoints):
             self._update_bird()
@@ -181,11 +197,14 @@ class Agent:
         now = self.clock()
         ifaces = present_interfaces(self.state.config.interface_prefix)
         if ifaces != self.ifaces:
-            appeared = ifaces - self.ifaces
+            appeared, vanished = ifaces - self.ifaces, self.ifaces - ifaces
             self.ifaces = ifaces
-            self._apply_routes()
-            waiting = {k for k, ep in self.state.endpoints.items()
-                       if k[0] == self.host and ep.name in appeared}
+            # Only the endpoints whose interface came or went: their routes go in (or are
+            # forgotten: the kernel removed them with the interface).
+            waiting = {self.local_names[n] for n in appeared if n in self.local_names}
+            lost = {self.local_names[n] for n in vanished if n in self.local_names}
+            self.dataplane.routes.update(self._routes_of(waiting),
+                                         {r for k in lost for r in self.ep_routes.get(k, ())})
             self._report_endpoints(waiting)
         if now >= self.next_status:
             try:
@@ -218,6 +237,11 @@ class Agent:
         for routes in self.ep_routes.values():
             wanted |= {r for r in routes if r.dev in self.ifaces}
         return wanted
+
+    def _routes_of(self, endpoint_keys):
+        """The wanted routes of some local endpoints (those whose interface is present)."""
+        return {r for k in endpoint_keys for r in self.ep_routes.get(k, ())
+                if r.dev in self.ifaces}
 
     def _apply_routes(self):
         self.dataplane.routes.set_routes(self._wanted_routes())
@@ -269,13 +293,14 @@ class Agent:
         """Write "up" for programmed endpoints whose interface exists; remove the report of
         endpoints that are gone or not (yet) up.  Only changes are written, so a restart with
         thousands of endpoints writes nothing it had already reported."""
-        programmed_devs = {r.dev for r in self.dataplane.routes.programmed}
+        programmed = self.dataplane.routes.programmed
         for key in endpoint_keys:
             if key[0] != self.host:
                 continue
             ep = self.state.endpoints.get(key)
+            routes = self.ep_routes.get(key)
             up = ep is not None and ep.state == "active" and ep.name in self.ifaces and (
-                ep.name in programmed_devs or not self.ep_routes.get(key))
+                not routes or any(r in programmed for r in routes))
             try:
                 if up and self.state.reported.get(key) != "up":
                     status.report_endpoint(self.store, self.host, key, "up")

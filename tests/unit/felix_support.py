@@ -21,6 +21,9 @@ class NoRoutes:
     def set_routes(self, desired):
         self.programmed = set(desired)
 
+    def update(self, add, remove):
+        self.programmed = (self.programmed | add) - remove
+
     def repair(self, desired):
         self.set_routes(desired)
 

@@ -228,3 +228,37 @@ def test_run_resyncs_after_a_lost_watch_and_an_etcd_outage(store, agent, monkeyp
     t.start()
     t.join(10)
     assert not t.is_alive() and len(resyncs) == 3 and not failures
+
+
+def test_one_endpoint_change_hands_the_routes_layer_only_its_routes(store, agent, monkeypatch):
+    """A new endpoint, its interface appearing, and its removal each touch that endpoint's
+    routes only, so the cost of one change does not grow with the endpoints already there."""
+    from calicoctl.felix import agent as agent_mod
+    present = {"cali%011d" % i for i in range(50)}
+    monkeypatch.setattr(agent_mod, "present_interfaces", lambda prefix: set(present))
+    write_profile(store, "net1")
+    for i in range(50):
+        write_endpoint(store, "%011d" % i, "10.0.1.%d" % i, ["net1"])
+    agent.resync()
+    assert len(agent.dataplane.routes.programmed) == 50
+    calls = []
+    real_update = agent.dataplane.routes.update
+    monkeypatch.setattr(agent.dataplane.routes, "update",
+                        lambda add, remove: calls.append((set(add), set(remove)))
+                        or real_update(add, remove))
+    # A new endpoint whose interface is not there yet: no route (and no report) until it is.
+    write_endpoint(store, "new00000000", "10.0.2.1", ["net1"])
+    settle(agent)
+    assert calls == [(set(), set())]
+    present.add("calinew00000000")
+    agent.tick()
+    added = calls[-1][0]
+    assert [r.dev for r in added] == ["calinew00000000"] and not calls[-1][1]
+    assert len(agent.dataplane.routes.programmed) == 51
+    key = keys.felix_endpoint_status(HOST, "libnetwork", "libnetwork", "new00000000")
+    assert json.loads(store.get(key)) == {"status": "up"}
+    # Removed: only its route goes.
+    store.delete(keys.endpoint(HOST, "libnetwork", "libnetwork", "new00000000"))
+    settle(agent)
+    assert calls[-1] == (set(), added)
+    assert len(agent.dataplane.routes.programmed) == 50
