@@ -7,16 +7,19 @@ own /proc/sys (the root namespace must not forward: tests/st/harness/network.py,
 guard_root_forwarding).
 """
 
-import http.server
 import json
 import os
-import socketserver
-import threading
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
 from calicoctl.dataplane import sysctl
 from calicoctl.node import address
+from tests.st.harness import wait_for
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
@@ -271,53 +274,26 @@ def test_node_runtime_none_without_bird_says_what_to_install(cli, etcd_dump, sys
     assert len(line) == 1 and " WARNING " in line[0] and "not installed" in line[0], r.out
 
 
-class _EngineStandIn(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
-    """Answers the two calls calicoctl makes before it judges an engine (/version, /_ping) as
-    Docker 19.03 does: no engine older than 20.10 can be installed on this machine."""
-    daemon_threads = True
-
-
-class _EngineHandler(http.server.BaseHTTPRequestHandler):
-    VERSION = {"Version": "19.03.15", "ApiVersion": "1.40", "MinAPIVersion": "1.12",
-               "Os": "linux", "Arch": "amd64"}
-
-    def do_GET(self):
-        path = self.path.split("?")[0].rsplit("/", 1)[-1]
-        if path == "version":
-            body, kind = json.dumps(self.VERSION).encode(), "application/json"
-        elif path == "_ping":
-            body, kind = b"OK", "text/plain"
-        else:
-            body, kind = b'{"message": "page not found"}', "application/json"
-        self.send_response(200 if path in ("version", "_ping") else 404)
-        self.send_header("Content-Type", kind)
-        self.send_header("Content-Length", str(len(body)))
-        self.send_header("Api-Version", self.VERSION["ApiVersion"])
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args):
-        pass
-
-
 @pytest.fixture
 def old_docker(tmp_path, monkeypatch):
-    """start(version, api) -> DOCKER_HOST of an engine stand-in answering as that version."""
-    servers = []
+    """start(version, api) -> DOCKER_HOST of an engine stand-in answering as that version
+    (tests/unit/engine_standin.py, in its own process)."""
+    procs = []
 
     def start(version, api):
-        handler = type("Handler", (_EngineHandler,), {
-            "VERSION": dict(_EngineHandler.VERSION, Version=version, ApiVersion=api)})
         sock = tmp_path / ("docker-%s.sock" % version)
-        server = _EngineStandIn(str(sock), handler)
-        servers.append(server)
-        threading.Thread(target=server.serve_forever, daemon=True).start()
+        procs.append(subprocess.Popen(
+            [sys.executable, "-m", "tests.unit.engine_standin", str(sock), version, api],
+            cwd=REPO, stdin=subprocess.DEVNULL))
+        wait_for(lambda: sock.exists() or procs[-1].poll() is not None, timeout=30,
+                 what="the engine stand-in's socket")
+        assert procs[-1].poll() is None, "the engine stand-in exited %s" % procs[-1].returncode
         monkeypatch.setenv("DOCKER_HOST", "unix://%s" % sock)
         return "unix://%s" % sock
     yield start
-    for server in servers:
-        server.shutdown()
-        server.server_close()
+    for proc in procs:
+        proc.kill()
+        proc.wait()
 
 
 TOO_OLD = ("Docker 19.03.15 (API 1.40) is older than Docker 20.10 (API 1.41), the oldest "
