@@ -334,12 +334,24 @@ class FaultyMember:
 
     def close(self):
         self._closed = True
-        self.sock.close()
+        _close_listener(self.sock)
         for conn in self._conns:
             try:
                 conn.close()
             except OSError:
                 pass
+
+
+def _close_listener(sock):
+    """Close a listening socket whose accept() another thread may be blocked in.  close() alone
+    does not wake that thread, which then keeps the port and the file open for the rest of the
+    session; shutdown() does (its accept fails, and the thread ends)."""
+    import socket
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+    sock.close()
 
 
 def _syn_sent_to(port):
@@ -434,6 +446,6 @@ class SilentThenServing:
 
     def close(self):
         self._closed = True
-        self.sock.close()
+        _close_listener(self.sock)
         for filler in self._fillers:
             filler.close()
