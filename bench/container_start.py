@@ -1,6 +1,6 @@
 """Container start-up time: Calico network vs Docker's bridge, on the same engine.
 
-    .venv/bin/python bench/container_start.py [--runs 20] [--parallel 8]
+    .venv/bin/python bench/container_start.py [--runs 20] [--parallel 8] [--idle 30]
 
 Brings up a one-host testbed (tests/st/harness), runs `calicoctl plugin serve --log-level=debug`
 in it, creates a Calico network (Calico IPAM) beside Docker's default bridge, and for each network
@@ -9,6 +9,9 @@ neighbour container on the same network (pinged from inside the neighbour's netw
 every 10 ms, so no `docker exec` overhead lands in the figure).  Then it starts --parallel
 containers at once, a few rounds, and reads each plugin call's duration from the plugin's debug
 log ("call <Name> took <ms> ms") to give p50/p99 per call.
+
+Last, --idle seconds at rest: CPU per minute and RSS of the plugin and the agent, beside the
+host's dockerd in the same minutes.
 
 The agent runs, as on every user's host (`calicoctl felix serve --no-bgp`), and Join waits for
 its per-endpoint "up" report.  --stand-in replaces it with iptables ACCEPT rules for cali+
@@ -34,6 +37,7 @@ sys.path.insert(0, str(REPO / "bench"))
 import stats  # noqa: E402  (bench/stats.py, beside this script)
 from calicoctl.dataplane.netlink import run_in_netns  # noqa: E402
 from tests.st.harness import Testbed, cleanup_stale, exclusive  # noqa: E402
+from tests.st.harness import procs as procs_  # noqa: E402
 from tests.st.plugin_helpers import (PluginProcess, allow_forwarding, calicoctl,  # noqa: E402
                                      container_ip)
 
@@ -110,6 +114,8 @@ def main():
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--parallel", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--idle", type=int, default=30,
+                        help="seconds to watch the plugin and agent at rest (0: skip)")
     parser.add_argument("--stand-in", action="store_true",
                         help="ACCEPT rules for cali+ instead of the agent (Join does not wait "
                              "for it): the plugin's share only, not what a user pays")
@@ -170,9 +176,44 @@ def run(bed, args):
     wall = time.monotonic() - t0
     print_calls("Plugin calls under %d concurrent `docker run`s (%d rounds, %.1f s, then "
                 "removal)" % (args.parallel, args.rounds, wall), plugin.log()[log_before:])
+    if args.idle:
+        at_rest(host, {"plugin": plugin, "agent": agent}, args.idle)
     plugin.stop()
     if agent is not None:
         agent.stop()
+
+
+def _cpu_and_rss(pid):
+    """(CPU seconds used so far, resident set in MiB) of a process, from /proc."""
+    with open("/proc/%d/stat" % pid) as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    cpu = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    with open("/proc/%d/status" % pid) as f:
+        rss = next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
+    return cpu, rss / 1024.0
+
+
+def at_rest(host, procs, seconds):
+    """CPU per minute and RSS of the plugin and the agent while nothing happens, beside the
+    host's dockerd in the same minutes."""
+    pids = {label: p.proc.pid for label, p in procs.items() if p is not None}
+    pids["dockerd"] = next(pid for pid in procs_.pids_in_namespaces_of(host.pid)
+                           if procs_.cmdline(pid)[:1] == ["dockerd"])
+    endpoints = len(host.docker("ps", "-q").stdout.split())
+    start = {label: _cpu_and_rss(pid)[0] for label, pid in pids.items()}
+    rss = {label: [] for label in pids}
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < seconds:
+        time.sleep(5)
+        for label, pid in pids.items():
+            rss[label].append(_cpu_and_rss(pid)[1])
+    elapsed = time.monotonic() - t0
+    print("\nAt rest for %.0f s with %d containers running (RSS sampled every 5 s)" % (
+        elapsed, endpoints))
+    for label, pid in pids.items():
+        cpu = (_cpu_and_rss(pid)[0] - start[label]) * 60 / elapsed
+        print("  %-8s CPU %.2f s/min, RSS median %.0f MiB (max %.0f, n=%d)" % (
+            label, cpu, stats.percentile(rss[label], 50), max(rss[label]), len(rss[label])))
 
 
 def print_calls(title, log_text):
