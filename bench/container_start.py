@@ -36,7 +36,7 @@ sys.path.insert(0, str(REPO / "bench"))
 
 import stats  # noqa: E402  (bench/stats.py, beside this script)
 from calicoctl.dataplane.netlink import run_in_netns  # noqa: E402
-from tests.st.harness import Testbed, cleanup_stale, exclusive  # noqa: E402
+from support import cpu_and_rss, testbed  # noqa: E402  (bench/support.py)
 from tests.st.harness import procs as procs_  # noqa: E402
 from tests.st.plugin_helpers import (PluginProcess, allow_forwarding, calicoctl,  # noqa: E402
                                      container_ip)
@@ -120,13 +120,8 @@ def main():
                         help="ACCEPT rules for cali+ instead of the agent (Join does not wait "
                              "for it): the plugin's share only, not what a user pays")
     args = parser.parse_args()
-    with exclusive():
-        cleanup_stale(progress=lambda m: None)
-        bed = Testbed().up(n_hosts=1, progress=lambda m: print("[testbed]", m, file=sys.stderr))
-        try:
-            run(bed, args)
-        finally:
-            bed.down(progress=lambda m: None)
+    with testbed(1) as bed:
+        run(bed, args)
 
 
 def run(bed, args):
@@ -183,16 +178,6 @@ def run(bed, args):
         agent.stop()
 
 
-def _cpu_and_rss(pid):
-    """(CPU seconds used so far, resident set in MiB) of a process, from /proc."""
-    with open("/proc/%d/stat" % pid) as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    cpu = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    with open("/proc/%d/status" % pid) as f:
-        rss = next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
-    return cpu, rss / 1024.0
-
-
 def at_rest(host, procs, seconds):
     """CPU per minute and RSS of the plugin and the agent while nothing happens, beside the
     host's dockerd in the same minutes."""
@@ -200,18 +185,18 @@ def at_rest(host, procs, seconds):
     pids["dockerd"] = next(pid for pid in procs_.pids_in_namespaces_of(host.pid)
                            if procs_.cmdline(pid)[:1] == ["dockerd"])
     endpoints = len(host.docker("ps", "-q").stdout.split())
-    start = {label: _cpu_and_rss(pid)[0] for label, pid in pids.items()}
+    start = {label: cpu_and_rss(pid)[0] for label, pid in pids.items()}
     rss = {label: [] for label in pids}
     t0 = time.monotonic()
     while time.monotonic() - t0 < seconds:
         time.sleep(5)
         for label, pid in pids.items():
-            rss[label].append(_cpu_and_rss(pid)[1])
+            rss[label].append(cpu_and_rss(pid)[1])
     elapsed = time.monotonic() - t0
     print("\nAt rest for %.0f s with %d containers running (RSS sampled every 5 s)" % (
         elapsed, endpoints))
     for label, pid in pids.items():
-        cpu = (_cpu_and_rss(pid)[0] - start[label]) * 60 / elapsed
+        cpu = (cpu_and_rss(pid)[0] - start[label]) * 60 / elapsed
         print("  %-8s CPU %.2f s/min, RSS median %.0f MiB (max %.0f, n=%d)" % (
             label, cpu, stats.percentile(rss[label], 50), max(rss[label]), len(rss[label])))
 

@@ -39,7 +39,8 @@ import stats  # noqa: E402  (bench/stats.py, beside this script)
 from container_start import _ping_until_answered  # noqa: E402
 from calicoctl.dataplane.netlink import run_in_netns  # noqa: E402
 from tests.st.calico_stack import learnt, store_for  # noqa: E402
-from tests.st.harness import Testbed, cleanup_stale, exclusive, wait_for  # noqa: E402
+from support import testbed  # noqa: E402  (bench/support.py)
+from tests.st.harness import wait_for  # noqa: E402
 from tests.st.plugin_helpers import PluginProcess, calicoctl, container_ip  # noqa: E402
 
 POOL = "192.168.0.0/16"
@@ -52,14 +53,8 @@ def main():
     parser.add_argument("--deny", type=int, default=10)
     parser.add_argument("--engine", default="host")
     args = parser.parse_args()
-    with exclusive():
-        cleanup_stale(progress=lambda m: None)
-        bed = Testbed(suite=args.engine).up(
-            n_hosts=2, progress=lambda m: print("[testbed]", m, file=sys.stderr))
-        try:
-            run(bed, args)
-        finally:
-            bed.down(progress=lambda m: None)
+    with testbed(2, args.engine) as bed:
+        run(bed, args)
 
 
 def register(bed):
@@ -140,7 +135,7 @@ def one_start(h2, name, a_netns, h2_netns, timeout=10, remove=False):
 def forget_block(store, h1, h2):
     """calico-02 with no containers and no block, and calico-01 with no route to it."""
     from calicoctl.ipam.allocator import IPAMClient
-    leftover = [n for n in h2.docker("ps", "-aq").stdout.split()]
+    leftover = h2.docker("ps", "-aq").stdout.split()
     if leftover:
         h2.docker("rm", "-f", *leftover)
     IPAMClient(store, host=h2.name).release_host_affinities(h2.name)

@@ -41,7 +41,8 @@ from calicoctl.dnsproxy import rules  # noqa: E402
 from calicoctl.dnsproxy.sandboxes import SO_MARK, in_netns  # noqa: E402
 from tests.st.dns_helpers import (UPSTREAM_IP, DnsProcess, Upstream, adopted,  # noqa: E402
                                   resolv_conf)
-from tests.st.harness import Testbed, cleanup_stale, exclusive, wait_for  # noqa: E402
+from support import testbed  # noqa: E402  (bench/support.py)
+from tests.st.harness import wait_for  # noqa: E402
 from tests.st.plugin_helpers import PluginProcess, calicoctl, container_ip  # noqa: E402
 
 
@@ -137,15 +138,9 @@ def main():
     parser.add_argument("--first", type=int, default=10)
     parser.add_argument("--engine", default="host")
     args = parser.parse_args()
-    with exclusive():
-        cleanup_stale(progress=lambda m: None)
-        bed = Testbed(suite=args.engine).up(
-            n_hosts=2, progress=lambda m: print("[testbed]", m, file=sys.stderr))
-        try:
-            with Upstream(bed.bridge), resolv_conf(bed.hosts, "nameserver %s\n" % UPSTREAM_IP):
-                run(bed, args)
-        finally:
-            bed.down(progress=lambda m: None)
+    with testbed(2, args.engine) as bed:
+        with Upstream(bed.bridge), resolv_conf(bed.hosts, "nameserver %s\n" % UPSTREAM_IP):
+            run(bed, args)
 
 
 def run(bed, args):

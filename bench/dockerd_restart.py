@@ -25,7 +25,8 @@ sys.path.insert(0, str(REPO))
 
 import stats  # noqa: E402  (bench/stats.py, beside this script)
 from tests.st.demo import default_calicoctl  # noqa: E402
-from tests.st.harness import Testbed, cleanup_stale, exclusive, wait_for  # noqa: E402
+from support import progress, testbed  # noqa: E402  (bench/support.py)
+from tests.st.harness import wait_for  # noqa: E402
 from tests.st.harness.node_images import load_node_images  # noqa: E402
 
 WORKLOADS = ("restart-a", "restart-b")
@@ -84,15 +85,9 @@ def main():
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--check", action="store_true", help="exit 1 if a median misses the goal")
     args = parser.parse_args()
-    progress = lambda m: print("[testbed]", m, file=sys.stderr)  # noqa: E731
-    with exclusive():
-        cleanup_stale(progress=progress)
-        bed = Testbed().up(n_hosts=1, progress=progress)
-        try:
-            load_node_images(bed.hosts, progress=progress)
-            figures = run(bed, args.runs)
-        finally:
-            bed.down(progress=lambda m: None)
+    with testbed(1) as bed:
+        load_node_images(bed.hosts, progress=progress)
+        figures = run(bed, args.runs)
     print("dockerd restarted under a Calico node (1 network, %d workloads), seconds from start"
           % len(WORKLOADS))
     missed = False

@@ -31,6 +31,8 @@ import time
 REPO = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 sys.path.insert(0, REPO)
 
+from support import cpu_and_rss  # noqa: E402  (bench/support.py)
+
 PROFILES = 100
 HOST = "bench"
 
@@ -162,16 +164,6 @@ def inner(n, samples, idle_seconds):
         server.stop()
 
 
-def _cpu_and_rss(pid):
-    """(CPU seconds used so far, resident set in MiB) of a process, from /proc."""
-    with open("/proc/%d/stat" % pid) as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    cpu = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    with open("/proc/%d/status" % pid) as f:
-        rss = next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
-    return cpu, rss / 1024.0
-
-
 def idle_cost(server, n, seconds):
     """The real agent (`calicoctl felix serve`, as a user's host runs it, its periodic repair
     at the default interval included) at rest with these n endpoints programmed: its RSS and
@@ -193,16 +185,16 @@ def idle_cost(server, n, seconds):
                 if proc.poll() is not None or time.monotonic() > deadline:
                     raise RuntimeError("the agent never reported alive (exit %s)" % proc.poll())
                 time.sleep(0.2)
-        start_cpu, _ = _cpu_and_rss(proc.pid)
-        etcd_start, _ = _cpu_and_rss(server.pid)
+        start_cpu, _ = cpu_and_rss(proc.pid)
+        etcd_start, _ = cpu_and_rss(server.pid)
         started = time.monotonic()
         rss = []
         while time.monotonic() - started < seconds:
             time.sleep(5)
-            rss.append(_cpu_and_rss(proc.pid)[1])
+            rss.append(cpu_and_rss(proc.pid)[1])
         elapsed = time.monotonic() - started
-        cpu = _cpu_and_rss(proc.pid)[0] - start_cpu
-        etcd_cpu = _cpu_and_rss(server.pid)[0] - etcd_start
+        cpu = cpu_and_rss(proc.pid)[0] - start_cpu
+        etcd_cpu = cpu_and_rss(server.pid)[0] - etcd_start
         return {"seconds": elapsed, "agent_cpu_per_min": cpu * 60 / elapsed,
                 "agent_rss_mib": {"p50": statistics.median(rss), "max": max(rss),
                                   "n": len(rss)},

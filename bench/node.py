@@ -25,7 +25,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from tests.st.demo import default_calicoctl  # noqa: E402
-from tests.st.harness import Testbed, cleanup_stale, exclusive, wait_for  # noqa: E402
+from support import progress, testbed  # noqa: E402  (bench/support.py)
+from tests.st.harness import wait_for  # noqa: E402
 from tests.st.harness.node_images import load_node_images  # noqa: E402
 
 POOL = "192.168.0.0/16"
@@ -142,15 +143,9 @@ def main(argv=None):
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--workloads", type=int, default=100)
     args = parser.parse_args(argv)
-    progress = lambda m: print("[testbed] %s" % m, file=sys.stderr)  # noqa: E731
-    with exclusive():
-        cleanup_stale(progress=progress)
-        bed = Testbed().up(n_hosts=2, progress=progress)
-        try:
-            load_node_images(bed.hosts, progress=progress)
-            result = Bench(bed).run(args.runs, args.workloads)
-        finally:
-            bed.down(progress=progress)
+    with testbed(2) as bed:
+        load_node_images(bed.hosts, progress=progress)
+        result = Bench(bed).run(args.runs, args.workloads)
     print(json.dumps(result, indent=2))
     return 0
 

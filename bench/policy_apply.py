@@ -34,7 +34,8 @@ sys.path.insert(0, str(REPO))
 import stats  # noqa: E402  (bench/stats.py, beside this script)
 from calicoctl.dataplane.netlink import run_in_netns  # noqa: E402
 from tests.st.calico_stack import POOL, register, store_for  # noqa: E402
-from tests.st.harness import Testbed, cleanup_stale, exclusive, wait_for  # noqa: E402
+from support import testbed  # noqa: E402  (bench/support.py)
+from tests.st.harness import wait_for  # noqa: E402
 from tests.st.plugin_helpers import PluginProcess, container_ip  # noqa: E402
 
 DENY = {"action": "deny", "protocol": "icmp"}
@@ -140,14 +141,8 @@ def main():
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--check", action="store_true", help="exit 1 if a median misses the goal")
     args = parser.parse_args()
-    progress = lambda m: print("[testbed]", m, file=sys.stderr)  # noqa: E731
-    with exclusive():
-        cleanup_stale(progress=progress)
-        bed = Testbed().up(n_hosts=1, progress=progress)
-        try:
-            figures = run(bed, args.runs)
-        finally:
-            bed.down(progress=lambda m: None)
+    with testbed(1) as bed:
+        figures = run(bed, args.runs)
     print("etcd write to the dataplane following it (a deny-icmp rule in the profile), with "
           "the agent")
     missed = False
