@@ -11,7 +11,6 @@ import ipaddress
 import logging
 import time
 
-from calicoctl.dataplane.routing import ensure_tunnel, present_interfaces
 from calicoctl.datastore import keys
 from calicoctl.datastore.result import HistoryLost
 from calicoctl.errors import DataplaneError, DatastoreError
@@ -19,6 +18,7 @@ from calicoctl.felix import routes as route_calc
 from calicoctl.felix import status
 from calicoctl.felix.bird import render_config
 from calicoctl.felix.calc import DesiredState
+from calicoctl.dataplane.routing import ensure_tunnel, present_interfaces
 from calicoctl.felix.state import Changes, FelixState
 
 log = logging.getLogger(__name__)
@@ -188,8 +188,6 @@ class Agent:
         else:
             wanted = self._routes_of(changes.local_endpoints)
             self.dataplane.routes.update(wanted, gone - wanted)
-        kept = {r.dst for k in changes.local_endpoints for r in self.ep_routes.get(k, ())}
-        self._forget_flows({r.dst for r in gone} - kept)
         if changes.bgp or changes.pools or changes.affinities or changes.config \
                 or self._bird_sees(changes.local_endpoints):
             self._update_bird()
@@ -312,17 +310,6 @@ class Agent:
                     self.state.reported.pop(key, None)
             except DatastoreError as exc:
                 log.warning("Cannot report endpoint %s: %s", key[3], exc)
-
-    def _forget_flows(self, addresses):
-        """Addresses no local endpoint has any more lose their tracked connections, so a
-        workload that gets one next is not reachable through its predecessor's flows."""
-        if not addresses:
-            return
-        try:
-            self.dataplane.routes.forget_flows(addresses)
-        except DataplaneError as exc:
-            log.error("Cannot delete the tracked connections of %s: %s",
-                      ", ".join(sorted(addresses)), exc)
 
     def _apply_log_level(self):
         level = self.log_level_override or self.state.config.log_level

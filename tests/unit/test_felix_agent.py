@@ -257,13 +257,8 @@ def test_one_endpoint_change_hands_the_routes_layer_only_its_routes(store, agent
     assert len(agent.dataplane.routes.programmed) == 51
     key = keys.felix_endpoint_status(HOST, "libnetwork", "libnetwork", "new00000000")
     assert json.loads(store.get(key)) == {"status": "up"}
-    # Rewritten with its address kept (as Join does): its tracked connections stay.
-    write_endpoint(store, "new00000000", "10.0.2.1", ["net1"], sandbox="/var/run/docker/x")
-    settle(agent)
-    assert getattr(agent.dataplane.routes, "forgotten", []) == []
-    # Removed: only its route goes, and its address's tracked connections with it.
+    # Removed: only its route goes.
     store.delete(keys.endpoint(HOST, "libnetwork", "libnetwork", "new00000000"))
     settle(agent)
     assert calls[-1] == (set(), added)
     assert len(agent.dataplane.routes.programmed) == 50
-    assert agent.dataplane.routes.forgotten == [{"10.0.2.1/32"}]
