@@ -86,6 +86,13 @@ class RouteManager:
                     pass     # already gone (e.g. with its interface)
             self.programmed.discard(route)
 
+    @staticmethod
+    def forget_flows(addresses):
+        """Delete the tracked connections of addresses that left this host's workloads
+        (conntrack.py says why)."""
+        from calicoctl.dataplane.conntrack import forget_flows
+        return forget_flows(addresses)
+
     def repair(self, desired):
         """Re-add any desired route the kernel lost (periodic refresh)."""
         have = set()

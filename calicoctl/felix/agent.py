@@ -11,6 +11,7 @@ import ipaddress
 import logging
 import time
 
+from calicoctl.dataplane.routing import ensure_tunnel, present_interfaces
 from calicoctl.datastore import keys
 from calicoctl.datastore.result import HistoryLost
 from calicoctl.errors import DataplaneError, DatastoreError
@@ -18,7 +19,6 @@ from calicoctl.felix import routes as route_calc
 from calicoctl.felix import status
 from calicoctl.felix.bird import render_config
 from calicoctl.felix.calc import DesiredState
-from calicoctl.dataplane.routing import ensure_tunnel, present_interfaces
 from calicoctl.felix.state import Changes, FelixState
 
 log = logging.getLogger(__name__)
@@ -171,9 +171,10 @@ class Agent:
             self.dataplane.sync(self.desired, full=True)
         # Routes change only for the endpoints that changed: a new endpoint costs the same at
         # 10,000 endpoints as at 10 (bench/felix.py).  Tunnels change them all.
-        gone = set()
+        gone, left = set(), set()
         for key in changes.local_endpoints:
-            gone |= self.ep_routes.pop(key, set())
+            had = self.ep_routes.pop(key, set())
+            gone |= had
             old_name = self.ep_names.pop(key, None)
             if self.local_names.get(old_name) == key:
                 del self.local_names[old_name]
@@ -182,12 +183,16 @@ class Agent:
                 self.ep_routes[key] = route_calc.endpoint_routes(ep)
                 self.ep_names[key] = ep.name
                 self.local_names[ep.name] = key
+            # Per endpoint, not per host: a new endpoint given the address in the same batch
+            # must not inherit the old one's flows.
+            left |= {r.dst for r in had} - {r.dst for r in self.ep_routes.get(key, ())}
         if changes.pools or changes.affinities or changes.hosts:
             self._update_tunnels()
             self._apply_routes()
         else:
             wanted = self._routes_of(changes.local_endpoints)
             self.dataplane.routes.update(wanted, gone - wanted)
+        self._forget_flows(left)
         if changes.bgp or changes.pools or changes.affinities or changes.config \
                 or self._bird_sees(changes.local_endpoints):
             self._update_bird()
@@ -310,6 +315,17 @@ class Agent:
                     self.state.reported.pop(key, None)
             except DatastoreError as exc:
                 log.warning("Cannot report endpoint %s: %s", key[3], exc)
+
+    def _forget_flows(self, addresses):
+        """Addresses an endpoint gave up lose their tracked connections, so a workload that
+        gets one next is not reachable through its predecessor's flows."""
+        if not addresses:
+            return
+        try:
+            self.dataplane.routes.forget_flows(addresses)
+        except DataplaneError as exc:
+            log.error("Cannot delete the tracked connections of %s: %s",
+                      ", ".join(sorted(addresses)), exc)
 
     def _apply_log_level(self):
         level = self.log_level_override or self.state.config.log_level

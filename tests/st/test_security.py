@@ -5,6 +5,8 @@
   with packet counters inside the receivers' own namespaces;
 - workload-to-host traffic follows DefaultEndpointToHostAction (DROP, RETURN, ACCEPT), per host
   and globally through `calicoctl config felix`;
+- an address handed on from a removed workload to a new one does not carry the old workload's
+  tracked connections past the new one's policy;
 - the plugin's socket is root's only (mode 0600, and `nobody` cannot connect);
 - nothing the project starts listens on a non-loopback address except BIRD on port 179.
 """
@@ -17,7 +19,7 @@ import stat
 
 import pytest
 
-from tests.st.calico_stack import calico_stack, learnt  # noqa: F401 - the fixture
+from tests.st.calico_stack import POOL, POOL6, calico_stack, learnt  # noqa: F401 - the fixture
 from tests.st.harness import wait_for
 from tests.st.plugin_helpers import SOCKET, calicoctl, clean_docker
 
@@ -44,18 +46,28 @@ def _netns(host, container):
 def received(host, container, src, version):
     """Packets from src that reached the container: a counting rule at the top of INPUT in the
     container's own namespace (installed on first use)."""
+    return _counted(host, container, "INPUT", "-s", src, version)
+
+
+def sent(host, container, dst, version):
+    """Packets the container sent to dst, counted at the top of OUTPUT in its namespace."""
+    return _counted(host, container, "OUTPUT", "-d", dst, version)
+
+
+def _counted(host, container, chain, flag, address, version):
     tool = "iptables" if version == 4 else "ip6tables"
     ns = _netns(host, container)
-    rule = ["-s", src, "-j", "ACCEPT"]
-    if host.run(ns + [tool, "-w", "-C", "INPUT", *rule], check=False).returncode:
-        host.run(ns + [tool, "-w", "-I", "INPUT", *rule])
-    out = host.run(ns + [tool, "-w", "-L", "INPUT", "-v", "-x", "-n"]).stdout
+    rule = [flag, address, "-j", "ACCEPT"]
+    if host.run(ns + [tool, "-w", "-C", chain, *rule], check=False).returncode:
+        host.run(ns + [tool, "-w", "-I", chain, *rule])
+    out = host.run(ns + [tool, "-w", "-L", chain, "-v", "-x", "-n"]).stdout
     plen = 32 if version == 4 else 128
+    column = 7 if flag == "-s" else 8
     for line in out.splitlines():
         words = line.split()
-        if len(words) > 7 and words[7] in (src, "%s/%d" % (src, plen)):
+        if len(words) > column and words[column] in (address, "%s/%d" % (address, plen)):
             return int(words[0])
-    raise AssertionError("no counter for %s in %s:\n%s" % (src, container, out))
+    raise AssertionError("no counter for %s in %s's %s:\n%s" % (address, container, chain, out))
 
 
 def send_pings(host, container, dst, version, source=None, count=3):
@@ -339,6 +351,54 @@ while True:
     reply += part
 print(reply.decode(errors="replace"))
 """ % SOCKET
+
+
+# --- an address handed on --------------------------------------------------------------------
+
+HANDED_ON = {4: "192.168.254.7", 6: "fd80:24e2:f998:72d6::fe07"}   # inside POOL and POOL6
+
+
+@pytest.mark.parametrize("version", (4, 6))
+def test_an_address_handed_on_carries_no_old_flows(calico_stack, version):
+    """A keeps pinging X's address (one ping process: one tracked flow).  X is removed and Y,
+    in a network whose policy refuses A, gets the address.  The kernel still tracks A's flow,
+    and a tracked flow is accepted before policy is looked at, so A would reach Y unless the
+    agent forgot the flow when X went (calicoctl/dataplane/conntrack.py)."""
+    h1 = calico_stack["hosts"][0]
+    etcd = calico_stack["etcd"]
+    addr = HANDED_ON[version]
+    subnet = ["--subnet", POOL if version == 4 else POOL6] + (["--ipv6"] if version == 6 else [])
+    ip_flag = "--ip" if version == 4 else "--ip6"
+    try:
+        for net in ("handon-old", "handon-new"):
+            h1.docker("network", "create", "--driver", "calico", "--ipam-driver", "calico",
+                      *subnet, net)
+        h1.docker("run", "--net", "handon-old", "--name", "handon-A", "-tid", "busybox")
+        h1.docker("run", "--net", "handon-old", "--name", "handon-X", ip_flag, addr, "-tid",
+                  "busybox")
+        a_ip = _addresses(h1, "handon-A", "handon-old")[0 if version == 4 else 1]
+        h1.docker("exec", "-d", "handon-A", "ping", "-%d" % version, "-i", "0.2", addr)
+        wait_for(lambda: received(h1, "handon-X", a_ip, version) > 0, timeout=30,
+                 what="A's pings reaching X")
+        h1.docker("rm", "-f", "handon-X")
+        h1.docker("run", "--net", "handon-new", "--name", "handon-Y", ip_flag, addr, "-tid",
+                  "busybox")
+        assert _addresses(h1, "handon-Y", "handon-new")[0 if version == 4 else 1] == addr
+        before = received(h1, "handon-Y", a_ip, version)
+        pinged = sent(h1, "handon-A", addr, version)
+        wait_for(lambda: sent(h1, "handon-A", addr, version) >= pinged + 5, timeout=30,
+                 what="A sending five more pings to the address, now Y's")
+        assert received(h1, "handon-Y", a_ip, version) == before, \
+            "IPv%d pings of A's old flow reached Y past Y's policy" % version
+        # Control: once Y's policy lets A in, the same pings do arrive.
+        calicoctl(h1, etcd, "profile", "handon-new", "rule", "add", "inbound", "allow", "from",
+                  "tag", "handon-old")
+        wait_for(lambda: received(h1, "handon-Y", a_ip, version) > before, timeout=30,
+                 what="A's pings reaching Y once its policy allows them")
+    finally:
+        clean_docker(h1)
+        for net in ("handon-old", "handon-new"):
+            h1.docker("network", "rm", net, check=False)
 
 
 def test_plugin_socket_is_root_only(calico_stack):

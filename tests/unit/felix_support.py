@@ -24,6 +24,9 @@ class NoRoutes:
     def update(self, add, remove):
         self.programmed = (self.programmed | add) - remove
 
+    def forget_flows(self, addresses):
+        self.forgotten = getattr(self, "forgotten", []) + [set(addresses)]
+
     def repair(self, desired):
         self.set_routes(desired)
 

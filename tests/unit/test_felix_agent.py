@@ -257,8 +257,26 @@ def test_one_endpoint_change_hands_the_routes_layer_only_its_routes(store, agent
     assert len(agent.dataplane.routes.programmed) == 51
     key = keys.felix_endpoint_status(HOST, "libnetwork", "libnetwork", "new00000000")
     assert json.loads(store.get(key)) == {"status": "up"}
-    # Removed: only its route goes.
+    # Rewritten with its address kept (as Join does): its tracked connections stay.
+    write_endpoint(store, "new00000000", "10.0.2.1", ["net1"], sandbox="/var/run/docker/x")
+    settle(agent)
+    assert getattr(agent.dataplane.routes, "forgotten", []) == []
+    # Removed: only its route goes, and its address's tracked connections with it.
     store.delete(keys.endpoint(HOST, "libnetwork", "libnetwork", "new00000000"))
     settle(agent)
     assert calls[-1] == (set(), added)
     assert len(agent.dataplane.routes.programmed) == 50
+    assert agent.dataplane.routes.forgotten == [{"10.0.2.1/32"}]
+
+
+def test_an_address_handed_on_in_one_batch_still_loses_its_flows(store, agent):
+    """The old endpoint's removal and the new one's creation can arrive in one batch; the
+    address is then held again, yet the old flows must go, or the old peer reaches the new
+    workload through them."""
+    write_profile(store, "net1")
+    write_endpoint(store, "old00000000", "10.0.3.1", ["net1"])
+    agent.resync()
+    store.delete(keys.endpoint(HOST, "libnetwork", "libnetwork", "old00000000"))
+    write_endpoint(store, "new00000000", "10.0.3.1", ["net1"])
+    agent.poll_once()
+    assert getattr(agent.dataplane.routes, "forgotten", []) == [{"10.0.3.1/32"}]

@@ -131,3 +131,39 @@ def test_refresh_repaired_the_flushed_chain(loaded):
     kernel = saved_chains(loaded["4"])
     assert kernel["felix-from-caliaa000000000"][0].startswith("-m mac ! --mac-source")
     assert kernel["FORWARD"] == ["-j felix-FORWARD"] and len(kernel["felix-INPUT"]) > 2
+
+
+FLOWS = textwrap.dedent(r'''
+    import ipaddress, socket, subprocess
+    from calicoctl.dataplane.conntrack import forget_flows
+    subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
+    for address in ("fd00::2/128", "fd00::3/128"):
+        subprocess.run(["ip", "addr", "add", address, "dev", "lo", "nodad"], check=True)
+    # A rule that uses conntrack makes the kernel track this namespace's packets.
+    for tool in ("iptables", "ip6tables"):
+        subprocess.run([tool, "-A", "INPUT", "-m", "conntrack", "--ctstate", "ESTABLISHED",
+                        "-j", "ACCEPT"], check=True)
+    for dst in ("127.0.0.2", "127.0.0.3", "fd00::2", "fd00::3"):
+        udp = socket.socket(socket.AF_INET6 if ":" in dst else socket.AF_INET, socket.SOCK_DGRAM)
+        udp.sendto(b"x", (dst, 9))
+        udp.close()
+    def tracked():
+        with open("/proc/net/nf_conntrack") as f:
+            return sorted(str(ipaddress.ip_address(line.split("dst=")[1].split()[0]))
+                          for line in f if " udp " in line)
+    print(tracked())
+    print(forget_flows({"127.0.0.2/32", "fd00::2/128"}))
+    print(tracked())
+''')
+
+
+def test_forget_flows_deletes_only_that_addresses_tracked_connections():
+    """A removed workload's tracked connections would let its old peers reach the next
+    workload given its address past that workload's policy (ESTABLISHED is accepted first).
+    Both families: a conntrack socket speaks one, and IPv6 on an IPv4 socket is refused."""
+    out = subprocess.run(["unshare", "-n", sys.executable, "-c", FLOWS], capture_output=True,
+                         text=True, timeout=60, cwd=os.path.dirname(os.path.dirname(
+                             os.path.dirname(os.path.abspath(__file__)))))
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == ["['127.0.0.2', '127.0.0.3', 'fd00::2', 'fd00::3']", "2",
+                                       "['127.0.0.3', 'fd00::3']"]
