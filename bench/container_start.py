@@ -13,8 +13,8 @@ log ("call <Name> took <ms> ms") to give p50/p99 per call.
 Last, --idle seconds at rest: CPU per minute and RSS of the plugin and the agent, beside the
 host's dockerd in the same minutes.
 
-The agent runs, as on every user's host (`calicoctl felix serve --no-bgp`), and Join waits for
-its per-endpoint "up" report.  --stand-in replaces it with iptables ACCEPT rules for cali+
+The agent runs, as on every user's host (`calicoctl felix serve --no-bgp`), and the plugin waits
+for its per-endpoint "up" report (in ProgramExternalConnectivity).  --stand-in replaces it with iptables ACCEPT rules for cali+
 (dockerd's FORWARD policy is DROP): the plugin's and the dataplane's share alone, labelled as
 such in the output, never what a user pays.
 """
@@ -42,8 +42,9 @@ from tests.st.plugin_helpers import (PluginProcess, allow_forwarding, calicoctl,
                                      container_ip)
 
 CALL_LINE = re.compile(r"call (\S+) took ([0-9.]+) ms")
-# network_driver._wait_for_agent's debug line: the part of Join spent waiting for the agent.
-WAIT_LINE = re.compile(r"Join waited ([0-9.]+) ms for the agent")
+# network_driver._wait_for_agent's debug line: the time ProgramExternalConnectivity (or Join,
+# for a container's later interfaces) spent waiting for the agent.
+WAIT_LINE = re.compile(r"Waited ([0-9.]+) ms for the agent")
 
 
 def neighbour_pid(host, name):
@@ -211,7 +212,7 @@ def print_calls(title, log_text):
     print("%-45s %6s %9s %9s %9s" % ("call", "n", "p50", "p10", "p99"))
     waits = [float(m.group(1)) for m in WAIT_LINE.finditer(log_text)]
     if waits:
-        calls["  of which Join waited for the agent"] = waits
+        calls["  of which the wait for the agent"] = waits
     for name in sorted(calls):
         v = calls[name]
         print("%-45s %6d %8.1fms %8.1fms %8.1fms" % (

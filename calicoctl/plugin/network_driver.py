@@ -6,6 +6,7 @@ calls a driver, so nothing here calls back into Docker (names.py learns names fr
 
 import ipaddress
 import logging
+import threading
 import time
 
 from calicoctl.dataplane import Dataplane, veth
@@ -22,6 +23,7 @@ log = logging.getLogger(__name__)
 
 GENERIC_OPTIONS = "com.docker.network.generic"
 ENABLE_IPV6 = "com.docker.network.enable_ipv6"
+INTERNAL = "com.docker.network.internal"       # --internal, in CreateNetwork's Options
 PORT_MAP = "com.docker.network.portmap"       # -p/-P, in Join and ProgramExternalConnectivity
 # --opt keys a Calico network understands, with what each means (shown when one is unknown).
 KNOWN_OPTIONS = {
@@ -92,6 +94,9 @@ class NetworkDriver:
         self.host = host
         self.interface_prefix = interface_prefix
         self.felix_wait = felix_wait
+        # Endpoints whose Join left the agent wait to ProgramExternalConnectivity (see join).
+        self._deferred = {}
+        self._lock = threading.Lock()
 
     # -- networks --------------------------------------------------------------------------
 
@@ -117,6 +122,10 @@ class NetworkDriver:
         v4 = request.get("IPv4Data") or []
         v6 = request.get("IPv6Data") or []
         calico_ipam = bool(v4 or v6) and all(_is_calico_ipam(d) for d in v4 + v6)
+        if options.get(INTERNAL) is True:
+            # Docker never calls ProgramExternalConnectivity on an --internal network, so
+            # Join must do the agent wait itself there (see join).
+            opts["internal"] = True
         old = networks.read_network(self.store, network_id)
         record = Network(network_id=network_id, name=old.name if old else None,
                          ipam="calico" if calico_ipam else "default", pool=None, pool_v6=None,
@@ -319,7 +328,16 @@ class NetworkDriver:
                 if record.ipam == "calico" and record.pool_v6:
                     routes.append({"Destination": record.pool_v6,
                                    "RouteType": ROUTE_NEXTHOP, "NextHop": veth.IPV6_GATEWAY})
-        self._wait_for_agent(ep)
+        if others or (record.options or {}).get("internal"):
+            self._wait_for_agent(ep)
+        else:
+            # The sandbox's first interface becomes its gateway endpoint, and Docker calls
+            # ProgramExternalConnectivity for that once it has moved the interface into the
+            # container and configured it: waiting there lets the agent's work overlap Docker's
+            # (bench/container_start.py).  The container's process starts only after that
+            # call, so its first packets still find policy and routes in place.
+            with self._lock:
+                self._deferred[endpoint_id] = ep
         return answer
 
     def _wait_for_agent(self, ep):
@@ -332,8 +350,9 @@ class NetworkDriver:
         try:
             self._watch_for_up(ep, started + self.felix_wait)
         finally:
-            # Debug only: what Join spent waiting, apart from its own work (bench/container_start).
-            log.debug("Join waited %.1f ms for the agent's report on %s",
+            # Debug only: the time spent waiting, apart from the call's own work
+            # (bench/container_start.py reads it).
+            log.debug("Waited %.1f ms for the agent's report on %s",
                       (time.monotonic() - started) * 1000, ep.endpoint_id[:12])
 
     def _watch_for_up(self, ep, deadline):
@@ -359,11 +378,13 @@ class NetworkDriver:
             index = change.modified_index
             if status.endpoint_up(change.value):
                 return
-        log.warning("The agent did not report endpoint %s up within %.1f s; answering Join "
+        log.warning("The agent did not report endpoint %s up within %.1f s; answering Docker "
                     "anyway", ep.endpoint_id[:12], self.felix_wait)
 
     def leave(self, request):
         endpoint_id = request["EndpointID"]
+        with self._lock:
+            self._deferred.pop(endpoint_id, None)
         self.dataplane.remove_veth(interface_name(endpoint_id))
         try:
             ep = records.endpoint_of(self.store, self.host, endpoint_id)
@@ -374,6 +395,8 @@ class NetworkDriver:
 
     def delete_endpoint(self, request):
         endpoint_id = request["EndpointID"]
+        with self._lock:
+            self._deferred.pop(endpoint_id, None)
         self.dataplane.remove_veth(interface_name(endpoint_id))
         try:
             ep = records.endpoint_of(self.store, self.host, endpoint_id)
@@ -392,7 +415,10 @@ class NetworkDriver:
         """Docker publishes ports (-p) only on its bridge driver; for any other driver it just
         passes the port map here, and `docker run -p` would seem to work while nothing listens
         on the host.  Refusing makes Docker undo the Join and tell the user why; without a port
-        map (a gateway moving between networks) there is nothing to do."""
+        map (a gateway moving between networks) there is nothing to do but the agent wait Join
+        left for this call."""
+        with self._lock:
+            ep = self._deferred.pop(request["EndpointID"], None)
         ports = (request.get("Options") or {}).get(PORT_MAP) or []
         if ports:
             ports = ports if isinstance(ports, list) else [ports]
@@ -400,6 +426,8 @@ class NetworkDriver:
                 "Calico networks do not publish ports (-p %s): reach the container at its Calico "
                 "address from any Calico host, or publish the port from a container on a Docker "
                 "bridge network." % ", ".join(_port_text(p) for p in ports[:4]))
+        if ep is not None:
+            self._wait_for_agent(ep)
         return {}
 
 

@@ -484,39 +484,77 @@ def test_ipv6_gateway_route_on_the_first_ipv6_interface(store, plugin):
         {"Destination": "169.254.1.3/32", "RouteType": 1, "NextHop": ""}]
 
 
-def test_join_waits_for_the_agent(store, plugin, netns, etcd_dump):
+def _report_later(store, endpoint_id, delay=0.3):
+    """The agent's "up" report for endpoint_id, written from another thread after delay."""
     import threading
-    import time
-    from calicoctl.plugin import server
-    add_pool(store, Pool(cidr=ipaddress.ip_network("10.9.0.0/24")))
-    pool_id = calico_network(plugin)
-    store.set(keys.felix_status("testhost"), json.dumps({"time": "now", "uptime": 1}), ttl=30)
-    # A plugin whose bound on the wait is far beyond pytest's timeout: its Join can only
-    # answer because the agent's report came, and only after it came.
-    patient = Plugin(server.build(store, "testhost", felix_wait=3600, dataplane=Dataplane(netns),
-                                  reconcile=False)[0].test_client())
-    addr = patient.ok("IpamDriver.RequestAddress", {"PoolID": pool_id})["Address"]
-    patient.ok("NetworkDriver.CreateEndpoint", {"NetworkID": NET, "EndpointID": EP,
-                                                "Interface": {"Address": addr}})
-    status_key = keys.felix_endpoint_status("testhost", "libnetwork", "libnetwork", EP)
+    status_key = keys.felix_endpoint_status("testhost", "libnetwork", "libnetwork", endpoint_id)
     reported = threading.Event()
 
     def report():
         reported.set()
         store.set(status_key, json.dumps({"status": "up"}))
-    timer = threading.Timer(0.3, report)
+    timer = threading.Timer(delay, report)
     timer.start()
+    return reported, timer
+
+
+def test_the_agent_wait_overlaps_dockers_own_work(store, plugin, netns, etcd_dump):
+    """The sandbox's first interface becomes its gateway endpoint, and Docker calls
+    ProgramExternalConnectivity for it after configuring the interface: the wait for the
+    agent's report is there.  A later interface of the same sandbox, and any interface of an
+    --internal network, get no such call, so their Join waits."""
+    import time
+    from calicoctl.plugin import server
+    add_pool(store, Pool(cidr=ipaddress.ip_network("10.9.0.0/24")))
+    pool_id = calico_network(plugin)
+    store.set(keys.felix_status("testhost"), json.dumps({"time": "now", "uptime": 1}), ttl=30)
+    # A plugin whose bound on the wait is far beyond pytest's timeout: a call that waits can
+    # only answer because the agent's report came, and only after it came.
+    patient = Plugin(server.build(store, "testhost", felix_wait=3600, dataplane=Dataplane(netns),
+                                  reconcile=False)[0].test_client())
+
+    def create(endpoint_id, network_id=NET):
+        addr = patient.ok("IpamDriver.RequestAddress", {"PoolID": pool_id})["Address"]
+        patient.ok("NetworkDriver.CreateEndpoint", {"NetworkID": network_id,
+                                                    "EndpointID": endpoint_id,
+                                                    "Interface": {"Address": addr}})
+    # First interface: Join answers with no report; ProgramExternalConnectivity waits for it.
+    create(EP)
     patient.ok("NetworkDriver.Join", {"NetworkID": NET, "EndpointID": EP,
+                                      "SandboxKey": ETH_SANDBOX})
+    reported, timer = _report_later(store, EP)
+    patient.ok("NetworkDriver.ProgramExternalConnectivity", {"NetworkID": NET, "EndpointID": EP})
+    assert reported.is_set()
+    timer.join()
+    # A second interface of the same container: Join itself waits.
+    create(EP2)
+    reported, timer = _report_later(store, EP2)
+    patient.ok("NetworkDriver.Join", {"NetworkID": NET, "EndpointID": EP2,
                                       "SandboxKey": ETH_SANDBOX})
     assert reported.is_set()
     timer.join()
-    # No report at all: Join still answers, once the bound (1 s in these tests) has passed.
+    # An --internal network's first interface: Join waits too.
+    internal = "c7" * 32
+    plugin.ok("NetworkDriver.CreateNetwork", {
+        "NetworkID": internal, "Options": {"com.docker.network.internal": True},
+        "IPv4Data": [{"AddressSpace": "CalicoLocalAddressSpace", "Pool": "0.0.0.0/0"}]})
+    third = "d7" * 32
+    create(third, internal)
+    reported, timer = _report_later(store, third)
+    patient.ok("NetworkDriver.Join", {"NetworkID": internal, "EndpointID": third,
+                                      "SandboxKey": "/var/run/docker/netns/internal"})
+    assert reported.is_set()
+    timer.join()
+    # No report at all: the call still answers, once the bound (1 s in these tests) has passed.
     addr2 = plugin.ok("IpamDriver.RequestAddress", {"PoolID": pool_id})["Address"]
-    plugin.ok("NetworkDriver.CreateEndpoint", {"NetworkID": NET, "EndpointID": EP2,
+    fourth = "e7" * 32
+    plugin.ok("NetworkDriver.CreateEndpoint", {"NetworkID": NET, "EndpointID": fourth,
                                                "Interface": {"Address": addr2}})
-    started = time.monotonic()
-    plugin.ok("NetworkDriver.Join", {"NetworkID": NET, "EndpointID": EP2,
+    plugin.ok("NetworkDriver.Join", {"NetworkID": NET, "EndpointID": fourth,
                                      "SandboxKey": "/var/run/docker/netns/other"})
+    started = time.monotonic()
+    plugin.ok("NetworkDriver.ProgramExternalConnectivity", {"NetworkID": NET,
+                                                            "EndpointID": fourth})
     assert time.monotonic() - started >= 0.9       # it waited; how long at most is no concern
 
 
