@@ -36,7 +36,7 @@ sys.path.insert(0, str(REPO / "bench"))
 
 import stats  # noqa: E402  (bench/stats.py, beside this script)
 from calicoctl.dataplane.netlink import run_in_netns  # noqa: E402
-from support import cpu_and_rss, testbed  # noqa: E402  (bench/support.py)
+from support import cpu_and_rss, cpu_with_children, testbed  # noqa: E402  (bench/support.py)
 from tests.st.harness import procs as procs_  # noqa: E402
 from tests.st.plugin_helpers import (PluginProcess, allow_forwarding, calicoctl,  # noqa: E402
                                      container_ip)
@@ -147,13 +147,22 @@ def run(bed, args):
                     "sleep", "3600")
         pids[label] = neighbour_pid(host, "neighbour-" + label)
     times = {label: [] for label in networks}
+    # CPU of our two services and of dockerd during each network's runs: on 2 cores, what the
+    # agent and plugin burn while a container starts is taken from Docker's own work.
+    watched = {"agent": agent, "plugin": plugin}
+    watched = {k: p.proc.pid for k, p in watched.items() if p is not None}
+    watched["dockerd"] = dockerd_pid(host)
+    cpu = {label: {k: 0.0 for k in watched} for label in networks}
     seq_log_start = len(plugin.log())
     # Interleaved, so drift (page cache, etcd compaction) hits both alike; one warm-up each.
     for i in range(-1, args.runs):
         for label, network in networks.items():
+            before = {k: cpu_with_children(pid) for k, pid in watched.items()}
             t = one_start(host, network, pids[label], i + 1)
             if i >= 0:
                 times[label].append(t)
+                for k, pid in watched.items():
+                    cpu[label][k] += cpu_with_children(pid) - before[k]
     print("\nContainer start to first ping answered, %s (interleaved runs)" % (
         "STAND-IN ACCEPT rules instead of the agent: not what a user pays" if args.stand_in
         else "with the agent"))
@@ -163,6 +172,11 @@ def run(bed, args):
           % stats.ratio(times["calico"], times["bridge"]))
     print("ratio calico/user-defined bridge (medians): %.2fx (goal <= 1.0x)"
           % stats.ratio(times["calico"], times["userbr"]))
+    print("CPU per container (start, first ping, removal), mean of %d, with child commands:"
+          % args.runs)
+    for label in networks:
+        print("  %-8s %s" % (label, ", ".join("%s %.1f ms" % (k, v * 1000 / args.runs)
+                                             for k, v in cpu[label].items())))
     print_calls("Plugin calls during the sequential runs", plugin.log()[seq_log_start:])
 
     log_before = len(plugin.log())
@@ -179,12 +193,16 @@ def run(bed, args):
         agent.stop()
 
 
+def dockerd_pid(host):
+    return next(pid for pid in procs_.pids_in_namespaces_of(host.pid)
+                if procs_.cmdline(pid)[:1] == ["dockerd"])
+
+
 def at_rest(host, procs, seconds):
     """CPU per minute and RSS of the plugin and the agent while nothing happens, beside the
     host's dockerd in the same minutes."""
     pids = {label: p.proc.pid for label, p in procs.items() if p is not None}
-    pids["dockerd"] = next(pid for pid in procs_.pids_in_namespaces_of(host.pid)
-                           if procs_.cmdline(pid)[:1] == ["dockerd"])
+    pids["dockerd"] = dockerd_pid(host)
     endpoints = len(host.docker("ps", "-q").stdout.split())
     start = {label: cpu_and_rss(pid)[0] for label, pid in pids.items()}
     rss = {label: [] for label in pids}

@@ -30,6 +30,14 @@ def testbed(n_hosts, suite="host"):
             bed.down(progress=lambda m: None)
 
 
+def cpu_with_children(pid):
+    """CPU seconds a process used so far, with its children that it has waited for (the
+    agent's iptables-restore and ipset commands, the plugin's `ip`)."""
+    with open("/proc/%d/stat" % pid) as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return sum(int(x) for x in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+
+
 def cpu_and_rss(pid):
     """(CPU seconds used so far, resident set in MiB) of a process, from /proc."""
     with open("/proc/%d/stat" % pid) as f:

@@ -5,9 +5,18 @@ entry left behind by a removed workload lets the old peer reach whichever worklo
 address next, whatever that workload's policy says, for as long as the entry lives (30 s for
 ping, days for TCP).  The agent deletes those entries when an address leaves a local endpoint.
 
+Each address is looked up with the kernel's own dump filter (CTA_FILTER, kernel 5.8 and later;
+pyroute2 checks every answer again, so a kernel that ignores the filter is slower but still
+exact), as source and as destination of the original direction.  Reading the whole table at
+every removal cost the agent more CPU than programming the endpoint (bench/container_start.py),
+and a busy host tracks far more connections than any one workload has.  The original direction
+holds the workload's address for every flow on a Calico host: nothing here DNATs to a workload.
+
 A conntrack netlink socket speaks one address family (pyroute2 puts the socket's family in
-every request, and an IPv6 tuple on an IPv4 socket is EINVAL), so each family present gets its
-own socket and one dump, matched here in both directions.
+every request, and an IPv6 tuple on an IPv4 socket is EINVAL), so each family has its own.
+IPv6 entries are read unfiltered and matched here: with an IPv6 tuple the kernel's filter
+answers nothing at all, even for entries that match (tests/unit/test_felix_kernel.py would
+fail), and IPv6 tables on Calico hosts are small.
 """
 
 import errno
@@ -16,6 +25,7 @@ import logging
 import socket
 
 from pyroute2 import Conntrack
+from pyroute2.conntrack import NFCTAttrTuple
 from pyroute2.netlink.exceptions import NetlinkError
 
 from calicoctl.errors import DataplaneError
@@ -23,25 +33,13 @@ from calicoctl.errors import DataplaneError
 log = logging.getLogger(__name__)
 
 
-def _touches(entry, addresses):
-    """Whether either direction of a tracked connection has one of the addresses at an end.
-    The reply direction counts too: after DNAT the workload is only in the reply tuple."""
-    for tup in (entry.tuple_orig, entry.tuple_reply):
-        for text in (tup.saddr, tup.daddr):
-            if text is not None and ipaddress.ip_address(text) in addresses:
-                return True
-    return False
-
-
 def forget_flows(cidrs):
     """Delete the tracked connections to or from each address (CIDRs such as "10.0.0.5/32"
     are taken as their address); returns how many were deleted."""
     addresses = {ipaddress.ip_interface(text).ip for text in cidrs}
-    if not addresses:
-        return 0
     deleted = 0
     for version, family in ((4, socket.AF_INET), (6, socket.AF_INET6)):
-        wanted = {a for a in addresses if a.version == version}
+        wanted = sorted(a for a in addresses if a.version == version)
         if wanted:
             deleted += _forget(family, wanted)
     log.debug("Forgot %d tracked connections of %s", deleted,
@@ -56,13 +54,22 @@ def _forget(family, addresses):
         raise DataplaneError(["conntrack"], -1, "", "cannot open conntrack netlink: %s" % exc)
     deleted = 0
     try:
-        doomed = [e for e in ct.dump_entries() if _touches(e, addresses)]
+        if family == socket.AF_INET:
+            doomed = [entry for ip in addresses for field in ("saddr", "daddr")
+                      for entry in ct.dump_entries(
+                          tuple_orig=NFCTAttrTuple(family=family, **{field: str(ip)}))]
+        else:
+            wanted = set(addresses)
+            doomed = [entry for entry in ct.dump_entries()
+                      if any(ipaddress.ip_address(a) in wanted
+                             for a in (entry.tuple_orig.saddr, entry.tuple_orig.daddr))]
         for entry in doomed:
             try:
                 ct.delete(entry)
                 deleted += 1
             except NetlinkError as exc:
-                if exc.code != errno.ENOENT:      # ENOENT: it timed out meanwhile
+                # ENOENT: it timed out meanwhile, or it went already as the other address's.
+                if exc.code != errno.ENOENT:
                     raise
     except (OSError, NetlinkError) as exc:
         raise DataplaneError(["conntrack"], -1, "", "conntrack: %s" % exc)
