@@ -5,18 +5,18 @@ entry left behind by a removed workload lets the old peer reach whichever worklo
 address next, whatever that workload's policy says, for as long as the entry lives (30 s for
 ping, days for TCP).  The agent deletes those entries when an address leaves a local endpoint.
 
-Each address is looked up with the kernel's own dump filter (CTA_FILTER, kernel 5.8 and later;
-pyroute2 checks every answer again, so a kernel that ignores the filter is slower but still
-exact), as source and as destination of the original direction.  Reading the whole table at
-every removal cost the agent more CPU than programming the endpoint (bench/container_start.py),
-and a busy host tracks far more connections than any one workload has.  The original direction
-holds the workload's address for every flow on a Calico host: nothing here DNATs to a workload.
+Reading the table is what costs: every dump walks the kernel's whole connection hash, which
+all namespaces share (262,144 buckets here, about 10 ms whatever this namespace holds), and
+pyroute2 then parses each entry of ours (about 60 us each).  So while this namespace tracks
+few connections, one unfiltered dump per family is read and matched here; past FILTER_FROM
+entries, IPv4 asks the kernel's own filter (CTA_FILTER, kernel 5.8 and later; pyroute2 checks
+every answer again) for the address as source and as destination of the original direction,
+which holds the workload's address for every flow on a Calico host (nothing here DNATs to a
+workload).  The kernel's filter answers nothing for an IPv6 tuple, even for entries that match,
+so IPv6 is always read whole (IPv6 tables on Calico hosts are small).
 
 A conntrack netlink socket speaks one address family (pyroute2 puts the socket's family in
 every request, and an IPv6 tuple on an IPv4 socket is EINVAL), so each family has its own.
-IPv6 entries are read unfiltered and matched here: with an IPv6 tuple the kernel's filter
-answers nothing at all, even for entries that match (tests/unit/test_felix_kernel.py would
-fail), and IPv6 tables on Calico hosts are small.
 """
 
 import errno
@@ -31,6 +31,17 @@ from pyroute2.netlink.exceptions import NetlinkError
 from calicoctl.errors import DataplaneError
 
 log = logging.getLogger(__name__)
+# One dump's walk of the shared hash costs about as much as parsing this many entries.
+WALK_ENTRIES = 150
+COUNT_PATH = "/proc/sys/net/netfilter/nf_conntrack_count"    # this namespace's entries
+
+
+def _tracked():
+    try:
+        with open(COUNT_PATH) as f:
+            return int(f.read())
+    except (OSError, ValueError):
+        return 0        # no conntrack module loaded: nothing tracked, nothing to forget
 
 
 def forget_flows(cidrs):
@@ -54,7 +65,7 @@ def _forget(family, addresses):
         raise DataplaneError(["conntrack"], -1, "", "cannot open conntrack netlink: %s" % exc)
     deleted = 0
     try:
-        if family == socket.AF_INET:
+        if family == socket.AF_INET and len(addresses) * 2 * WALK_ENTRIES < _tracked():
             doomed = [entry for ip in addresses for field in ("saddr", "daddr")
                       for entry in ct.dump_entries(
                           tuple_orig=NFCTAttrTuple(family=family, **{field: str(ip)}))]

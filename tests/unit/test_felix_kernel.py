@@ -154,6 +154,13 @@ FLOWS = textwrap.dedent(r'''
     print(tracked())
     print(forget_flows({"127.0.0.2/32", "fd00::2/128"}))
     print(tracked())
+    # Enough entries that IPv4 asks the kernel's filter instead of reading the table.
+    for i in range(400):
+        udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        udp.sendto(b"x", ("127.0.1.%d" % (i % 250), 9 + i // 250))
+        udp.close()
+    before = len(tracked())
+    print(forget_flows({"127.0.1.5/32"}), before - len(tracked()), "127.0.1.5" in tracked())
 ''')
 
 
@@ -166,4 +173,4 @@ def test_forget_flows_deletes_only_that_addresses_tracked_connections():
                              os.path.dirname(os.path.abspath(__file__)))))
     assert out.returncode == 0, out.stderr
     assert out.stdout.splitlines() == ["['127.0.0.2', '127.0.0.3', 'fd00::2', 'fd00::3']", "2",
-                                       "['127.0.0.3', 'fd00::3']"]
+                                       "['127.0.0.3', 'fd00::3']", "2 2 False"]
