@@ -26,7 +26,13 @@ packet is sent):
     without base chains (no kernel validation walk), c into a set of another table (nft's
     cache fill alone), c as one netlink batch written here (the kernel alone);
   - the same a-d with an alternative native layout in which an endpoint is set elements, not
-    chains (see element_ruleset), in another fresh namespace.
+    chains (see element_ruleset), in another fresh namespace;
+  - a third layout, shared profile-list chains (see list_ruleset), which keeps the agent's
+    semantics exactly: a, a' (a new endpoint whose profile list has no chain yet), b, c, d;
+    (a) and (d) through one long-lived `nft -i` as well (NftShell); and two diagnostic
+    variants, without base chains and with one interval set for all anti-spoof addresses.
+    Its namespaces (one per size) run at the same time, rounds alternating between them
+    (in_namespaces), so load from elsewhere on the machine falls on every size alike.
 --phrasings also compares ways of writing (a) for nft (see PHRASINGS).
 
 What it showed (nft 1.0.6, kernel 6.18, 2 vCPUs; ratio of p50s, 10,000 / 1,000 endpoints):
@@ -35,10 +41,23 @@ the agent's layout in native nft is no flatter than iptables-nft (a 9.0x, b 4.4x
 chains: nft dumps every chain into its cache before any `add rule`/`add element`, and the
 kernel revalidates every chain reachable from the base chains whenever a rule or verdict-map
 element with a verdict is added.  The element layout is flat (a 0.97x, b 1.01x, c 0.98x).
+
+The profile-list layout (same semantics, ~500 chains whatever N) removes the first reason but
+not the second: p50 at 1,000 / 10,000 endpoints a 4.97 / 7.27 ms (1.46x), a' 4.95 / 7.57 (1.53x),
+b 16.0 / 19.5 (1.22x), c 3.99 / 4.18 (1.05x), d 16.0 / 16.0 (1.00x); 9.84 ms for (a) at 20,000
+(2.0x).  Every endpoint is two verdict-map elements (goto its list chains), and any transaction
+that adds a jump/goto element or rule makes the kernel walk every element of every verdict map
+(perf: nft_rhash_walk, nft_setelem_validate, nft_chain_validate ~65% of a long-lived nft's
+time at 20,000): ~0.27 ms more per 1,000 endpoints.  Without base chains (nothing to validate)
+(a) is flat, 4.00 / 4.11 ms.  So (a) is at the 1.5x goal at 10,000 and past it beyond.  A
+long-lived `nft -i` does not keep nft's cache (1.0.6 refetches after every commit, the
+generation having changed) but saves the process start and exit: (a) 1.92 / 4.45 ms, (d)
+1.10 / 1.15 ms instead of 16 (no exit-time wait for the deferred free of what was deleted).
 """
 
 import argparse
 import hashlib
+import ipaddress
 import json
 import os
 import resource
@@ -48,6 +67,7 @@ import statistics
 import struct
 import subprocess
 import sys
+import tempfile
 import time
 
 REPO = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
@@ -344,6 +364,211 @@ def tag_delete(k):
     return "delete element %s tag-prof%02d { %s }\n" % (T, k % PROFILES, remote_address(k))
 
 
+# --- a third native layout: shared profile-list chains ------------------------------------------
+#
+# The agent's semantics kept exactly (policy.endpoint_chains), but nothing per endpoint is a chain
+# or a rule: an endpoint is set elements plus two verdict-map elements.
+#   - Anti-spoofing (from a workload only) is one positive set lookup, "this interface may send
+#     from this MAC and this source address", the packet going on to dispatch if it matches and
+#     dropped if none does (from-endpoint).  Four sets: with / without a MAC (keyed
+#     ifname . ether_addr . ipv4_addr and ifname . ipv4_addr: an endpoint without a MAC only
+#     ever appears in the second, so no MAC test applies to it, like _anti_spoof), and in each
+#     case one set of single addresses (the usual /32, no flags: a hash set) and one with
+#     `flags interval` for wider CIDRs (a pipapo set, which takes ifname . ether . prefix).
+#     Positive lookups rather than `... != @set drop` because an endpoint's addresses are spread
+#     over two sets (a packet is good if it is in either) and a negated lookup cannot say "in
+#     neither"; and single addresses kept out of the interval sets because those cost more per
+#     change: the listint diagnostic, one interval set holding everything, measured (a) 4.70 /
+#     7.43 ms at 1,000 / 10,000 (1.58x, against 1.46x) and, through nft -i, (d) 10.0 / 14.3 ms
+#     against 1.1 / 1.2 (a removal from the interval, pipapo, set costs ~9 ms of CPU itself).
+#     Accepted by nft 1.0.6 and kernel 6.18 (checked when this file was written).  One side
+#     effect not copied: the agent's several-nets form leaves mark bit 0x02000000 clear on a
+#     packet it passes; nothing reads that bit afterwards.
+#   - Policy: the endpoint's own profiles in its own order, in a chain shared by every endpoint
+#     with the same ordered profile list (list_chain): per profile clear the allow bit, jump the
+#     profile's chain, return if the bit is set; drop at the end.  `iifname vmap @from_endpoints`
+#     and `meta nfproto . oifname vmap @to_endpoints` go (goto) to the endpoint's list chains,
+#     so its `return` leaves to the base chain, as felix-from-<iface> does today.  The to-map's
+#     key carries the family: the agent has no to-chain in a family the endpoint has no address
+#     in (so that family is dropped), and a list chain, shared, cannot know the endpoint's
+#     families; from-direction the anti-spoof sets (family-specific lookups) already drop it.
+#   - An inactive endpoint (or one without profiles) maps to `drop` directly: the agent's chain
+#     is then anti-spoofing and DROP, the same outcome.
+#   - IPv6 would add the same four sets over ipv6_addr (`ip6 saddr`) and `ipv6 . "<iface>"`
+#     elements in to_endpoints; the bench's endpoints are IPv4 only, like the other layouts.
+# Per packet: from a workload, 1-4 set lookups and 1 map lookup; to one, 1 map lookup; then the
+# list chain, as long as the endpoint's own profile list.  None of it grows with N or with the
+# number of profiles.  A new endpoint whose list chain exists is 4+ elements in one transaction;
+# one with a new list adds the two list chains first (a').
+# Measured (see the module docstring): nft's own cost is flat, the kernel's is not: each
+# endpoint's two verdict-map elements are walked at every commit that adds a jump/goto (a, a',
+# b).  nft 1.0.6 cannot express the way round it, a data map from interface to list number and a
+# small verdict map from list number to list chain, without overwriting the whole packet mark
+# (`meta mark set meta mark & ... | iifname map @m`: "Right hand side of binary operation (|)
+# must be constant"); nor does a `size` (fixed hash backend) on the maps make the walk cheaper
+# to speak of (nft -i (a) 2.8 / 4.8 ms against 2.3 / 5.1 at 1,000 / 10,000).
+
+LIST_TWO_PROFILES = 20    # 1 endpoint in 20 (5%) has two profiles ...
+LIST_PAIRS = 25           # ... one of 25 pairs, in either order: at most 150 lists, 300 chains
+
+
+class ListEndpoint:
+    """An endpoint with an ordered profile list, a MAC (most), and its CIDRs (most one /32).
+    sample: an endpoint added by a timed sample, which keeps to the usual one /32."""
+
+    def __init__(self, i, sample=False):
+        base = Endpoint(i)
+        self.iface, self.ip, self.active = base.iface, base.ip, True
+        h = int(hashlib.sha256(b"profiles%d" % i).hexdigest()[:8], 16)
+        if h % LIST_TWO_PROFILES == 0:
+            j = (h // LIST_TWO_PROFILES) % LIST_PAIRS
+            pair = ("prof%02d" % (4 * j), "prof%02d" % (4 * j + 2))
+            self.profiles = pair if (h // (LIST_TWO_PROFILES * LIST_PAIRS)) % 2 else pair[::-1]
+        else:
+            self.profiles = (base.profile,)
+        # 1 in 10 without a MAC (the agent then skips the MAC test); the rest a MAC of their own.
+        self.mac = None if i % 10 == 5 else "ee:ee:%02x:%02x:%02x:%02x" % (
+            (i >> 24) & 255, (i >> 16) & 255, (i >> 8) & 255, i & 255)
+        self.nets = [self.ip + "/32"]
+        if i % 100 in (3, 5) and not sample:    # 2 in 100 (with, without a MAC) also have a /30
+            self.nets.append("172.%d.%d.%d/30" % (16 + ((i >> 14) & 15), (i >> 6) & 255,
+                                                   (i & 63) << 2))
+
+    def addresses(self):
+        """Its tag-set members: each address of each net, as ipsets.endpoint_addresses."""
+        out = []
+        for net in self.nets:
+            out += [str(a) for a in ipaddress.ip_network(net)]
+        return out
+
+
+def list_chain(profiles, direction):
+    """direction "from" | "to".  The name hashes the ordered list: same list, same chain."""
+    return "%s-list-%s" % (direction, hashlib.sha256(
+        "\0".join(profiles).encode()).hexdigest()[:12])
+
+
+def list_chain_rules(profiles, direction):
+    """policy.endpoint_chains' profile part: from-direction runs the outbound chains."""
+    d = "o" if direction == "from" else "i"
+    rules = []
+    for p in profiles:
+        rules += ["meta mark set meta mark & %s" % KEEP_OTHER_BITS,
+                  "jump p-%s-%s" % (p, d),
+                  "meta mark & %s != 0 return" % ALLOW]
+    return rules + ["drop"]
+
+
+def list_endpoint_elements(ep, interval_only=False):
+    """[(set or map, element)] of one endpoint.  interval_only: every address in the interval
+    anti-spoof sets (the listint diagnostic), not only the wider CIDRs."""
+    out = []
+    for net in ep.nets:
+        single = net.endswith("/32") and not interval_only
+        key = ('"%s" . %s . ' % (ep.iface, ep.mac)) if ep.mac else ('"%s" . ' % ep.iface)
+        out.append(("src-%s%s" % ("mac" if ep.mac else "nomac", "" if single else "-nets"),
+                    key + (net[:-3] if single else net)))
+    for p in ep.profiles:
+        out += [("tag-" + p, a) for a in ep.addresses()]
+    verdicts = {d: ("goto " + list_chain(ep.profiles, d)) if ep.active and ep.profiles
+                else "drop" for d in ("from", "to")}
+    out.append(("from_endpoints", '"%s" : %s' % (ep.iface, verdicts["from"])))
+    out.append(("to_endpoints", 'ipv4 . "%s" : %s' % (ep.iface, verdicts["to"])))
+    return out
+
+
+def list_endpoint(ep, verb, new_list=False, interval_only=False):
+    """verb add | delete: one endpoint, one transaction.  new_list: with its two list chains
+    (declared before the map elements that name them; deleted after)."""
+    chains = ["%s chain %s %s%s" % (verb, T, list_chain(ep.profiles, d),
+                                    " { %s; }" % "; ".join(list_chain_rules(ep.profiles, d))
+                                    if verb == "add" else "")
+              for d in ("from", "to")] if new_list else []
+    lines = ["%s element %s %s { %s }" % (verb, T, s, e.split(" : ")[0] if verb == "delete"
+                                          else e)
+             for s, e in list_endpoint_elements(ep, interval_only)]
+    lines = chains + lines if verb == "add" else lines + chains
+    return "\n".join(lines) + "\n"
+
+
+def list_ruleset(n, interval_only=False, hooked=True):
+    """The whole table for n endpoints, one `nft -f` (callees first, as in full_ruleset);
+    (text, number of chains, number of profile lists).  hooked=False: no base chains."""
+    eps = [ListEndpoint(endpoint_index(i)) for i in range(n)]
+    elements = {}
+    for e in eps:
+        for s, el in list_endpoint_elements(e, interval_only):
+            elements.setdefault(s, []).append(el)
+
+    def declare(kind, name, head):
+        items = elements.get(name)
+        return block("%s %s" % (kind, name),
+                     ["elements = { %s }" % ", ".join(items)] if items else [], head)
+    out = ["table %s {\n" % T]
+    for p in range(PROFILES):
+        out.append(declare("set", "tag-prof%02d" % p, "type ipv4_addr"))
+    for name, key in (("src-mac", "ifname . ether_addr . ipv4_addr"),
+                      ("src-nomac", "ifname . ipv4_addr")):
+        out.append(declare("set", name, "type " + key))
+        out.append(declare("set", name + "-nets", "type %s; flags interval" % key))
+    for p in range(PROFILES):
+        out.append(block("p-prof%02d-i" % p, profile_rules(p)))
+        out.append(block("p-prof%02d-o" % p, ["meta mark set meta mark | %s return" % ALLOW]))
+    lists = sorted({e.profiles for e in eps})
+    for profiles in lists:
+        for d in ("from", "to"):
+            out.append(block(list_chain(profiles, d), list_chain_rules(profiles, d)))
+    out.append(declare("map", "from_endpoints", "type ifname : verdict"))
+    out.append(declare("map", "to_endpoints", "type nf_proto . ifname : verdict"))
+    out.append(block("from-dispatch", ["iifname vmap @from_endpoints", "drop"]))
+    out.append(block("from-endpoint", [
+        "iifname . ether saddr . ip saddr @src-mac goto from-dispatch",
+        "iifname . ether saddr . ip saddr @src-mac-nets goto from-dispatch",
+        "iifname . ip saddr @src-nomac goto from-dispatch",
+        "iifname . ip saddr @src-nomac-nets goto from-dispatch",
+        "drop"]))                     # spoofed, or a workload interface we know nothing about
+    out.append(block("to-endpoint", ["meta nfproto . oifname vmap @to_endpoints", "drop"]))
+    out += base_chains() if hooked else []
+    out.append("}\n")
+    return "".join(out), 2 * len(lists) + 2 * PROFILES + 3 + (2 if hooked else 0), len(lists)
+
+
+def base_chains():
+    """forward and input as in full_ruleset."""
+    common = ['iifname "cali*" ct state invalid drop',
+              'oifname "cali*" ct state invalid drop',
+              'iifname "cali*" ct state established,related accept',
+              'oifname "cali*" ct state established,related accept']
+    return [block("forward", common + ['iifname "cali*" jump from-endpoint',
+                                       'oifname "cali*" jump to-endpoint',
+                                       'iifname "cali*" accept', 'oifname "cali*" accept'],
+                  "type filter hook forward priority filter; policy accept"),
+            block("input", [common[0], common[2], 'iifname "cali*" jump from-endpoint',
+                            'iifname "cali*" drop'],
+                  "type filter hook input priority filter; policy accept")]
+
+
+def sample_endpoint(n, k):
+    """A new endpoint for (a) and (d), the k-th sample with n endpoints loaded, whose list
+    chains exist: one profile, or (1 sample in 20, as loaded) the two of one of the first
+    loaded two-profile endpoints, the same ones at every n (endpoints 1..1000 are loaded at
+    both sizes)."""
+    ep = ListEndpoint(endpoint_index(n + k), sample=True)
+    ep.profiles = ep.profiles[:1]
+    if k % LIST_TWO_PROFILES == 0:
+        pairs = (e.profiles for e in map(ListEndpoint, range(1, n + 1)) if len(e.profiles) == 2)
+        for _ in range(k // LIST_TWO_PROFILES % 10 + 1):
+            ep.profiles = next(pairs)
+    return ep
+
+
+def new_list_endpoint(k):
+    """An endpoint for (a'): three profiles, a list no populated endpoint has."""
+    ep = ListEndpoint(endpoint_index(10 ** 7 + k), sample=True)
+    ep.profiles = tuple("prof%02d" % ((k + j) % PROFILES) for j in range(3))
+    return ep
+
+
 # --- timing -----------------------------------------------------------------------------------
 
 def run_timed(argv, text):
@@ -490,6 +715,128 @@ def inside_elements(n, samples):
         out["d"].append(nft(element_endpoint(ep, "delete")))
     return out
 
+
+class NftShell:
+    """One `nft -i` kept running, fed one transaction a line on stdin (the diagnostic for the
+    cost of starting and ending an nft process per change).  nft -i prints nothing after a
+    successful `add`, so each transaction is followed by `describe tcp dport`, which prints one
+    known line and touches neither the kernel nor nft's cache; its line on stdout means the
+    transaction before it is done (nft runs lines in order, and its errors, on stderr, are
+    written before the describe line).  A syntax error would have been a cheaper marker, but nft
+    drops its cache after any error.  Works with nft 1.0.6 (libedit) and a pipe for stdin.
+
+    What it showed: nft 1.0.6 keeps its cache between lines only while the ruleset's generation
+    is unchanged, and every commit changes it, so each change still dumps every chain (strace:
+    the same ~600 KB chain dump per `add element` with 10,000 chains as a new process); what a
+    long-lived nft saves is its start and exit, and the exit-time wait for the deferred free
+    after a deletion (see main).  It also keeps each line in libedit's history (~5% of its time
+    after 400 changes in perf), a cost a long-lived agent would have to bound."""
+    MARK = b"describe tcp dport\n"
+    MARK_END = b"16 bits\n"
+
+    def __init__(self):
+        self.proc = subprocess.Popen(["nft", "-i"], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        os.set_blocking(self.proc.stderr.fileno(), False)
+
+    def cpu(self):
+        """nft's CPU seconds so far, user and system together: /proc/<pid>/schedstat counts in
+        ns, where /proc/<pid>/stat's split is in 10 ms ticks, too coarse for one change."""
+        with open("/proc/%d/schedstat" % self.proc.pid) as f:
+            return int(f.read().split()[0]) / 1e9
+
+    def run(self, text):
+        """(wall, CPU, 0) seconds of one transaction (its commands on one line).  The CPU time
+        is user and system together (printed as `total`)."""
+        line = "; ".join(c for c in text.splitlines() if c.strip()).encode() + b"\n"
+        c0 = self.cpu()
+        t = time.perf_counter()
+        self.proc.stdin.write(line + self.MARK)
+        self.proc.stdin.flush()
+        out = b""
+        while not out.endswith(self.MARK_END):
+            chunk = os.read(self.proc.stdout.fileno(), 65536)
+            if not chunk:
+                raise RuntimeError("nft -i exited: %s" % self.proc.stderr.read())
+            out += chunk
+        wall = time.perf_counter() - t
+        cpu = self.cpu() - c0
+        err = self.proc.stderr.read()
+        if err:
+            raise RuntimeError("nft -i: %s\nline: %s" % (err.decode()[-800:], line[:400]))
+        return wall, cpu, 0.0
+
+    def close(self):
+        self.proc.stdin.close()
+        self.proc.wait()
+
+
+def inside_lists(n, samples, variant="lists"):
+    """a, a', b, c, d with the shared profile-list layout, then (a) and (d) again through one
+    long-lived `nft -i` (NftShell).  Two diagnostic variants measure only the full load, a and
+    d (also through nft -i): "listint", every address in the interval anti-spoof sets, and
+    "listunhooked", the table without its base chains (no kernel validation walk, as the
+    unhooked run of inside_nft).
+
+    A server, unlike the other modes: once loaded it prints `ready`, then for each line `<k>`
+    on stdin runs round k (one sample of each) and prints its times as one JSON line, until
+    `end`.  in_namespaces runs every size at once and alternates rounds between them, so load
+    from elsewhere on the machine (other benches, tests) falls on every size alike."""
+    if subprocess.run(["nft", "list", "tables"], capture_output=True, text=True).stdout.strip():
+        sys.exit("namespace not empty")
+    interval_only = variant == "listint"
+    text, chains, lists = list_ruleset(n, interval_only, hooked=variant != "listunhooked")
+    out = {"full": [nft(text)], "lists": lists}
+    listed = subprocess.run(["nft", "list", "chains", "inet"], capture_output=True,
+                            text=True, check=True).stdout
+    out["chains"] = sum(1 for line in listed.splitlines() if line.strip().startswith("chain "))
+    if out["chains"] != chains:
+        sys.exit("loaded %d chains, expected %d" % (out["chains"], chains))
+    full = variant == "lists"
+
+    def add(ep, **kw):
+        return list_endpoint(ep, "add", interval_only=interval_only, **kw)
+
+    def delete(ep, **kw):
+        return list_endpoint(ep, "delete", interval_only=interval_only, **kw)
+
+    def settle():
+        """A deletion through nft -i leaves the deferred free of what it deleted pending (no
+        process exits to wait for it, see main); the next nft to exit would wait for it, so an
+        untimed one does, and no timed sample pays for another's deletion."""
+        subprocess.run(["nft", "list", "tables"], capture_output=True, check=True)
+    warm = sample_endpoint(n, 10 ** 6)
+    warm_list = new_list_endpoint(10 ** 5)
+    for t in ([add(warm), delete(warm)] + ([add(warm_list, new_list=True),
+                                            delete(warm_list, new_list=True), rule_change(0),
+                                            tag_add(0), tag_delete(0)] if full else [])):
+        nft(t)
+    shell = NftShell()
+    for t in (add(warm), delete(warm)):
+        shell.run(t)
+    settle()
+    print("ready", flush=True)
+    for line in sys.stdin:
+        if line.strip() == "end":
+            break
+        k = int(line)
+        ep = sample_endpoint(n, k)
+        r = {"a": nft(add(ep))}
+        if full:
+            r["b"] = nft(rule_change(k + 1))
+            r["c"] = nft(tag_add(k + 1))
+            nft(tag_delete(k + 1))
+        r["d"] = nft(delete(ep))
+        if full:
+            other = new_list_endpoint(k)
+            r["a_new_list"] = nft(add(other, new_list=True))
+            nft(delete(other, new_list=True))
+        r["a_shell"] = shell.run(add(ep))
+        r["d_shell"] = shell.run(delete(ep))
+        settle()
+        print(json.dumps(r), flush=True)
+    shell.close()
+    return out
 
 class Netlink:
     """Just enough nf_tables netlink to add or delete one IPv4 element of a named set in table
@@ -651,6 +998,50 @@ def in_namespace(mode, n, samples, phrasings=False):
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def in_namespaces(mode, sizes, samples):
+    """Run the server `mode` (inside_lists) for every size at once, each in a fresh namespace,
+    and alternate its rounds between the sizes (the order flipped every round); {n: result}.
+    The servers start one after another, so the full loads do not overlap."""
+    env = dict(os.environ, NFT_LAYOUT_PARENT_NETNS=os.readlink("/proc/self/ns/net"))
+    procs = {}
+
+    def fail(n, what):
+        proc = procs[n]
+        proc.kill()
+        proc.wait()
+        proc.stderr.seek(0)
+        sys.exit("%s run for %d endpoints failed (%s):\n%s" % (
+            mode, n, what, proc.stderr.read().decode(errors="replace")[-2000:]))
+
+    def reply(n):
+        line = procs[n].stdout.readline()
+        if not line:
+            fail(n, "no reply")
+        return line
+    for n in sizes:
+        argv = ["unshare", "-n", sys.executable, os.path.abspath(__file__), "--inside", mode,
+                "--sizes", str(n), "--samples", str(samples)]
+        procs[n] = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                    stderr=tempfile.TemporaryFile(), text=True, env=env)
+        if reply(n).strip() != "ready":
+            fail(n, "not ready")
+    rounds = {n: {} for n in sizes}
+    for k in range(samples):
+        for n in (sizes if k % 2 == 0 else sizes[::-1]):
+            procs[n].stdin.write("%d\n" % k)
+            procs[n].stdin.flush()
+            for key, sample in json.loads(reply(n)).items():
+                rounds[n].setdefault(key, []).append(sample)
+    out = {}
+    for n in sizes:
+        procs[n].stdin.write("end\n")
+        procs[n].stdin.flush()
+        out[n] = dict(json.loads(reply(n)), **rounds[n])
+        if procs[n].wait() != 0:
+            fail(n, "exit status")
+    return out
+
+
 def fmt(s):
     if s is None:
         return "-"
@@ -686,7 +1077,23 @@ ROWS = [("full load from empty", "nft", "full", "full"),
         ("a. new endpoint (3 set elements)", "elements", "a", None),
         ("b. rule change (profile chain rewritten)", "elements", "b", None),
         ("c. tag membership (+1 set element)", "elements", "c", None),
-        ("d. remove endpoint (3 set elements)", "elements", "d", None)]
+        ("d. remove endpoint (3 set elements)", "elements", "d", None),
+        ("third layout, shared profile-list chains (same semantics):", None, None, None),
+        ("full load from empty", "lists", "full", None),
+        ("a. new endpoint, its list chains exist (elements)", "lists", "a", None),
+        ("a'. new endpoint and its 2 new list chains", "lists", "a_new_list", None),
+        ("b. rule change (profile chain rewritten)", "lists", "b", None),
+        ("c. tag membership (+1 set element)", "lists", "c", None),
+        ("d. remove endpoint (elements)", "lists", "d", None),
+        ("what it is made of (diagnostics):", None, None, None),
+        ("a through one long-lived `nft -i`", "lists", "a_shell", None),
+        ("d through one long-lived `nft -i`", "lists", "d_shell", None),
+        ("a, table not hooked (no kernel validation walk)", "listunhooked", "a", None),
+        ("a, not hooked, through `nft -i` (~kernel alone)", "listunhooked", "a_shell", None),
+        ("a, every address in the interval spoof sets", "listint", "a", None),
+        ("d, every address in the interval spoof sets", "listint", "d", None),
+        ("a, interval spoof sets, through `nft -i`", "listint", "a_shell", None),
+        ("d, interval spoof sets, through `nft -i`", "listint", "d_shell", None)]
 
 
 def main():
@@ -708,6 +1115,9 @@ def main():
                   "nft": lambda: inside_nft(n, args.samples, args.phrasings),
                   "unhooked": lambda: inside_nft(n, args.samples, False, hooked=False),
                   "elements": lambda: inside_elements(n, args.samples),
+                  "lists": lambda: inside_lists(n, args.samples),
+                  "listint": lambda: inside_lists(n, args.samples, "listint"),
+                  "listunhooked": lambda: inside_lists(n, args.samples, "listunhooked"),
                   "iptables": lambda: inside_iptables(n, args.samples)}[args.inside]()
         print(json.dumps(result))
         return
@@ -730,18 +1140,28 @@ def main():
     print("times in ms: p50 (p10-p90) p99, n; cpu = the command's own user+system CPU ms, "
           "mean (wall minus cpu = asleep)")
 
+    # The profile-list layout first, every size at once (see inside_lists).
+    t = time.perf_counter()
+    lists = {mode: in_namespaces(mode, sizes, args.samples)
+             for mode in ("lists", "listint", "listunhooked")}
+    print("(profile-list layout: every size at once, rounds alternating [%.0f s])" % (
+        time.perf_counter() - t))
     results = {}
     for n in sizes:
         t = time.perf_counter()
         res = {"nft": in_namespace("nft", n, args.samples, args.phrasings),
                "unhooked": in_namespace("unhooked", n, args.samples),
                "elements": in_namespace("elements", n, args.samples)}
+        for mode, by_size in lists.items():
+            res[mode] = by_size[n]
         for _ in range(args.full_repeats - 1):
             res["nft"]["full"] += in_namespace("full", n, args.samples)["full"]
         res["ipt"] = in_namespace("iptables", n, args.samples) if have_ipt else {}
         results[n] = res
-        print("\nN = %d endpoints (nft: %d chains; iptables-nft: %s chains) [%.0f s]" % (
-            n, res["nft"]["chains"], res["ipt"].get("chains", "-"), time.perf_counter() - t))
+        print("\nN = %d endpoints (nft: %d chains; iptables-nft: %s chains; profile-list layout: "
+              "%d chains, %d lists) [%.0f s]" % (
+                  n, res["nft"]["chains"], res["ipt"].get("chains", "-"), res["lists"]["chains"],
+                  res["lists"]["lists"], time.perf_counter() - t))
         print("%-50s %-38s %-11s %s" % ("what", "nft", "cpu", "iptables-nft"))
         for label, side, nk, ik in ROWS:
             if not (nk or ik):
@@ -749,8 +1169,10 @@ def main():
                 continue
             ns = stats(res[side][nk]) if nk else None
             s = stats(res["ipt"][ik]) if ik and ik in res["ipt"] else None
+            cpu = ("" if nk == "c_netlink" else "%.1f total" % ns["usr"]
+                   if nk and nk.endswith("_shell") else fmt_cpu(ns))
             print("%-50s %-38s %-11s %s" % (
-                label, fmt(ns) if nk else "(= a)", fmt_cpu(ns) if nk != "c_netlink" else "",
+                label, fmt(ns) if nk else "(= a)", cpu,
                 fmt(s) + "  cpu " + fmt_cpu(s) if s else "-"))
         if args.phrasings:
             print("phrasing of (a), nft (* = the one used above):")
