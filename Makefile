@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
 
-.PHONY: all deps system-deps venv test unit-test st-test demo images binary bench clean
+.PHONY: all deps system-deps venv test unit-test st-test demo images plugin binary bench clean
 
 all: test
 
@@ -37,7 +37,12 @@ test: deps
 images: deps
 	$(PY) images/build.py
 
-# The seed's two-host libnetwork demonstration on namespace hosts.  KEEP=1 leaves it up.
+# The driver as a Docker managed plugin: build/plugin (config.json + rootfs), no registry.
+plugin: deps
+	$(PY) images/plugin.py
+
+# The seed's two-host libnetwork demonstration on namespace hosts.  KEEP=1 leaves it up;
+# MANAGED=1 runs it with the driver as the Docker managed plugin (calico:latest).
 demo: deps
 	$(PY) -m tests.st.demo
 

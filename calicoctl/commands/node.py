@@ -3,7 +3,8 @@
 Usage:
   calicoctl node [--ip=<IP>] [--ip6=<IP6>] [--node-image=<IMAGE>] [--as=<AS_NUM>]
                  [--log-dir=<LOG_DIR>] [--detach=<DETACH>] [--runtime=<RUNTIME>]
-                 [(--libnetwork [--libnetwork-image=<IMAGE>])] [--kubernetes] [--rkt]
+                 [(--libnetwork [--libnetwork-image=<IMAGE>] [--managed-plugin])]
+                 [--kubernetes] [--rkt]
   calicoctl node stop [--force]
   calicoctl node remove [--remove-endpoints] [--hostname=<HOSTNAME>]
   calicoctl node show
@@ -34,6 +35,11 @@ Options:
   --node-image=<IMAGE>      The agent's image (default: calico/node:v<version>).
   --libnetwork              Also start the libnetwork plugin and DNS containers.
   --libnetwork-image=<IMAGE>  Their image (default: calico/node-libnetwork:v<version>).
+  --managed-plugin          Install the driver as a Docker managed plugin, calico:latest
+                            (built from that image, no registry), instead of the
+                            calico-libnetwork container: dockerd starts it itself, before it
+                            restores networks.  Docker names its drivers calico:latest
+                            (--driver calico:latest --ipam-driver calico:latest).
   --log-dir=<LOG_DIR>       Host folder for Calico's logs [default: /var/log/calico].
   --detach=<DETACH>         "false" to stay in the foreground showing the agent's output;
                             Ctrl-C then stops the node; not with --libnetwork
@@ -42,7 +48,8 @@ Options:
                             [default: docker].
   --kubernetes              Not supported (the Kubernetes plugin is not part of this project).
   --rkt                     Not supported (the rkt plugin is not part of this project).
-  --force                   Stop the node even though workloads still have endpoints here.
+  --force                   Stop the node even though workloads still have endpoints here
+                            (or networks still use the managed plugin).
   --remove-endpoints        Also delete the node's endpoints (and release their addresses).
   --hostname=<HOSTNAME>     Remove this node instead of this host's (e.g. a dead host).
   --ipv4                    Show only IPv4 peers.
@@ -106,7 +113,8 @@ def node_start(arguments):
         node_name=node_name(), ip=ip, ip6=ip6, as_num=as_num, runtime=runtime, detach=detach,
         log_dir=arguments["--log-dir"] or "/var/log/calico",
         node_image=arguments["--node-image"],
-        libnetwork=arguments["--libnetwork"], libnetwork_image=arguments["--libnetwork-image"]),
+        libnetwork=arguments["--libnetwork"], libnetwork_image=arguments["--libnetwork-image"],
+        managed_plugin=bool(arguments.get("--managed-plugin"))),
         store, say=msg, report_check=lambda c: msg(c.line()))
 
 
@@ -118,13 +126,14 @@ def node_stop(store, name, force):
         raise ValidationError(
             "Node %s still has %d endpoint%s; remove the workloads first or use --force "
             "(their traffic stops with the node)." % (name, len(eps), "" if len(eps) == 1 else "s"))
-    stopped = containers.stop_node(containers.docker_client(), msg)
+    stopped = containers.stop_node(containers.docker_client(), msg, force=force)
     if containers.NODE_CONTAINER in stopped:
         # The agent is gone with calico-node; its liveness report would otherwise outlive it
         # by its TTL, and `calicoctl node remove` would refuse until then.
         from calicoctl.felix.status import clear_alive
         clear_alive(store, name)
-    msg("Node stopped." if stopped else "No Calico node containers were running.")
+    msg("Node stopped." if stopped else "No Calico node containers (or managed plugin) were "
+        "running.")
 
 
 def node_remove(store, name, remove_endpoints, own):

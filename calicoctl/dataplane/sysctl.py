@@ -14,8 +14,10 @@ import os
 
 from calicoctl.errors import DataplaneError
 
-# Where sysctls live; tests point this at a directory of plain files.
-PROC_SYS = "/proc/sys"
+# Where sysctls live; tests point this at a directory of plain files.  A Docker managed plugin
+# sees /proc/sys read-only (Docker gives plugins no way to change that), so its config.json
+# mounts the host's /proc/sys elsewhere and names it here (plugin/managed.py).
+PROC_SYS = os.environ.get("CALICO_PROC_SYS") or "/proc/sys"
 
 FORWARDING = {4: "net/ipv4/ip_forward", 6: "net/ipv6/conf/all/forwarding"}
 

@@ -98,6 +98,7 @@ class NodeSettings:
     tls_files: list = field(default_factory=list)
     docker_socket: str = "/var/run/docker.sock"
     missing_caps: list = field(default_factory=list)   # capabilities this host withholds
+    managed_plugin: bool = False          # the driver as a Docker managed plugin, not calico-libnetwork
 
 
 # Linux capability numbers -> Docker's names (include/uapi/linux/capability.h order).
@@ -425,7 +426,18 @@ def start_node(client, store, settings, say):
     ensure_container(client, node_spec, lambda: status.agent_alive(store, settings.node_name),
                      "the agent has not reported itself alive in etcd", say,
                      before_start=lambda: status.clear_alive(store, settings.node_name))
-    if settings.libnetwork_image:
+    if settings.libnetwork_image and settings.managed_plugin:
+        from calicoctl.node import managed_plugin
+        other = find_container(client, PLUGIN_CONTAINER)
+        if other is not None:
+            say("Removing %s: the managed plugin replaces it." % PLUGIN_CONTAINER)
+            other.stop(timeout=10)
+            other.remove(force=True)
+        managed_plugin.install(
+            client, settings.libnetwork_image,
+            managed_plugin.plugin_config(settings.docker_socket, settings.tls_files),
+            managed_plugin.settings_env(settings.etcd_env, settings.node_name), say)
+    elif settings.libnetwork_image:
         ensure_container(client, plugin_container_spec(settings), plugin_answers,
                          "the plugin socket %s does not answer /Plugin.Activate" % PLUGIN_SOCKET,
                          say)
@@ -434,11 +446,25 @@ def start_node(client, store, settings, say):
                          before_start=clear_dns_ready)
 
 
-def stop_node(client, say, timeout=10):
-    """Stop and remove the node's containers; returns the names that were there.  calico-dns
-    goes first: stopping, it hands every workload back to Docker's resolver alone."""
+def stop_node(client, say, timeout=10, force=False):
+    """Stop and remove the node's containers and its managed plugin; returns the names that
+    were there.  calico-dns goes first: stopping, it hands every workload back to Docker's
+    resolver alone.  A managed plugin that networks still use stops nothing (Docker would
+    refuse to disable it), unless forced."""
+    from calicoctl.node import managed_plugin
+    plugin = managed_plugin.find(client)
+    if plugin is not None and plugin.enabled and not force:
+        held = managed_plugin.networks_using(client)
+        if held:
+            raise CalicoError(
+                "Docker will not disable %s while networks use it: %s. Remove them first, or "
+                "use --force." % (managed_plugin.PLUGIN_NAME, ", ".join(held)))
     stopped = []
-    for name in (DNS_CONTAINER, PLUGIN_CONTAINER, NODE_CONTAINER):
+    for name in (DNS_CONTAINER, PLUGIN_CONTAINER, managed_plugin.PLUGIN_NAME, NODE_CONTAINER):
+        if name == managed_plugin.PLUGIN_NAME:
+            if managed_plugin.remove(client, say, force=force):
+                stopped.append(name)
+            continue
         container = find_container(client, name)
         if container is None:
             continue

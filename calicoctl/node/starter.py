@@ -26,6 +26,7 @@ class StartRequest:
     node_image: str = None          # None: calico/node:<version>
     libnetwork: bool = False
     libnetwork_image: str = None    # None: calico/node-libnetwork:<version>
+    managed_plugin: bool = False    # the driver as a Docker managed plugin (calico:latest)
 
 
 def start(request, store, say, report_check, docker_factory=None):
@@ -80,7 +81,8 @@ def start(request, store, say, report_check, docker_factory=None):
                                    store.settings.key) if p],
             docker_socket=containers.docker_socket_path() if request.libnetwork
             else "/var/run/docker.sock",
-            missing_caps=containers.missing_capabilities())
+            missing_caps=containers.missing_capabilities(),
+            managed_plugin=request.managed_plugin)
         if settings.missing_caps:
             say("This host withholds %s, so the containers cannot be fully privileged; they "
                 "get the capabilities the host has instead." % ", ".join(

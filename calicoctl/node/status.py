@@ -228,14 +228,22 @@ def collect(store, node_name, docker_factory=containers.docker_client):
 
     report.agent, exec_in = find_agent(client, docker_problem)
 
+    from calicoctl.node import managed_plugin
+    managed = managed_plugin.find(client) if client else None
     plugin = containers.find_container(client, containers.PLUGIN_CONTAINER) if client else None
-    if plugin is not None:
+    if managed is not None:
+        # dockerd runs it and talks to its socket itself (under the plugin's own folder).
+        report.items.append(Item("managed plugin %s" % managed_plugin.PLUGIN_NAME,
+                                 managed.enabled, "enabled" if managed.enabled else
+                                 "disabled; enable it with 'calicoctl node --libnetwork "
+                                 "--managed-plugin'"))
+    elif plugin is not None:
         running = containers.container_running(plugin)
         report.items.append(Item("calico-libnetwork container", running,
                                  ps_status(client, plugin)))
     elif find_processes("plugin", "serve"):
         report.items.append(Item("plugin process", True, "running"))
-    if plugin is not None or find_processes("plugin", "serve"):
+    if managed is None and (plugin is not None or find_processes("plugin", "serve")):
         answers = containers.plugin_answers()
         report.items.append(Item("plugin socket", answers, containers.PLUGIN_SOCKET + (
             " answers" if answers else " does not answer /Plugin.Activate")))

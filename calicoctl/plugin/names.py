@@ -20,7 +20,10 @@ from calicoctl.plugin import records
 
 log = logging.getLogger(__name__)
 
-DRIVER = "calico"
+# The driver's names: the plugin in its container serves "calico"; as a managed plugin,
+# Docker calls it "calico:latest" (calicoctl/node/managed_plugin.py).  Either is ours, and a
+# network Docker lists under neither would look forgotten to reconcile.py.
+DRIVERS = ("calico", "calico:latest")
 RECONNECT_MAX_DELAY = 5.0
 
 
@@ -96,7 +99,7 @@ class NameLearner:
         """List Docker's Calico networks and their containers; record every name."""
         client = client or self._client
         view = DockerView()
-        for net in client.networks(filters={"driver": [DRIVER]}):
+        for net in client.networks(filters={"driver": list(DRIVERS)}):
             view.networks[net["Id"]] = net["Name"]
         for network_id, name in view.networks.items():
             self.learn_network(network_id, name)
@@ -113,7 +116,7 @@ class NameLearner:
 
     def handle_event(self, event):
         attrs = (event.get("Actor") or {}).get("Attributes") or {}
-        if attrs.get("type") != DRIVER:
+        if attrs.get("type") not in DRIVERS:
             return
         network_id = (event.get("Actor") or {}).get("ID")
         action = event.get("Action")

@@ -191,7 +191,10 @@ def clean_docker(host):
         if ids:
             # Fails for a container already being removed: the next listing judges.
             host.docker("rm", "-f", *ids, check=False, timeout=120)
-        nets = host.docker("network", "ls", "--filter", "driver=calico", "-q").stdout.split()
+        # calico:latest is the managed plugin's driver (calicoctl/node/managed_plugin.py).
+        nets = [line.split()[0] for line in host.docker(
+            "network", "ls", "--format", "{{.ID}} {{.Driver}}").stdout.splitlines()
+            if line.split()[1:] in (["calico"], ["calico:latest"])]
         for net in nets:
             host.docker("network", "rm", net, check=False)
         return not ids and not nets
