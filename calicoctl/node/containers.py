@@ -418,8 +418,8 @@ def create_and_start(client, spec, labels):
 
 
 def start_node(client, store, settings, say):
-    """Start (or leave alone) calico-node and, with a libnetwork image, calico-libnetwork and
-    calico-dns."""
+    """Start (or leave alone) calico-node and, with a libnetwork image, calico-libnetwork (or
+    the managed plugin) and calico-dns."""
     from calicoctl.felix import status
     node_spec = node_container_spec(settings)
     # Forget the previous agent's liveness first, so only the new one's report counts.
@@ -441,6 +441,7 @@ def start_node(client, store, settings, say):
         ensure_container(client, plugin_container_spec(settings), plugin_answers,
                          "the plugin socket %s does not answer /Plugin.Activate" % PLUGIN_SOCKET,
                          say)
+    if settings.libnetwork_image:
         ensure_container(client, dns_container_spec(settings), dns_ready,
                          "it has not written %s (not answering yet)" % DNS_READY_FILE, say,
                          before_start=clear_dns_ready)

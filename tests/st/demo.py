@@ -86,7 +86,11 @@ def default_calicoctl():
 
 
 class Demo:
-    def __init__(self, bed, calicoctl=None, out=print):
+    def __init__(self, bed, calicoctl=None, out=print, managed=False):
+        """managed: the driver as the Docker managed plugin (`calicoctl node --libnetwork
+        --managed-plugin`), which Docker names calico:latest; `MANAGED=1 make demo`."""
+        self.managed = managed
+        self.driver = "calico:latest" if managed else "calico"
         self.bed = bed
         self.hosts = {h.name: h for h in bed.hosts}
         self.calicoctl_path = calicoctl or default_calicoctl()
@@ -137,17 +141,20 @@ class Demo:
     def start_nodes(self):
         self.section("Starting Calico services")
         ok = True
+        node = ("node", "--libnetwork") + (("--managed-plugin",) if self.managed else ())
         for host in self.hosts:
-            ok &= self.calicoctl(host, "node", "--libnetwork").returncode == 0
+            ok &= self.calicoctl(host, *node).returncode == 0
         for host in self.hosts:
             self.docker(host, "ps")
+            if self.managed:
+                self.docker(host, "plugin", "ls")
         for host in self.hosts:     # which engine and BIRD this run is about
             self.docker(host, "version", "--format", "Docker engine {{.Server.Version}}")
             self.docker(host, "exec", "calico-node", "bird", "--version")
         self.calicoctl("calico-01", "status")
         self.calicoctl("calico-01", "node", "show")
         if not ok:
-            raise HarnessError("calicoctl node --libnetwork failed; see above")
+            raise HarnessError("calicoctl %s failed; see above" % " ".join(node))
 
     def ipip_available(self):
         result = self.calicoctl("calico-01", "checksystem")
@@ -184,8 +191,8 @@ class Demo:
         if variant.ipam == "calico":
             lines = ["calicoctl pool add %s%s" % (CALICO_POOL,
                                                   " --ipip --nat-outgoing" if variant.cloud else "")]
-            lines += ["docker network create --driver=calico --ipam-driver calico %s" % n
-                      for n in NETWORKS]
+            lines += ["docker network create --driver=%s --ipam-driver %s %s" % (
+                self.driver, self.driver, n) for n in NETWORKS]
             return lines
         index = list(self.hosts).index(host)
         lines = []
@@ -193,8 +200,8 @@ class Demo:
             subnet = ipaddress.ip_network(SUBNETS[net])
             # Each host's Docker allocates on its own: give each a quarter of the subnet.
             ip_range = list(subnet.subnets(new_prefix=subnet.prefixlen + 2))[index]
-            lines.append("docker network create --driver=calico %s--subnet=%s --ip-range=%s %s"
-                         % (opts, subnet, ip_range, net))
+            lines.append("docker network create --driver=%s %s--subnet=%s --ip-range=%s %s"
+                         % (self.driver, opts, subnet, ip_range, net))
         return lines
 
     def _create_networks(self, variant, outcome):
@@ -447,7 +454,8 @@ def main(argv=None):
         try:
             from tests.st.harness.node_images import load_node_images
             load_node_images(bed.hosts, suite=node_image_suite(engine), progress=progress)
-            code = Demo(bed, out=out).run()
+            managed = os.environ.get("MANAGED", "") not in ("", "0")
+            code = Demo(bed, out=out, managed=managed).run()
         finally:
             if keep:
                 out(enter_instructions(bed))

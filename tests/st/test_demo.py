@@ -30,3 +30,26 @@ def test_libnetwork_demonstration(testbed, node_images, capsys):
     assert len(ran) >= 2                       # default IPAM and Calico IPAM, at least
     for outcome in ran:
         assert len(outcome.rows) == 20 and not outcome.failures
+
+
+def test_libnetwork_demonstration_with_the_managed_plugin(testbed, node_images):
+    """The same demonstration with the driver as the Docker managed plugin (`MANAGED=1 make
+    demo`): `calicoctl node --libnetwork --managed-plugin`, networks on calico:latest."""
+    lines = []
+
+    def out(text=""):
+        lines.append(text)
+        print(text, file=sys.stderr)
+
+    demo = Demo(testbed, out=out, managed=True)
+    try:
+        code = demo.run()
+    finally:
+        demo.stop_nodes()
+    transcript = "\n".join(lines)
+    assert code == 0, transcript[-6000:]
+    assert "calico:latest" in transcript and "calico-libnetwork" not in transcript
+    ran = [o for o in demo.outcomes if not o.skipped]
+    assert len(ran) >= 2
+    for outcome in ran:
+        assert len(outcome.rows) == 20 and not outcome.failures
