@@ -229,11 +229,16 @@ class _saved_image:
 
 
 def _explain(exc):
+    """Docker's refusal in one line, with what to do where we can tell."""
     text = str(getattr(exc, "explanation", None) or exc).strip().splitlines()
     text = text[-1] if text else exc.__class__.__name__
-    for cap in ("CAP_NET_ADMIN",):
-        if cap in text:
-            return "%s (this engine does not grant %s; run dockerd with it)" % (text, cap)
+    for cap in CAPABILITIES:
+        if cap in text or cap[len("CAP_"):] in text:
+            return "%s (the plugin needs %s, which this dockerd cannot grant: run dockerd " \
+                   "with it, or use the calico-libnetwork container instead)" % (text, cap)
+    if "mount" in text:
+        return "%s (a path the plugin mounts is missing or refused on this host: Docker's " \
+               "socket, %s, /proc/sys or an etcd TLS file)" % (text, PLUGIN_STATE_DIR)
     return text
 
 

@@ -83,8 +83,11 @@ def test_networks_policy_and_stop_with_the_managed_plugin(two_hosts, managed, en
              what="calico-01's route to m-e")
     assert ping_answered(h1, "m-a", ip_e), "mnet1 across hosts"
     assert not ping_answered(h1, "m-a", ip_b, count=3), "mnet1 reached mnet2"
-    # Networks still use it: stop says which, and stops nothing.
+    # Networks still use it: Docker itself refuses to disable it, and stop says which
+    # networks hold it, and stops nothing.
     h1.docker("rm", "-f", "m-a", "m-b")
+    r = h1.docker("plugin", "disable", DRIVER, check=False)
+    assert r.returncode != 0 and "in use" in r.stderr, r.stderr
     r = calicoctl(h1, env, "node", "stop")
     assert r.returncode == 1 and "mnet1" in r.stderr and "mnet2" in r.stderr, r.stderr
     assert plugins(h1) == {DRIVER: "true"}

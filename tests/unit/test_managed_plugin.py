@@ -105,3 +105,17 @@ def test_one_image_is_picked_from_a_tar_of_several(tmp_path):
     saved.seek(0)
     with pytest.raises(CalicoError, match="calico/node:v1, calico/node-libnetwork:v1"):
         managed_plugin.rootfs_from_save(saved, str(tmp_path / "s"), "calico/node:v2")
+
+
+def test_dockers_refusals_become_one_line_saying_what_to_do():
+    import docker
+    cap = docker.errors.APIError("500", explanation="error: unable to apply caps:\n"
+                                 "invalid CapAdd: capability not available: CAP_NET_ADMIN")
+    line = managed_plugin._explain(cap)
+    assert "\n" not in line and line.startswith("invalid CapAdd")
+    assert "needs CAP_NET_ADMIN" in line and "calico-libnetwork container" in line
+    mount = docker.errors.APIError("500", explanation='error while mounting volume "/etc/x": '
+                                   "mount source path does not exist")
+    assert "a path the plugin mounts is missing" in managed_plugin._explain(mount)
+    other = docker.errors.APIError("500", explanation="something else")
+    assert managed_plugin._explain(other) == "something else"
