@@ -12,21 +12,26 @@ from tests.st.demo import Demo
 pytestmark = pytest.mark.engines("bookworm", "trixie", "forky")
 
 
-def test_libnetwork_demonstration(testbed, node_images, capsys):
+def run_demo(testbed, managed=False):
+    """The demonstration with its transcript on stderr; (exit code, transcript, outcomes that
+    ran).  The nodes are stopped afterwards, failed or not."""
     lines = []
 
     def out(text=""):
         lines.append(text)
         print(text, file=sys.stderr)
 
-    demo = Demo(testbed, out=out)
+    demo = Demo(testbed, out=out, managed=managed)
     try:
         code = demo.run()
     finally:
         demo.stop_nodes()
-    transcript = "\n".join(lines)
+    return code, "\n".join(lines), [o for o in demo.outcomes if not o.skipped]
+
+
+def test_libnetwork_demonstration(testbed, node_images, capsys):
+    code, transcript, ran = run_demo(testbed)
     assert code == 0, transcript[-6000:]
-    ran = [o for o in demo.outcomes if not o.skipped]
     assert len(ran) >= 2                       # default IPAM and Calico IPAM, at least
     for outcome in ran:
         assert len(outcome.rows) == 20 and not outcome.failures
@@ -35,21 +40,9 @@ def test_libnetwork_demonstration(testbed, node_images, capsys):
 def test_libnetwork_demonstration_with_the_managed_plugin(testbed, node_images):
     """The same demonstration with the driver as the Docker managed plugin (`MANAGED=1 make
     demo`): `calicoctl node --libnetwork --managed-plugin`, networks on calico:latest."""
-    lines = []
-
-    def out(text=""):
-        lines.append(text)
-        print(text, file=sys.stderr)
-
-    demo = Demo(testbed, out=out, managed=True)
-    try:
-        code = demo.run()
-    finally:
-        demo.stop_nodes()
-    transcript = "\n".join(lines)
+    code, transcript, ran = run_demo(testbed, managed=True)
     assert code == 0, transcript[-6000:]
     assert "calico:latest" in transcript and "calico-libnetwork" not in transcript
-    ran = [o for o in demo.outcomes if not o.skipped]
     assert len(ran) >= 2
     for outcome in ran:
         assert len(outcome.rows) == 20 and not outcome.failures
