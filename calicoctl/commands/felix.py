@@ -2,7 +2,7 @@
 
 Usage:
   calicoctl felix serve [--log-level=<LEVEL>] [--refresh-interval=<SECS>] [--no-bgp]
-                        [--run-dir=<DIR>] [--backend=<BACKEND>]
+                        [--run-dir=<DIR>] [--backend=<BACKEND>] [--dataplane=<DP>]
 
 Description:
   Waits for /calico/v1/Ready, programs this host from etcd and keeps it in step: iptables and
@@ -16,6 +16,9 @@ Options:
   --no-bgp                   Do not run BIRD (routes come from elsewhere).
   --run-dir=<DIR>            Where BIRD's config, socket and pid files live [default: /var/run/calico].
   --backend=<BACKEND>        iptables backend: nft (what Docker uses here) or legacy [default: nft].
+  --dataplane=<DP>           Where policy lives: nftables (our own nft table), iptables
+                             (felix-* chains and ipsets), or auto: nftables where nft and the
+                             kernel accept it, else iptables [default: auto].
 """
 
 import logging
@@ -30,7 +33,7 @@ def run(arguments):
     from calicoctl.felix.agent import Agent
     from calicoctl.felix.birdproc import BirdProcess
     from calicoctl.felix.config import LOG_LEVELS
-    from calicoctl.felix.executor import BACKENDS, AgentDataplane
+    from calicoctl.felix.executor import BACKENDS, DATAPLANES, AgentDataplane
     from calicoctl.nodename import node_name
 
     level = arguments["--log-level"]
@@ -47,9 +50,12 @@ def run(arguments):
     backend = arguments["--backend"] or "nft"
     if backend not in BACKENDS:
         raise ValidationError("Invalid --backend %r: use nft or legacy." % backend)
+    dataplane = (arguments["--dataplane"] or "auto").lower()
+    if dataplane not in DATAPLANES:
+        raise ValidationError("Invalid --dataplane %r: use auto, nftables or iptables." % dataplane)
     return felix_serve(open_store(), node_name(), LOG_LEVELS[level.upper()] if level else None,
                        interval, not arguments["--no-bgp"], arguments["--run-dir"], backend,
-                       Agent, BirdProcess, AgentDataplane)
+                       Agent, BirdProcess, AgentDataplane, dataplane)
 
 
 def log_to_file(store, host):
@@ -91,10 +97,12 @@ def _is_stderr(path):
 
 
 def felix_serve(store, host, log_level, interval, bgp, run_dir, backend, agent_cls, bird_cls,
-                dataplane_cls):
+                dataplane_cls, dataplane="auto"):
+    from calicoctl.felix.executor import choose_dataplane
     log_to_file(store, host)
+    chosen, why = choose_dataplane(dataplane)
     birds = {v: bird_cls(v, run_dir) for v in (4, 6)} if bgp else {}
-    agent = agent_cls(store, host, dataplane_cls(backend=backend), birds=birds,
+    agent = agent_cls(store, host, dataplane_cls(backend=backend, dataplane=chosen), birds=birds,
                       refresh_interval=interval, log_level=log_level)
     # The CLI's root logger shows warnings only; the agent is a service and logs its progress.
     logging.getLogger("calicoctl").setLevel(log_level or logging.INFO)
@@ -103,5 +111,6 @@ def felix_serve(store, host, log_level, interval, bgp, run_dir, backend, agent_c
         agent.stop()
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
-    logging.getLogger(__name__).info("calicoctl felix serving host %s", host)
+    logging.getLogger(__name__).info("calicoctl felix serving host %s; policy dataplane %s (%s)",
+                                     host, chosen, why)
     agent.run()

@@ -18,7 +18,6 @@ from calicoctl.errors import DataplaneError, DatastoreError
 from calicoctl.felix import routes as route_calc
 from calicoctl.felix import status
 from calicoctl.felix.bird import render_config
-from calicoctl.felix.calc import DesiredState
 from calicoctl.felix.state import Changes, FelixState
 
 log = logging.getLogger(__name__)
@@ -44,7 +43,8 @@ class Agent:
         self.clock = clock
         self.started = clock()
         self.state = FelixState(host)
-        self.desired = DesiredState()
+        # The dataplane says which kind of desired state it programs (iptables or nftables).
+        self.desired = dataplane.desired_state() if dataplane is not None else None
         self.index = None
         self.ifaces = set()
         self.ep_routes = {}               # local endpoint key -> set(Route) wanted
@@ -110,7 +110,7 @@ class Agent:
         self.index = index + 1
         self.state.load_snapshot(items)
         self._apply_log_level()
-        self.desired = DesiredState()
+        self.desired = self.dataplane.desired_state()
         self.desired.update(self.state, Changes(), full=True)
         t0 = self.clock()
         self.dataplane.sync(self.desired, full=True)
@@ -213,7 +213,8 @@ class Agent:
             self._report_endpoints(waiting)
         if now >= self.next_status:
             try:
-                status.report_alive(self.store, self.host, now - self.started)
+                status.report_alive(self.store, self.host, now - self.started,
+                                    getattr(self.dataplane, "kind", None))
             except DatastoreError as exc:
                 log.warning("Cannot report liveness: %s", exc)
             self.next_status = now + status.STATUS_INTERVAL
@@ -224,7 +225,9 @@ class Agent:
     def refresh(self):
         """Repair what someone else removed: chains, jumps, sets, routes, BIRD."""
         self.refreshes += 1
-        size = max(len(c) for c in self.desired.chains.values())
+        # Reading back costs with what there is to read: every chain (iptables), or every
+        # endpoint's elements (nftables).
+        size = max([len(c) for c in self.desired.chains.values()] + [2 * len(self.desired.rendered)])
         try:
             if size < DEEP_CHAINS or self.refreshes % DEEP_EVERY == 0:
                 self.dataplane.sync(self.desired, full=False)

@@ -19,16 +19,23 @@ TABLES = ("filter", "nat", "raw")
 
 @dataclass
 class Delta:
-    """{(table, version): {chain: rules or None}} and {set name: spec or None}."""
+    """{(table, version): {chain: rules or None}} and {set name: spec or None}; with the
+    nftables dataplane also the nft table's changes (felix/nft_calc.py): chains {name: rules or
+    None}, sets {name: kind or None} and elements added and removed {set name: set(text)}."""
     chains: dict = field(default_factory=dict)
     sets: dict = field(default_factory=dict)
     endpoints: set = field(default_factory=set)      # local endpoint keys whose policy changed
+    nft_chains: dict = field(default_factory=dict)
+    nft_sets: dict = field(default_factory=dict)
+    nft_added: dict = field(default_factory=dict)
+    nft_removed: dict = field(default_factory=dict)
 
     def set_chain(self, table, version, chain, rules):
         self.chains.setdefault((table, version), {})[chain] = rules
 
     def __bool__(self):
-        return bool(any(self.chains.values()) or self.sets)
+        return bool(any(self.chains.values()) or self.sets or self.nft_chains or self.nft_sets
+                    or any(self.nft_added.values()) or any(self.nft_removed.values()))
 
 
 class DesiredState:
@@ -116,9 +123,7 @@ class DesiredState:
         tunnelled = bool(ipip_pools(pools))
         for v in VERSIONS:
             hosts_set = ipsets.CALICO_HOSTS if tunnelled and v == 4 else None
-            for chain, rules in policy.top_chains(
-                    v, self.config.interface_prefix, self.config.endpoint_to_host_action,
-                    hosts_set).items():
+            for chain, rules in self._filter_top(v, hosts_set).items():
                 self._put(delta, "filter", v, chain, rules)
             for chain, rules in nat.nat_chains(pools, v).items():
                 self._put(delta, "nat", v, chain, rules)
@@ -128,6 +133,11 @@ class DesiredState:
                 self._put_set(delta, name, spec)
         for name, spec in ipsets.hosts_set(state.host_ips.values()).items():
             self._put_set(delta, name, spec)
+
+    def _filter_top(self, version, hosts_set):
+        """The filter table's fixed chains (the nftables dataplane keeps fewer)."""
+        return policy.top_chains(version, self.config.interface_prefix,
+                                 self.config.endpoint_to_host_action, hosts_set)
 
     def _retag(self, state, key):
         """Recompute one endpoint's tags; return the tags whose membership may have changed."""

@@ -21,6 +21,7 @@ from calicoctl.dataplane.commands import run_command
 from calicoctl.dataplane.routing import RouteManager, best_effort
 from calicoctl.errors import DataplaneError
 from calicoctl.felix import ipsets as ipset_names
+from calicoctl.felix import nft_policy
 from calicoctl.felix.nat import TOP_JUMPS as NAT_JUMPS
 from calicoctl.felix.policy import (CHAIN_PREFIX, TOP_JUMPS as FILTER_JUMPS, canonical_protocol,
                                     chain_rank)
@@ -272,17 +273,190 @@ class IpsetManager:
         return [n for n in kernel if n not in desired]
 
 
+# --- the nft table (nftables dataplane) --------------------------------------------------------
+
+NFT = "nft"
+
+
+class NftTable:
+    """Our nftables table (felix/nft_policy.py): one `nft -f` transaction per batch, so a change
+    is atomic and costs a few element updates however many endpoints there are."""
+
+    def __init__(self, runner=run_command, reader=None):
+        self.run = runner
+        # Reads are not retried: a missing table is an answer, not a transient failure.
+        self.read = reader or runner
+        self.chains = {}              # name -> rules we last wrote
+        self.sets = {}                # name -> kind
+        self.elements = {}            # set name -> set(element text) we last wrote
+
+    def _load(self, script):
+        if script:
+            self.run([NFT, "-f", "-"], script)
+
+    def apply(self, delta):
+        script = nft_policy.delta_script(self.chains, self.sets, delta.nft_chains,
+                                         delta.nft_sets, delta.nft_added, delta.nft_removed)
+        self._load(script)
+        for name, rules in delta.nft_chains.items():
+            if rules is None:
+                self.chains.pop(name, None)
+            else:
+                self.chains[name] = list(rules)
+        for name, kind in delta.nft_sets.items():
+            if kind is None:
+                self.sets.pop(name, None)
+                self.elements.pop(name, None)
+            else:
+                self.sets[name] = kind
+                self.elements.setdefault(name, set())
+        for name, items in delta.nft_removed.items():
+            if name in self.elements:
+                self.elements[name] -= items
+        for name, items in delta.nft_added.items():
+            if name in self.elements:
+                self.elements[name] |= items
+
+    def write_all(self, desired):
+        self._load(nft_policy.full_script(desired.nft_chains, desired.nft_sets,
+                                          desired.nft_elements))
+        self.chains = {c: list(r) for c, r in desired.nft_chains.items()}
+        self.sets = dict(desired.nft_sets)
+        self.elements = {n: set(e) for n, e in desired.nft_elements.items()}
+
+    def _listing(self, terse=False):
+        """`nft -j list table` of ours, or None when there is no table."""
+        try:
+            return self.read([NFT, "-j"] + (["-t"] if terse else [])
+                             + ["list", "table", nft_policy.FAMILY, nft_policy.TABLE])
+        except DataplaneError as exc:
+            # nft says "No such file or directory" (ENOENT) for a table that is not there.
+            if "No such file" in (exc.stderr or ""):
+                return None
+            raise
+
+    def _desired_listing(self, desired):
+        """Our desired table as nft lists it: loaded into a scratch network namespace (where
+        it touches no traffic) and listed there."""
+        script = nft_policy.full_script(desired.nft_chains, desired.nft_sets,
+                                        desired.nft_elements)
+        return self.read(["unshare", "-n", "sh", "-c", "%s -f - && %s -j list table %s %s" % (
+            NFT, NFT, nft_policy.FAMILY, nft_policy.TABLE)], script)
+
+    def _differs(self, desired, deep):
+        """Whether the kernel's table differs from the desired one.  deep: every rule and
+        element, compared with the desired table as nft prints it; else (cheap whatever the
+        number of endpoints) the chains' rule counts and which sets exist."""
+        if not deep:
+            text = self._listing(terse=True)
+            wanted = nft_policy.expected_listing(desired.nft_chains, desired.nft_sets, None)
+            return text is None or nft_policy.parse_listing(text, terse=True) != wanted
+        text = self._listing()
+        if text is None:
+            return True
+        try:
+            wanted = self._desired_listing(desired)
+        except DataplaneError as exc:
+            # No scratch namespace (no unshare, or not allowed): counts still catch a lost
+            # chain, rule, set or element.
+            log.warning("Cannot load our nft table in a scratch namespace to compare it (%s); "
+                        "comparing counts only", exc)
+            return nft_policy.parse_listing(text) != nft_policy.expected_listing(
+                desired.nft_chains, desired.nft_sets, desired.nft_elements)
+        return nft_policy.table_content(text) != nft_policy.table_content(wanted)
+
+    def sync(self, desired, full):
+        """Full: replace the table in one transaction.  Otherwise compare every rule and
+        element of the kernel's table with ours, and replace the table if they differ.
+        Returns the number of chains written."""
+        if not full:
+            if not self._differs(desired, deep=True):
+                return 0
+            log.warning("Repairing the nft table %s %s: changed behind our back",
+                        nft_policy.FAMILY, nft_policy.TABLE)
+        self.write_all(desired)
+        return len(desired.nft_chains)
+
+    def quick_sync(self, desired):
+        """The cheap check (chains, rule counts, sets), for refreshes between deep ones."""
+        if not self._differs(desired, deep=False):
+            return 0
+        log.warning("Repairing the nft table %s %s: changed behind our back",
+                    nft_policy.FAMILY, nft_policy.TABLE)
+        self.write_all(desired)
+        return len(desired.nft_chains)
+
+    def remove(self):
+        """Delete our table if it is there (the iptables dataplane's start, after a switch);
+        without nft there can be no table."""
+        import shutil
+        if shutil.which(NFT) is None:
+            return
+        self._load("add table %s %s\ndelete table %s %s\n" % ((nft_policy.FAMILY,
+                                                               nft_policy.TABLE) * 2))
+
+
+DATAPLANES = ("auto", "nftables", "iptables")
+
+
+def nftables_usable(runner=run_command):
+    """(True, what was tried) or (False, why not): a sample of our table (base chains, sets of
+    concatenations, verdict maps, marks) checked by the kernel with `nft -c`, which commits
+    nothing."""
+    import shutil
+    if shutil.which(NFT) is None:
+        return False, "nft is not installed (Debian: apt-get install nftables)"
+    try:
+        runner([NFT, "-c", "-f", "-"], nft_policy.probe_script())
+    except DataplaneError as exc:
+        lines = (exc.stderr or exc.stdout or "").strip().splitlines()
+        return False, "the kernel refused our nft table (%s)" % (lines[0] if lines else
+                                                                  "exit %d" % exc.returncode)
+    return True, "nft and the kernel accept our table"
+
+
+def choose_dataplane(requested, probe=nftables_usable):
+    """(dataplane, why).  auto takes nftables where it works: an endpoint is then a few
+    elements in one transaction, not chains iptables-nft rewrites (figures in bench/felix.py
+    and docs/architecture.md, "The two policy dataplanes")."""
+    if requested == "iptables":
+        return "iptables", "asked for"
+    ok, why = probe()
+    if ok:
+        return "nftables", why
+    if requested == "nftables":
+        raise DataplaneError([NFT], 1, "", "the nftables dataplane cannot run here: %s; use "
+                             "--dataplane=iptables" % why)
+    return "iptables", why
+
+
 class AgentDataplane:
     """Every table, the ipsets and the routes, applied in a safe order: sets are created before
-    the rules that match on them and destroyed only after those rules are gone."""
+    the rules that match on them and destroyed only after those rules are gone.
 
-    def __init__(self, runner=None, backend="nft", versions=(4, 6)):
+    dataplane "iptables": policy in felix-* chains and tag ipsets (felix/policy.py).
+    dataplane "nftables": policy in our nft table (felix/nft_policy.py); the iptables tables keep
+    their fixed chains only.  The nft table changes before iptables, so the iptables accepts
+    never stand without the policy in front of them."""
+
+    def __init__(self, runner=None, backend="nft", versions=(4, 6), dataplane="iptables"):
         run = retrying(runner or run_command)
         self.tables = {(t, v): IptablesTable(t, v, run, backend)
                        for t in TOP_JUMPS for v in versions}
         self.ipsets = IpsetManager(run)
         self.routes = RouteManager()
         self.run = run
+        self.kind = dataplane               # "nftables" or "iptables"
+        self.nft = NftTable(run, reader=runner or run_command)
+        self.nft_removed = False
+
+    def desired_state(self):
+        """An empty desired state of the kind this dataplane programs."""
+        if self.kind == "nftables":
+            from calicoctl.felix.nft_calc import NftDesiredState
+            return NftDesiredState()
+        from calicoctl.felix.calc import DesiredState
+        return DesiredState()
 
     def prepare(self):
         best_effort(sysctl.enable_forwarding, True)
@@ -299,6 +473,8 @@ class AgentDataplane:
 
     def apply(self, delta):
         self.ipsets.apply_updates(delta.sets)
+        if self.kind == "nftables":
+            self.nft.apply(delta)
 
         def work(key, table):
             updates = delta.chains.get(key)
@@ -311,18 +487,32 @@ class AgentDataplane:
     def sync(self, desired, full):
         """Make the kernel match the whole desired state (see IptablesTable.sync)."""
         stale = self.ipsets.sync(desired.sets, full)
+        written = 0
+        if self.kind == "nftables":
+            written += self.nft.sync(desired, full)
 
         def work(key, table):
             if table is None:
                 return True
             return table.sync(desired.chains.get(key, {}), full)
-        written = sum(self._each_table(work))
+        written += sum(self._each_table(work))
+        if self.kind != "nftables" and full and not self.nft_removed:
+            # After a switch from the nftables dataplane its table would still drop what it
+            # does not know: it goes once the iptables policy is in place (once a process).
+            self.nft_removed = True
+            try:
+                self.nft.remove()
+            except DataplaneError as exc:
+                log.error("Cannot remove the nftables dataplane's table %s %s, which may still "
+                          "drop traffic: %s", nft_policy.FAMILY, nft_policy.TABLE, exc)
         self.ipsets.apply_deletions(stale)
         return written
 
     def quick_sync(self, desired):
+        written = self.nft.quick_sync(desired) if self.kind == "nftables" else 0
+
         def work(key, table):
             if table is None:
                 return True
             return table.quick_sync(desired.chains.get(key, {}))
-        return sum(self._each_table(work))
+        return written + sum(self._each_table(work))

@@ -1,7 +1,7 @@
 """What the agent reports in etcd, and the one reading side: whether an agent is alive and
 whether an endpoint is up are answered here for `calicoctl node`/`status` and the plugin too.
 
-- /calico/felix/v1/host/<host>/status: {"time", "uptime"} with a TTL (liveness: it vanishes
+- /calico/felix/v1/host/<host>/status: {"time", "uptime", "dataplane"} with a TTL (liveness: it vanishes
   when the agent stops refreshing it), plus last_reported_status without a TTL.
 - /calico/felix/v1/host/<host>/workload/<orch>/<workload>/endpoint/<id>: {"status": "up"} once
   the endpoint's policy, route and tag sets are programmed; deleted with the endpoint.
@@ -27,8 +27,10 @@ def _now():
     return datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0).isoformat()
 
 
-def report_alive(store, host, uptime):
+def report_alive(store, host, uptime, dataplane=None):
     data = {"time": _now(), "uptime": round(uptime, 1)}
+    if dataplane:
+        data["dataplane"] = dataplane         # for `calicoctl status`: where policy lives
     store.set_json(keys.felix_status(host), data, ttl=STATUS_TTL)
     store.set_json(keys.felix_last_reported_status(host), data)
 
@@ -37,6 +39,15 @@ def agent_alive(store, host):
     """Whether the agent on host is alive: its liveness report exists (the TTL removes it once
     the agent stops refreshing it)."""
     return store.get(keys.felix_status(host)) is not None
+
+
+def agent_dataplane(store, host):
+    """The policy dataplane (nftables, iptables) the host's live agent reports, or None."""
+    value = store.get(keys.felix_status(host))
+    try:
+        return json.loads(value).get("dataplane") if value else None
+    except (ValueError, AttributeError):
+        return None
 
 
 def alive_hosts(store):

@@ -38,6 +38,10 @@ class FakeKernel:
             return self._save(version, cmd[cmd.index("-t") + 1])
         if prog == "ipset":
             return self._ipset(cmd, input_text)
+        if prog == "nft":
+            # The iptables dataplane only removes a leftover nft table; nothing to model.
+            self.nft_scripts = getattr(self, "nft_scripts", []) + [input_text]
+            return ""
         raise DataplaneError(cmd, 127, "", "fake: unknown command")
 
     # -- iptables ------------------------------------------------------------------------------

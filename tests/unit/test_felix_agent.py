@@ -190,6 +190,8 @@ def test_felix_command_rejects_bad_options(cli):
     assert r.code == 1 and "--refresh-interval" in r.err
     r = cli("felix", "serve", "--backend=iptables")
     assert r.code == 1 and "--backend" in r.err
+    r = cli("felix", "serve", "--dataplane=ebpf")
+    assert r.code == 1 and "--dataplane" in r.err and "nftables" in r.err
 
 
 def test_our_jump_may_follow_dockers_user_chain_without_fighting(store, agent, kernel):
@@ -280,3 +282,24 @@ def test_an_address_handed_on_in_one_batch_still_loses_its_flows(store, agent):
     write_endpoint(store, "new00000000", "10.0.3.1", ["net1"])
     agent.poll_once()
     assert getattr(agent.dataplane.routes, "forgotten", []) == [{"10.0.3.1/32"}]
+
+
+def test_the_dataplane_choice_follows_what_the_host_supports():
+    from calicoctl.errors import DataplaneError
+    from calicoctl.felix.executor import choose_dataplane
+    works, broken = (lambda: (True, "fine")), (lambda: (False, "nft is not installed"))
+    assert choose_dataplane("auto", works) == ("nftables", "fine")
+    assert choose_dataplane("auto", broken) == ("iptables", "nft is not installed")
+    assert choose_dataplane("iptables", works)[0] == "iptables"
+    assert choose_dataplane("nftables", works)[0] == "nftables"
+    with pytest.raises(DataplaneError) as exc:
+        choose_dataplane("nftables", broken)
+    assert "nft is not installed" in str(exc.value) and "--dataplane=iptables" in str(exc.value)
+
+
+def test_the_agent_reports_its_dataplane(store, agent):
+    from calicoctl.felix.status import agent_dataplane
+    assert agent_dataplane(store, HOST) is None
+    agent.tick()
+    assert agent.dataplane.kind == "iptables"
+    assert agent_dataplane(store, HOST) == "iptables"

@@ -1,0 +1,161 @@
+"""Desired state for the nftables dataplane (felix/nft_policy.py), kept up to date incrementally.
+
+The same bookkeeping as calc.DesiredState (tag membership, which endpoints use which profile),
+with different output: a local endpoint becomes set and map elements and a reference to the list
+chain of its profile list, a tag a pair of nft sets.  The iptables tables keep only their fixed
+chains (nft_policy.iptables_chains), nat and raw, and the pool and host ipsets.
+
+Pure, like calc.py: update() returns a Delta; nft changes are in its nft_* fields.
+"""
+
+from calicoctl.felix import ipsets, nft_policy
+from calicoctl.felix.calc import VERSIONS, DesiredState
+
+
+class NftDesiredState(DesiredState):
+    def __init__(self):
+        super().__init__()
+        self.nft_chains = {}            # name -> rules
+        self.nft_sets = {}              # name -> kind
+        self.nft_elements = {}          # set name -> set(element text)
+        self.list_users = {}            # list chain -> local endpoint keys using it
+        self.profile_tag_sets = {}      # profile -> tag sets its chains look up
+
+    # -- helpers ---------------------------------------------------------------------------
+
+    def _put_chain(self, delta, name, rules):
+        if rules is None:
+            if name in self.nft_chains:
+                del self.nft_chains[name]
+                delta.nft_chains[name] = None
+        elif self.nft_chains.get(name) != rules:
+            self.nft_chains[name] = rules
+            delta.nft_chains[name] = rules
+
+    def _declare(self, delta, name, kind):
+        if kind is None:
+            if name in self.nft_sets:
+                # Its elements count as removed: if the set is declared again within this
+                # delta, the kernel's copy (never deleted) must lose them.
+                self._change_elements(delta, name, (), set(self.nft_elements.get(name, ())))
+                del self.nft_sets[name]
+                self.nft_elements.pop(name, None)
+                delta.nft_sets[name] = None
+        elif self.nft_sets.get(name) != kind:
+            self.nft_sets[name] = kind
+            self.nft_elements.setdefault(name, set())
+            delta.nft_sets[name] = kind
+
+    def _change_elements(self, delta, name, add=(), remove=()):
+        """Record elements added to and removed from a declared set, cancelling out a removal
+        and an addition of the same element within one delta."""
+        have = self.nft_elements.setdefault(name, set())
+        added = delta.nft_added.setdefault(name, set())
+        removed = delta.nft_removed.setdefault(name, set())
+        for e in remove:
+            if e in have:
+                have.discard(e)
+                if e in added:
+                    added.discard(e)
+                else:
+                    removed.add(e)
+        for e in add:
+            if e not in have:
+                have.add(e)
+                if e in removed:
+                    removed.discard(e)
+                else:
+                    added.add(e)
+
+    # -- overrides of calc.DesiredState ----------------------------------------------------
+
+    def _filter_top(self, version, hosts_set):
+        return nft_policy.iptables_chains(version, self.config.interface_prefix,
+                                          self.config.endpoint_to_host_action, hosts_set)
+
+    def _update_globals(self, state, delta):
+        super()._update_globals(state, delta)
+        for name, kind in nft_policy.fixed_sets().items():
+            self._declare(delta, name, kind)
+        for name, rules in nft_policy.base_chains(
+                self.config.interface_prefix, self.config.endpoint_to_host_action).items():
+            self._put_chain(delta, name, rules)
+
+    def _update_tag(self, state, tag, delta):
+        keys_ = self.tag_eps.get(tag, set())
+        declared = any(tag in tags for tags in state.profile_tags.values())
+        for v in VERSIONS:
+            name = nft_policy.tag_set(tag, v)
+            if not keys_ and not declared and not self._tag_referenced(tag):
+                self._declare(delta, name, None)
+                continue
+            members = set()
+            for key in keys_:
+                ep = state.endpoints.get(key)
+                if ep is not None:
+                    members |= ipsets.endpoint_addresses(ep, v)
+            self._declare(delta, name, nft_policy.ADDR_TYPE[v])
+            have = self.nft_elements[name]
+            self._change_elements(delta, name, members - have, have - members)
+        if not keys_:
+            self.tag_eps.pop(tag, None)
+
+    def _tag_referenced(self, tag):
+        names = {nft_policy.tag_set(tag, v) for v in VERSIONS}
+        return any(names & used for used in self.profile_tag_sets.values())
+
+    def _update_endpoint(self, state, key, delta, buckets_dirty):
+        old = self.rendered.pop(key, None)
+        ep = state.endpoints.get(key)
+        touched = set()
+        if old is not None:
+            for profile in old.profile_ids:
+                self.profile_users.get(profile, set()).discard(key)
+                touched.add(profile)
+        if ep is not None:
+            self.rendered[key] = ep
+            for profile in ep.profile_ids:
+                self.profile_users.setdefault(profile, set()).add(key)
+                touched.add(profile)
+        old_lists = nft_policy.endpoint_lists(old) if old is not None else {}
+        new_lists = nft_policy.endpoint_lists(ep) if ep is not None else {}
+        # New list chains before the elements that go to them (the executor declares chains
+        # first within one transaction); unused ones go after.
+        for chain, rules in new_lists.items():
+            self.list_users.setdefault(chain, set()).add(key)
+            self._put_chain(delta, chain, rules)
+        old_elements = nft_policy.endpoint_elements(old) if old is not None else {}
+        new_elements = nft_policy.endpoint_elements(ep) if ep is not None else {}
+        for name in set(old_elements) | set(new_elements):
+            self._change_elements(delta, name, new_elements.get(name, set()),
+                                  old_elements.get(name, set()) - new_elements.get(name, set()))
+        for chain in set(old_lists) - set(new_lists):
+            users = self.list_users.get(chain, set())
+            users.discard(key)
+            if not users:
+                self.list_users.pop(chain, None)
+                self._put_chain(delta, chain, None)
+        delta.endpoints.add(key)
+        return touched
+
+    def _update_profile(self, state, profile, delta):
+        users = self.profile_users.get(profile)
+        if users:
+            chains = nft_policy.profile_chains(profile, state.profile_rules.get(profile),
+                                               self._bad_rule)
+            used = nft_policy.tags_of(r for rules in chains.values() for r in rules)
+            # A rule may name a tag no profile carries: its set must still exist (empty).
+            for name in used:
+                if name not in self.nft_sets:
+                    self._declare(delta, name, nft_policy.ADDR_TYPE[int(name[1])])
+            self.profile_tag_sets[profile] = used
+        else:
+            chains = {nft_policy.profile_chain(profile, d): None
+                      for d in ("inbound", "outbound")}
+            self.profile_tag_sets.pop(profile, None)
+            self.profile_users.pop(profile, None)
+        for chain, rules in chains.items():
+            self._put_chain(delta, chain, rules)
+
+    def _update_dispatch(self, buckets_dirty, prefix, delta, full):
+        """Nothing to do: dispatch is the maps' elements, changed with each endpoint."""
