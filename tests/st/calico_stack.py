@@ -22,13 +22,13 @@ UNDERLAY6 = "fd00:198:18::%d/64"      # test-only IPv6 underlay, for BIRD6 sessi
 class AgentProcess:
     """`calicoctl felix serve` in one host; its log is <host log dir>/felix.log."""
 
-    def __init__(self, host, etcd):
-        self.host, self.etcd = host, etcd
+    def __init__(self, host, etcd, dataplane="auto"):
+        self.host, self.etcd, self.dataplane = host, etcd, dataplane
         self.proc = None
 
     def start(self):
         cmd = [PYTHON, "-m", "calicoctl", "felix", "serve", "--log-level=DEBUG",
-               "--refresh-interval=2"]
+               "--refresh-interval=2", "--dataplane=%s" % self.dataplane]
         self.proc = self.host.popen(cmd, "felix", env=etcd_env(self.etcd))
         return self
 
@@ -98,7 +98,7 @@ def remove_stand_in(host):
 
 
 @pytest.fixture(scope="module")
-def calico_stack(testbed, two_hosts, etcd_on_bridge):
+def calico_stack(testbed, two_hosts, etcd_on_bridge, dataplane):
     for h in two_hosts:
         clean_docker(h)
         remove_stand_in(h)
@@ -113,11 +113,11 @@ def calico_stack(testbed, two_hosts, etcd_on_bridge):
     from calicoctl.datastore.models import Pool
     pools.add_pool(store, Pool(ipaddress.ip_network(POOL)))
     pools.add_pool(store, Pool(ipaddress.ip_network(POOL6)))
-    agents = [AgentProcess(h, etcd_on_bridge).start() for h in two_hosts]
+    agents = [AgentProcess(h, etcd_on_bridge, dataplane).start() for h in two_hosts]
     plugins = [PluginProcess(h, etcd_on_bridge).start() for h in two_hosts]
     try:
         yield {"store": store, "agents": agents, "plugins": plugins, "hosts": two_hosts,
-               "etcd": etcd_on_bridge}
+               "etcd": etcd_on_bridge, "dataplane": dataplane}
     finally:
         for h in two_hosts:
             clean_docker(h)

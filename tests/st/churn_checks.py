@@ -108,6 +108,17 @@ def dataplane_problems(store, host):
                  for r in sorted(routes - want_routes)]
     problems += ["%s: endpoint route to %s missing" % (host.name, r)
                  for r in sorted(want_routes - routes)]
+    if agent_dataplane(store, host) == "nftables":
+        # An endpoint's policy is its elements in the dispatch maps (nft_policy).
+        want = {ep.name for ep in eps if ep.ipv4_nets}
+        table = nft_table(host)
+        for name in ("from4", "to4"):
+            keys_ = {e[0] for e in table.get(name, [])}
+            problems += ["%s: nft map %s sends %s without an endpoint" % (host.name, name, k)
+                         for k in sorted(keys_ - want)]
+            problems += ["%s: nft map %s lacks endpoint %s" % (host.name, name, k)
+                         for k in sorted(want - keys_)]
+        return problems
     want_chains = {endpoint_chain(ep.name, d) for ep in eps for d in ("from", "to")}
     chains = {line[1:].split()[0] for line in
               host.run(["iptables-save", "-t", "filter"]).stdout.splitlines()
@@ -119,24 +130,54 @@ def dataplane_problems(store, host):
     return problems
 
 
+def agent_dataplane(store, host):
+    """The policy dataplane the host's agent reports it runs; raises when it reports none."""
+    from calicoctl.felix.status import agent_dataplane as reported
+    name = reported(store, host.name)
+    if name not in ("nftables", "iptables"):
+        raise AssertionError("%s: the agent reports no policy dataplane (%r)" % (host.name, name))
+    return name
+
+
+def nft_table(host):
+    """{set or map name: [element]} of the agent's nft table (an element: a string, or a
+    list for a map's key and verdict).  Raises when the table cannot be read."""
+    from calicoctl.felix import nft_policy
+    out = host.run(["nft", "-j", "list", "table", nft_policy.FAMILY, nft_policy.TABLE]).stdout
+    sets = {}
+    for item in json.loads(out)["nftables"]:
+        for word in ("set", "map"):
+            if word in item:
+                sets[item[word]["name"]] = item[word].get("elem", [])
+    return sets
+
+
 def ipset_problems(store, host, networks):
     """Each network's tag set on this host holds exactly the addresses of its endpoints (all
     hosts): no member without an endpoint."""
-    from calicoctl.felix.ipsets import tag_set
+    from calicoctl.felix import nft_policy
+    from calicoctl.felix.ipsets import tag_set as ipset_name
     members = {}
-    for line in host.run(["ipset", "save"]).stdout.splitlines():
-        parts = line.split()
-        if len(parts) >= 3 and parts[0] == "add" and parts[1].startswith("felix-v4-"):
-            members.setdefault(parts[1], set()).add(parts[2])
+    if agent_dataplane(store, host) == "nftables":
+        tag_set = nft_policy.tag_set
+        for name, elements in nft_table(host).items():
+            if name.startswith("t4-"):
+                members[name] = {str(e) for e in elements}
+    else:
+        tag_set = ipset_name
+        for line in host.run(["ipset", "save"]).stdout.splitlines():
+            parts = line.split()
+            if len(parts) >= 3 and parts[0] == "add" and parts[1].startswith("felix-v4-"):
+                members.setdefault(parts[1], set()).add(parts[2])
     problems = []
     eps = endpoint_records(store)
     for net in networks:
         want = {str(a) for ep in eps if net in ep.profile_ids for a in ep.addresses()
                 if a.version == 4}
         have = members.get(tag_set(net, 4), set())
-        problems += ["%s: ipset %s holds %s without an endpoint" % (host.name, tag_set(net, 4), m)
+        problems += ["%s: tag set %s holds %s without an endpoint" % (host.name, tag_set(net, 4), m)
                      for m in sorted(have - want)]
-        problems += ["%s: ipset %s lacks endpoint %s" % (host.name, tag_set(net, 4), m)
+        problems += ["%s: tag set %s lacks endpoint %s" % (host.name, tag_set(net, 4), m)
                      for m in sorted(want - have)]
     return problems
 

@@ -53,9 +53,15 @@ ENGINE_ENV = "CALICO_ST_ENGINE"
 def pytest_configure(config):
     config.addinivalue_line("markers", "engines(*suites): the Docker engines (Debian suites, or "
                             "'host') a system-test module runs on")
+    config.addinivalue_line("markers", "dataplanes(*names): the agent's policy dataplanes "
+                            "(nftables, iptables) a system-test module runs on; else auto")
 
 
 def pytest_generate_tests(metafunc):
+    dataplanes = metafunc.definition.get_closest_marker("dataplanes")
+    if dataplanes and "dataplane" in metafunc.fixturenames:
+        # The agent's policy dataplanes a module runs on (`calicoctl felix serve --dataplane`).
+        metafunc.parametrize("dataplane", list(dataplanes.args), scope="module")
     if "engine" not in metafunc.fixturenames:
         return
     from tests.st.harness.suites import ENGINE_SUITES
@@ -74,6 +80,13 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if here in Path(item.fspath).parents:
             item.add_marker(pytest.mark.st)
+
+
+@pytest.fixture(scope="module")
+def dataplane():
+    """The agent's policy dataplane (`calicoctl felix serve --dataplane`): auto, unless a
+    module's `dataplanes` marker names them (pytest_generate_tests)."""
+    return "auto"
 
 
 @pytest.fixture(scope="session")

@@ -28,6 +28,9 @@ from tests.st.harness import wait_for
 from tests.st.plugin_helpers import calicoctl, clean_docker, container_ip, endpoint_id
 from tests.st.calico_stack import calico_stack, learnt  # noqa: F401 - the fixture
 
+# Policy must mean the same on both of the agent's dataplanes.
+pytestmark = pytest.mark.dataplanes("nftables", "iptables")
+
 NETWORKS = ("iso1", "iso2", "iso3", "iso4")
 EXTRA_TAGS = ("web", "db")
 # Sized for about two minutes: 12 workloads give 132 ordered pairs, 396 checks a round, and a

@@ -200,6 +200,26 @@ def test_rules_flushed_by_hand_come_back(demo):
     wait_for(lambda: reaches(h1, "workload-A", c_ip), timeout=HANG, what="traffic after repair")
 
 
+def test_nft_table_changed_by_hand_comes_back(demo):
+    """With the nftables dataplane (auto picks it here), the agent's table is what keeps
+    networks apart: a hand-deleted map element opens nothing for long, and a deleted table
+    comes back whole, isolation included."""
+    from calicoctl.felix import nft_policy
+    from tests.st.churn_checks import agent_dataplane
+    h1 = demo["hosts"][0]
+    ips = demo["ips"]
+    assert agent_dataplane(demo["store"], h1) == "nftables"
+    table = [nft_policy.FAMILY, nft_policy.TABLE]
+    listed = lambda: h1.run(["nft", "list", "table", *table], check=False)  # noqa: E731
+    h1.run(["nft", "flush", "chain", *table, "to-ep"])
+    wait_for(lambda: "vmap @to4" in listed().stdout, timeout=HANG, what="to-ep refilled")
+    h1.run(["nft", "delete", "table", *table])
+    wait_for(lambda: listed().returncode == 0, timeout=HANG, what="the nft table to come back")
+    wait_for(lambda: reaches(h1, "workload-A", ips["workload-C"]), timeout=HANG,
+             what="traffic after repair")
+    assert not reaches(h1, "workload-A", ips["workload-B"])
+
+
 def test_agent_restart_under_ping_loses_at_most_two(demo):
     """A pings E every 0.2 s while the agent on A's host stops and starts again.  The restart
     must happen inside the stream: replies before the stop, and replies after the new agent

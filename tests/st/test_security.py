@@ -23,6 +23,9 @@ from tests.st.calico_stack import POOL, POOL6, calico_stack, learnt  # noqa: F40
 from tests.st.harness import wait_for
 from tests.st.plugin_helpers import SOCKET, calicoctl, clean_docker
 
+# Policy must mean the same on both of the agent's dataplanes.
+pytestmark = pytest.mark.dataplanes("nftables", "iptables")
+
 # A python `nobody` can run (python3 on PATH may be a shim under /root).
 SYSTEM_PYTHON = "/usr/bin/python3"
 HOST_PORT = 7777                    # the host's own test service on its underlay address
