@@ -48,8 +48,9 @@ DEFAULT_SUITE = "trixie"
 # BIRD 1.6, the BIRD of the Docker 20.10 hosts the two-host demo still runs on.
 BIRD_PACKAGES = {"trixie": "bird2", "bookworm": "bird"}
 # python3-venv brings pip into the image's venv (ensurepip): no python3-pip needed.
-COMMON_PACKAGES = ["python3", "python3-venv", "iptables", "ipset", "iproute2", "procps",
-                   "ca-certificates"]
+# nftables: the agent's default policy dataplane (calicoctl felix serve --dataplane=auto).
+COMMON_PACKAGES = ["python3", "python3-venv", "iptables", "ipset", "nftables", "iproute2",
+                   "procps", "ca-certificates"]
 BASE_KEY_LABEL = "org.projectcalico.base-key"
 BUILDER_NAME = "calico-builder"
 BUILDER_MARKER = "calico-builder:"

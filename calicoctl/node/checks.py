@@ -143,6 +143,18 @@ def check_ip6tables(probe=probe_in_scratch_netns):
                  % err, required=False)
 
 
+def check_nftables(usable=None):
+    """Which policy dataplane the agent's `--dataplane=auto` takes here: nftables when nft and
+    the kernel accept a sample of its table (checked with `nft -c`, nothing committed)."""
+    if usable is None:
+        from calicoctl.felix.executor import nftables_usable as usable
+    ok, why = usable()
+    if ok:
+        return Check("policy dataplane", True, "nftables (%s)" % why, required=False)
+    return Check("policy dataplane", False, "iptables: %s; policy still works, but one new "
+                 "endpoint costs more as endpoints grow" % why, required=False)
+
+
 def check_ipip(probe=probe_in_scratch_netns):
     ok, err = probe(PROBE_IPIP)
     if ok:
@@ -331,8 +343,8 @@ def system_checks(store=None, docker_factory=None, uplink=None, libnetwork=False
         checks.append(check_etcd(store))
     if docker_factory is not None:
         checks.append(check_docker(docker_factory))
-    checks += [check_xt_set(), check_ip6tables(), check_ipip(), check_rp_filter(),
-               check_mtu(uplink)]
+    checks += [check_xt_set(), check_ip6tables(), check_nftables(), check_ipip(),
+               check_rp_filter(), check_mtu(uplink)]
     if host_bird is not False:
         checks.append(check_host_bird(required=bool(host_bird)))
     if node_holds_bgp_port is not None:

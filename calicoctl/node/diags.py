@@ -22,6 +22,8 @@ HOST_COMMANDS = [
     ("iptables-save.txt", ["iptables-save", "-c"]),
     ("ip6tables-save.txt", ["ip6tables-save", "-c"]),
     ("ipset-list.txt", ["ipset", "list"]),
+    # The agent's table when it runs the nftables dataplane (felix/nft_policy.py).
+    ("nft-calico.txt", ["nft", "list", "table", "inet", "calico"]),
     ("ip-route.txt", ["ip", "route", "show", "table", "all"]),
     ("ip6-route.txt", ["ip", "-6", "route", "show", "table", "all"]),
     ("ip-rule.txt", ["ip", "rule"]),

@@ -248,10 +248,13 @@ def collect(store, node_name, docker_factory=containers.docker_client):
         report.items.append(Item("plugin socket", answers, containers.PLUGIN_SOCKET + (
             " answers" if answers else " does not answer /Plugin.Activate")))
 
-    from calicoctl.felix.status import agent_alive
+    from calicoctl.felix.status import agent_alive, agent_dataplane
     alive = agent_alive(store, node_name)
     report.items.append(Item("agent liveness", alive, "reported alive in etcd" if alive else
                              "no liveness report in etcd for node %s" % node_name))
+    dataplane = agent_dataplane(store, node_name) if alive else None
+    if dataplane:
+        report.items.append(Item("policy dataplane", True, dataplane))
 
     from calicoctl.datastore import endpoints
     count = len(endpoints.list_endpoints(store, host=node_name))

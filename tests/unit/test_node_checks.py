@@ -182,3 +182,14 @@ def test_a_real_listener_on_179_is_named(family, address):
     assert "kill %d" % seen["pid"] in detail
     assert seen["mine"][0], seen["mine"]          # calico-node's own BIRD is no error
     assert seen["after"][0], seen["after"]        # gone with the process
+
+
+def test_nftables_check_says_which_dataplane_auto_takes():
+    ok = checks.check_nftables(lambda: (True, "nft and the kernel accept our table"))
+    assert ok.ok and ok.detail.startswith("nftables") and not ok.required
+    missing = checks.check_nftables(lambda: (False, "nft is not installed (apt-get install "
+                                                    "nftables)"))
+    assert not missing.ok and not missing.failed and not missing.required
+    assert missing.detail.startswith("iptables") and "apt-get install nftables" in missing.detail
+    # This machine has nft and a kernel that takes our table (the agent's tests load it).
+    assert checks.check_nftables().ok
