@@ -1,21 +1,36 @@
-"""Agent speed against the raw cost of loading the same rules, in one run (needs root).
+"""Agent speed against the raw cost of loading the same rules, in one run, for both policy
+dataplanes side by side (needs root).
 
-    .venv/bin/python bench/felix.py [--sizes 1000,10000] [--samples 40] [--idle 60] [--json out.json]
+    .venv/bin/python bench/felix.py [--sizes 1000,10000] [--samples 40] [--idle 60]
+                                    [--dataplanes nftables,iptables] [--json out.json]
 
-For each size N, in a throwaway network namespace with its own etcd:
+For each size N and each dataplane (the agent built with AgentDataplane(dataplane=...)), in a
+throwaway network namespace with its own etcd:
   - writes 100 profiles (tag = name, an allow-from-tag inbound rule and a tcp port rule) and N
     local endpoints spread over them (no veths: the route work is not measured);
   - cold start: one agent resync (snapshot, desired state, every set and chain programmed);
-  - incremental, p50/p99 over --samples: etcd write -> the executor's restore returned (kernel
+  - incremental, p50/p99 over --samples: etcd write -> the executor's apply returned (kernel
     state in place) for (a) one new local endpoint, (b) one rule change in a profile, (c) one
-    new endpoint on another host (a tag membership change: one ipset update);
-  - at rest: the real agent (`calicoctl felix serve`, default refresh interval) started on the
-    same etcd, and once it reports alive, its CPU seconds per minute and RSS over --idle
-    seconds, with the etcd server's CPU in the same minutes for scale;
-  - raw loads of the agent's final IPv4 filter ruleset in fresh namespaces: iptables-nft-restore,
-    iptables-legacy-restore and native `nft -f` (the same rules through
-    iptables-restore-translate), each from empty; and one endpoint's chains added with
-    --noflush on top of the full ruleset (nft and legacy backends).
+    new endpoint on another host (a tag membership change: one ipset or nft set update);
+  - at rest: the real agent (`calicoctl felix serve --dataplane=<same>`, default refresh
+    interval) started on the same etcd, and once it reports alive (with that dataplane), its CPU
+    seconds per minute and RSS over --idle seconds, with the etcd server's CPU in the same
+    minutes for scale;
+  - raw baselines from the agent's final desired state, each in fresh namespaces:
+    iptables dataplane: its IPv4 filter ruleset loaded from empty with iptables-nft-restore,
+      iptables-legacy-restore and native `nft -f` (the same rules through
+      iptables-restore-translate); and one endpoint's chains added with --noflush on top of the
+      full ruleset (nft and legacy backends);
+    nftables dataplane: its table (nft_policy.full_script) loaded from empty with `nft -f`;
+      the same followed by the fixed iptables chains it still loads (filter, nat and raw of
+      both families, one restore per family); and one endpoint's set and map elements added
+      with `nft -f` on top of the full table (--samples rounds, the elements deleted between),
+      with the iptables parts present as on the agent's host, and without them.
+The summary puts the dataplanes side by side: growth from the smallest to the largest size of
+(a), (b) and (c), and cold start against the fastest raw full load (goal for both: <= 1.5x).
+For the nftables dataplane that ratio is against its table alone, as the iptables dataplane's
+is against its IPv4 filter table alone (neither counts the fixed nat/raw/IPv6 parts the agent
+also loads); the ratio against the table plus the iptables parts is printed beside it.
 """
 
 import argparse
@@ -31,10 +46,12 @@ import time
 REPO = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 sys.path.insert(0, REPO)
 
+import stats  # noqa: E402  (bench/stats.py)
 from support import cpu_and_rss  # noqa: E402  (bench/support.py)
 
 PROFILES = 100
 HOST = "bench"
+DATAPLANES = ("nftables", "iptables")
 
 
 def percentile(values, p):
@@ -102,7 +119,7 @@ def measure(agent, timed, write, samples):
     return out
 
 
-def inner(n, samples, idle_seconds):
+def inner(n, samples, idle_seconds, dataplane):
     subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
     import etcd
     from tests.unit.etcd_server import EtcdServer
@@ -116,7 +133,7 @@ def inner(n, samples, idle_seconds):
         from calicoctl.datastore.store import EtcdStore
         from calicoctl.felix.agent import Agent
         from calicoctl.felix.executor import AgentDataplane
-        dp = AgentDataplane()
+        dp = AgentDataplane(dataplane=dataplane)
         timed = Timed(dp)
         agent = Agent(EtcdStore(timeout=10), HOST, timed, refresh_interval=3600)
         dp.prepare()
@@ -150,28 +167,41 @@ def inner(n, samples, idle_seconds):
         agent.stop()
         thread.join(5)
         desired = agent.desired
-        idle = idle_cost(server, n, idle_seconds)
-        raw = raw_loads(desired, n)
-        return {
-            "endpoints": n, "profiles": PROFILES, "populate_s": populate_s,
+        idle = idle_cost(server, n, idle_seconds, dataplane)
+        if dataplane == "nftables":
+            raw_samples = nft_raw_loads(desired, samples)
+            shape = {"nft_chains": len(desired.nft_chains),
+                     "nft_rules": sum(len(r) for r in desired.nft_chains.values()),
+                     "nft_sets": len(desired.nft_sets),
+                     "nft_elements": sum(len(e) for e in desired.nft_elements.values())}
+        else:
+            raw_samples = raw_loads(desired, n)
+            shape = {"filter_v4_chains": len(desired.chains[("filter", 4)]),
+                     "filter_v4_rules": sum(len(r) for r in
+                                            desired.chains[("filter", 4)].values())}
+        return dict(shape, **{
+            "dataplane": dataplane, "endpoints": n, "profiles": PROFILES,
+            "populate_s": populate_s,
             "cold_start_s": cold, "cold_dataplane_s": sync_times[0] if sync_times else None,
-            "filter_v4_chains": len(desired.chains[("filter", 4)]),
-            "filter_v4_rules": sum(len(r) for r in desired.chains[("filter", 4)].values()),
             "new_endpoint_ms": summary(new_ep), "rule_change_ms": summary(rule),
-            "tag_member_ms": summary(member), "raw": raw, "idle": idle,
-        }
+            "tag_member_ms": summary(member), "idle": idle,
+            # Medians (seconds) as in earlier runs, and every sample for the spread.
+            "raw": {k: statistics.median(v) if v else None for k, v in raw_samples.items()},
+            "raw_samples": raw_samples,
+        })
     finally:
         server.stop()
 
 
-def idle_cost(server, n, seconds):
-    """The real agent (`calicoctl felix serve`, as a user's host runs it, its periodic repair
-    at the default interval included) at rest with these n endpoints programmed: its RSS and
-    CPU seconds per minute, sampled every 5 s over `seconds`; the etcd server's CPU in the
-    same minutes for scale."""
+def idle_cost(server, n, seconds, dataplane):
+    """The real agent (`calicoctl felix serve --dataplane=<dataplane>`, as a user's host runs
+    it, its periodic repair at the default interval included) at rest with these n endpoints
+    programmed: its RSS and CPU seconds per minute, sampled every 5 s over `seconds`; the etcd
+    server's CPU in the same minutes for scale."""
     env = dict(os.environ, CALICO_HOSTNAME=HOST, ETCD_AUTHORITY=server.authority)
     proc = subprocess.Popen([sys.executable, "-m", "calicoctl", "felix", "serve", "--no-bgp",
-                             "--log-level=WARNING"], cwd=REPO, env=env,
+                             "--log-level=WARNING", "--dataplane=%s" % dataplane],
+                            cwd=REPO, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         import etcd
@@ -179,12 +209,15 @@ def idle_cost(server, n, seconds):
         deadline = time.monotonic() + 600
         while True:       # polled: the liveness report is written after the first full sync
             try:
-                client.read("/calico/felix/v1/host/%s/status" % HOST)
+                alive = json.loads(client.read("/calico/felix/v1/host/%s/status" % HOST).value)
                 break
             except etcd.EtcdKeyNotFound:
                 if proc.poll() is not None or time.monotonic() > deadline:
                     raise RuntimeError("the agent never reported alive (exit %s)" % proc.poll())
                 time.sleep(0.2)
+        if alive.get("dataplane") != dataplane:
+            raise RuntimeError("the agent at rest reports dataplane %r, not %r"
+                               % (alive.get("dataplane"), dataplane))
         start_cpu, _ = cpu_and_rss(proc.pid)
         etcd_start, _ = cpu_and_rss(server.pid)
         started = time.monotonic()
@@ -210,8 +243,9 @@ def summary(values):
 
 
 def raw_loads(desired, n):
-    """Load the final IPv4 filter ruleset from empty with each kernel interface, each in a
-    fresh namespace, plus one endpoint's chains on top with --noflush."""
+    """The iptables dataplane's baselines, {name: [seconds]}: the final IPv4 filter ruleset
+    loaded from empty with each kernel interface, each in a fresh namespace, plus one
+    endpoint's chains on top with --noflush."""
     from calicoctl.felix import policy
     from calicoctl.felix.executor import IptablesTable
     chains = desired.chains[("filter", 4)]
@@ -257,19 +291,103 @@ def raw_loads(desired, n):
     return result
 
 
-def timed_in_netns(setup, command, repeat=3):
-    """Median seconds of `command` in a fresh namespace after the setup commands."""
-    script = ("import subprocess, time, sys\n"
-              "for c in %r: subprocess.run(c, shell=True, check=True)\n"
-              "t = time.perf_counter()\n"
-              "subprocess.run(%r, shell=True, check=True)\n"
-              "print(time.perf_counter() - t)\n" % (setup, command))
+def nft_raw_loads(desired, rounds):
+    """The nftables dataplane's baselines, {name: [seconds]}, from its final desired state:
+    its whole table (nft_policy.full_script, what the agent loads) from empty with `nft -f`;
+    the same followed by the iptables parts it still loads (its fixed filter chains, nat and
+    raw, with their top-level jumps: one restore per family, as fast as iptables allows); and
+    one endpoint's set and map elements added with `nft -f` on top of the table without them
+    (`rounds` times in one namespace, deleted again between rounds, untimed), with the
+    iptables parts loaded too as on the agent's host, and without them: nft 1.0.6 reads the
+    other tables of the namespace (iptables-nft's) before any change, which costs a few ms."""
+    from calicoctl.felix import nft_policy
+    from calicoctl.felix.executor import TOP_JUMPS, IptablesTable
+    chains, sets, elements = desired.nft_chains, desired.nft_sets, desired.nft_elements
+    full = nft_policy.full_script(chains, sets, elements)
+    # One endpoint: its elements, and any list chain no other endpoint uses (then it comes
+    # with the endpoint, as in the agent's delta; with 100 profiles every list is shared).
+    key = sorted(desired.rendered)[0]
+    ep = desired.rendered[key]
+    mine = nft_policy.endpoint_elements(ep)
+    own = {c: r for c, r in nft_policy.endpoint_lists(ep).items()
+           if desired.list_users.get(c) == {key}}
+    base = nft_policy.full_script({c: r for c, r in chains.items() if c not in own}, sets,
+                                  {name: set(items) - mine.get(name, set())
+                                   for name, items in elements.items()})
+    # Chains before the map elements that go to them, as delta_script orders them.
+    one = [nft_policy.chain_declaration(c) for c in sorted(own)]
+    for c in sorted(own):
+        one += nft_policy.chain_lines(c, own[c])
+    for name in sorted(mine, key=lambda name: (":" in sets[name], name)):
+        one += nft_policy.element_lines("add", name, mine[name])
+    undo = [line for name in sorted(mine)
+            for line in nft_policy.element_lines("delete", name, mine[name])]
+    undo += ["%s chain %s %s %s" % (verb, nft_policy.FAMILY, nft_policy.TABLE, c)
+             for verb in ("flush", "delete") for c in sorted(own)]
+    iptables = {}
+    for v in (4, 6):
+        text = ""
+        for t, jumps in sorted(TOP_JUMPS.items()):
+            ours = desired.chains[(t, v)]
+            lines = ["-A %s -j %s" % (b, c) for b, c in sorted(jumps.items()) if c in ours]
+            builtins = "".join(":%s ACCEPT [0:0]\n" % b for b in sorted(jumps))
+            text += IptablesTable(t, v).restore_input(ours, lines).replace(
+                "*%s\n" % t, "*%s\n%s" % (t, builtins), 1)
+        iptables[v] = text
+    # The sets the iptables rules match on (pools, hosts) are there first, untimed, as for
+    # the iptables dataplane's baselines.
+    ipsets = "".join("create %s %s family %s\n" % (name, spec[0], spec[1]) + "".join(
+        "add %s %s\n" % (name, m) for m in sorted(spec[2])) for name, spec in desired.sets.items())
+    with tempfile.TemporaryDirectory() as d:
+        paths = {}
+        for name, text in (("full", full), ("base", base), ("one", "\n".join(one) + "\n"),
+                           ("undo", "\n".join(undo) + "\n"), ("v4", iptables[4]),
+                           ("v6", iptables[6]), ("sets", ipsets)):
+            paths[name] = os.path.join(d, name)
+            with open(paths[name], "w") as f:
+                f.write(text)
+        # No shell around the timed commands (argv, stdin): one endpoint takes a few ms.
+        nft = {name: (["nft", "-f", paths[name]], None) for name in ("full", "base", "one",
+                                                                      "undo")}
+        iptables_parts = [(["iptables-restore"], paths["v4"]), (["ip6tables-restore"], paths["v6"])]
+        return {
+            "nft_table_full_s": timed_in_netns([], [nft["full"]], repeat=5),
+            "nft_table_plus_iptables_full_s": timed_in_netns(
+                ["ipset restore < %s" % paths["sets"]],
+                [nft["full"]] + iptables_parts, repeat=5),
+            "nft_one_endpoint_s": timed_in_netns(
+                ["ipset restore < %s" % paths["sets"], nft["base"]] + iptables_parts,
+                [nft["one"]], repeat=1, rounds=rounds, undo=[nft["undo"]]),
+            "nft_one_endpoint_table_only_s": timed_in_netns(
+                [nft["base"]], [nft["one"]], repeat=1, rounds=rounds, undo=[nft["undo"]]),
+        }
+
+
+def timed_in_netns(setup, command, repeat=3, rounds=1, undo=()):
+    """Seconds of `command` (one shell line, or a list of commands, each a shell line or
+    (argv, stdin path), timed together), `rounds` times in each of `repeat` fresh namespaces
+    after the setup commands, with `undo` run untimed after each round."""
+    commands = [command] if isinstance(command, str) else list(command)
+    script = ("import subprocess, time\n"
+              "def run(c):\n"
+              "    if isinstance(c, str):\n"
+              "        return subprocess.run(c, shell=True, check=True)\n"
+              "    stdin = open(c[1]) if c[1] else None\n"
+              "    subprocess.run(c[0], stdin=stdin, check=True)\n"
+              "for c in %r: run(c)\n"
+              "for _ in range(%d):\n"
+              "    t = time.perf_counter()\n"
+              "    for c in %r: run(c)\n"
+              "    print(time.perf_counter() - t)\n"
+              "    for c in %r: run(c)\n" % (list(setup), rounds, commands, list(undo)))
     times = []
     for _ in range(repeat):
         out = subprocess.run(["unshare", "-n", sys.executable, "-c", script],
-                             capture_output=True, text=True, check=True)
-        times.append(float(out.stdout.strip()))
-    return statistics.median(times)
+                             capture_output=True, text=True)
+        if out.returncode != 0:
+            raise RuntimeError("raw load %r failed: %s" % (commands, out.stderr[-2000:]))
+        times += [float(line) for line in out.stdout.split()]
+    return times
 
 
 def to_native_nft(restore_text, sets):
@@ -315,37 +433,84 @@ def main():
     parser.add_argument("--samples", type=int, default=40)
     parser.add_argument("--idle", type=int, default=60,
                         help="seconds the real agent is watched at rest [default: 60]")
+    parser.add_argument("--dataplanes", default=",".join(DATAPLANES),
+                        help="policy dataplanes measured, each beside its own raw baselines "
+                             "[default: %s]" % ",".join(DATAPLANES))
     parser.add_argument("--json")
     parser.add_argument("--inner", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--dataplane", choices=DATAPLANES, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.inner:
-        print(json.dumps(inner(args.inner, args.samples, args.idle)))
+        print(json.dumps(inner(args.inner, args.samples, args.idle, args.dataplane)))
         return
+    dataplanes = [d.strip() for d in args.dataplanes.split(",") if d.strip()]
+    if not dataplanes or any(d not in DATAPLANES for d in dataplanes):
+        sys.exit("--dataplanes: a comma-separated list of %s" % ", ".join(DATAPLANES))
     if os.geteuid() != 0:
         sys.exit("bench/felix.py needs root (it loads rules in throwaway namespaces)")
+    sizes = [int(s) for s in args.sizes.split(",")]
     results = []
-    for n in (int(s) for s in args.sizes.split(",")):
-        proc = subprocess.run(["unshare", "-n", sys.executable, os.path.abspath(__file__),
-                               "--inner", str(n), "--samples", str(args.samples),
-                               "--idle", str(args.idle)],
-                              capture_output=True, text=True, cwd=REPO)
-        if proc.returncode != 0:
-            sys.exit("size %d failed:\n%s" % (n, proc.stderr[-3000:]))
-        r = json.loads(proc.stdout.strip().splitlines()[-1])
-        results.append(r)
-        report(r)
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(results, f, indent=2)
+    for n in sizes:
+        for dataplane in dataplanes:
+            proc = subprocess.run(["unshare", "-n", sys.executable, os.path.abspath(__file__),
+                                   "--inner", str(n), "--samples", str(args.samples),
+                                   "--idle", str(args.idle), "--dataplane", dataplane],
+                                  capture_output=True, text=True, cwd=REPO)
+            if proc.returncode != 0:
+                sys.exit("size %d, %s dataplane failed:\n%s" % (n, dataplane,
+                                                                 proc.stderr[-3000:]))
+            r = json.loads(proc.stdout.strip().splitlines()[-1])
+            results.append(r)
+            report(r)
+            sys.stdout.flush()
+            if args.json:         # after every run, so a later failure keeps what was measured
+                with open(args.json, "w") as f:
+                    json.dump(results, f, indent=2)
+    side_by_side(results, sizes, dataplanes)
+
+
+def fastest_full(r):
+    """(raw key, seconds) of the baseline cold start is compared with: the fastest full load
+    of the dataplane's own policy ruleset (see the module docstring)."""
+    raw = r["raw"]
+    if r["dataplane"] == "nftables":
+        return "nft_table_full_s", raw["nft_table_full_s"]
+    return min(((k, v) for k, v in raw.items() if k.endswith("full_s") and v),
+               key=lambda kv: kv[1])
+
+
+def one_endpoint_key(r):
+    return "nft_one_endpoint_s" if r["dataplane"] == "nftables" else "iptables_nft_one_endpoint_s"
+
+
+def spread(values, scale=1000.0, unit="ms", digits=1):
+    """'412.3 ms (p10-p90 400.1-430.0, n=3)': shorter than stats.summary, for the table."""
+    v = [x * scale for x in values]
+    return "%.*f %s (p10-p90 %.*f-%.*f, n=%d)" % (
+        digits, statistics.median(v), unit, digits, stats.percentile(v, 10), digits,
+        stats.percentile(v, 90), len(v))
+
+
+def incremental(figure):
+    return "p50 %.1f ms (p99 %.1f, n=%d)" % (figure["p50"], figure["p99"], figure["n"])
 
 
 def report(r):
     raw = r["raw"]
-    fastest = min(v for k, v in raw.items() if k.endswith("full_s") and v)
-    print("== %d endpoints, %d profiles: IPv4 filter %d chains / %d rules" % (
-        r["endpoints"], r["profiles"], r["filter_v4_chains"], r["filter_v4_rules"]))
-    print("cold start: %.2fs (dataplane sync %.2fs, both families + sets + nat)" % (
-        r["cold_start_s"], r["cold_dataplane_s"]))
+    samples = r.get("raw_samples", {})
+    if r["dataplane"] == "nftables":
+        print("== %d endpoints, %d profiles [nftables dataplane]: table inet calico %d chains / "
+              "%d rules, %d sets and maps / %d elements" % (
+                  r["endpoints"], r["profiles"], r["nft_chains"], r["nft_rules"], r["nft_sets"],
+                  r["nft_elements"]))
+        print("cold start: %.2fs (dataplane sync %.2fs: the nft table, iptables fixed chains, "
+              "nat and raw in both families)" % (r["cold_start_s"], r["cold_dataplane_s"]))
+    else:
+        print("== %d endpoints, %d profiles [iptables dataplane]: IPv4 filter %d chains / "
+              "%d rules" % (r["endpoints"], r["profiles"], r["filter_v4_chains"],
+                            r["filter_v4_rules"]))
+        print("cold start: %.2fs (dataplane sync %.2fs, both families + sets + nat)" % (
+            r["cold_start_s"], r["cold_dataplane_s"]))
     for name in ("new_endpoint_ms", "rule_change_ms", "tag_member_ms"):
         print("%-16s p50 %7.1f ms  p99 %7.1f ms  (n=%d)" % (
             name[:-3], r[name]["p50"], r[name]["p99"], r[name]["n"]))
@@ -356,11 +521,62 @@ def report(r):
               idle["agent_rss_mib"]["max"], idle["agent_rss_mib"]["n"],
               idle["etcd_cpu_per_min"]))
     for k, v in sorted(raw.items()):
-        print("raw %-32s %s" % (k, "%.3fs" % v if v is not None else "n/a"))
-    print("ratios: cold start / fastest raw full load = %.2f; new endpoint p50 / raw nft "
-          "one-endpoint = %.2f" % (r["cold_start_s"] / fastest,
-                                   r["new_endpoint_ms"]["p50"] / 1000.0
-                                   / raw["iptables_nft_one_endpoint_s"]))
+        print("raw %-32s %s" % (k, stats.summary(samples[k]) if samples.get(k) else
+                                "%.3fs" % v if v is not None else "n/a"))
+    key, fastest = fastest_full(r)
+    if r["dataplane"] == "nftables":
+        print("ratios: cold start / raw nft table full load = %.2f (with the iptables parts: "
+              "%.2f); new endpoint p50 / raw nft one-endpoint = %.2f" % (
+                  r["cold_start_s"] / fastest,
+                  r["cold_start_s"] / raw["nft_table_plus_iptables_full_s"],
+                  r["new_endpoint_ms"]["p50"] / 1000.0 / raw["nft_one_endpoint_s"]))
+    else:
+        print("ratios: cold start / fastest raw full load (%s) = %.2f; new endpoint p50 / raw "
+              "nft one-endpoint = %.2f" % (key[:-2], r["cold_start_s"] / fastest,
+                                           r["new_endpoint_ms"]["p50"] / 1000.0
+                                           / raw["iptables_nft_one_endpoint_s"]))
+
+
+def side_by_side(results, sizes, dataplanes, width=38):
+    """One table, a column per dataplane: each figure as median, spread and n, then the
+    growth from the smallest to the largest size and cold start against the raw full load."""
+    by = {(r["endpoints"], r["dataplane"]): r for r in results}
+
+    def row(label, cells):
+        print(("  %-24s%s" % (label, "".join("%-*s" % (width, c) for c in cells))).rstrip())
+
+    def per_dataplane(label, n, cell):
+        row(label, [cell(by[(n, d)]) for d in dataplanes])
+    print()
+    print("== side by side (medians; spread p99 or p10-p90; n samples)")
+    row("", [d + " dataplane" for d in dataplanes])
+    for n in sizes:
+        print("%d endpoints" % n)
+        per_dataplane("cold start", n, lambda r: "%.2f s (n=1)" % r["cold_start_s"])
+        per_dataplane("raw full load (fastest)", n, lambda r: spread(
+            r["raw_samples"][fastest_full(r)[0]], 1, "s", 3))
+        per_dataplane("new endpoint", n, lambda r: incremental(r["new_endpoint_ms"]))
+        per_dataplane("raw one endpoint", n, lambda r: spread(
+            r["raw_samples"][one_endpoint_key(r)]))
+        per_dataplane("rule change", n, lambda r: incremental(r["rule_change_ms"]))
+        per_dataplane("tag member", n, lambda r: incremental(r["tag_member_ms"]))
+        per_dataplane("at rest CPU, RSS", n, lambda r: "%.2f s/min, %.0f MiB (n=%d)" % (
+            r["idle"]["agent_cpu_per_min"], r["idle"]["agent_rss_mib"]["p50"],
+            r["idle"]["agent_rss_mib"]["n"]))
+    lo, hi = min(sizes), max(sizes)
+    if hi != lo:
+        print("growth %d / %d endpoints, ratio of p50s (goal <= 1.5x)" % (hi, lo))
+        for name in ("new_endpoint_ms", "rule_change_ms", "tag_member_ms"):
+            row(name[:-3].replace("_", " "), ["%.2fx" % (by[(hi, d)][name]["p50"]
+                                                         / by[(lo, d)][name]["p50"])
+                                               for d in dataplanes])
+    print("cold start / fastest raw full load (goal <= 1.5x)")
+    for n in sizes:
+        per_dataplane("%d endpoints" % n, n, lambda r: "%.2fx (%s)" % (
+            r["cold_start_s"] / fastest_full(r)[1],
+            "%.2fx with iptables parts" % (r["cold_start_s"]
+                                           / r["raw"]["nft_table_plus_iptables_full_s"])
+            if r["dataplane"] == "nftables" else fastest_full(r)[0][:-7]))
 
 
 if __name__ == "__main__":
