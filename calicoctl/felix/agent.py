@@ -227,7 +227,8 @@ class Agent:
         self.refreshes += 1
         # Reading back costs with what there is to read: every chain (iptables), or every
         # endpoint's elements (nftables).
-        size = max([len(c) for c in self.desired.chains.values()] + [2 * len(self.desired.rendered)])
+        size = max([len(c) for c in self.desired.chains.values()]
+                   + [2 * len(self.desired.rendered)])
         try:
             if size < DEEP_CHAINS or self.refreshes % DEEP_EVERY == 0:
                 self.dataplane.sync(self.desired, full=False)

@@ -49,11 +49,12 @@ _SAFE = re.compile(r"^[A-Za-z0-9_.\-]+$")
 
 def short_name(name, room):
     """name if it fits in room characters, else a readable prefix plus a hash (never clashes
-    with a real name: '~' is not allowed in Calico names)."""
+    with a real name: '~' is not allowed in Calico names).  The prefix keeps only characters
+    iptables and ipset take in a name: a tag may be any string, "odd tag!" included."""
     if len(name) <= room and _SAFE.match(name):
         return name
     digest = hashlib.sha256(name.encode()).hexdigest()[:8]
-    return "%s~%s" % (name[:room - 9], digest)
+    return "%s~%s" % (re.sub(r"[^A-Za-z0-9_.\-]", "_", name[:room - 9]), digest)
 
 
 def profile_chain(profile, direction):

@@ -1,8 +1,8 @@
 """What the agent reports in etcd, and the one reading side: whether an agent is alive and
 whether an endpoint is up are answered here for `calicoctl node`/`status` and the plugin too.
 
-- /calico/felix/v1/host/<host>/status: {"time", "uptime", "dataplane"} with a TTL (liveness: it vanishes
-  when the agent stops refreshing it), plus last_reported_status without a TTL.
+- /calico/felix/v1/host/<host>/status: {"time", "uptime", "dataplane"} with a TTL (liveness: it
+  vanishes when the agent stops refreshing it), plus last_reported_status without a TTL.
 - /calico/felix/v1/host/<host>/workload/<orch>/<workload>/endpoint/<id>: {"status": "up"} once
   the endpoint's policy, route and tag sets are programmed; deleted with the endpoint.
 """

@@ -491,7 +491,6 @@ KERNEL_STEPS = [
     {"name": "stale-change", "op": "stale-change",
      "cmd": ["delete", "element", "inet", "calico", "to4", '{ "caliaf07" }'],
      "items": [ep_item("af07", "192.168.0.7", ["net2"])]},
-    # (Before the switch: the iptables dataplane's ipset names keep a space of a tag's name.)
     {"name": "odd-names-removed", "op": "change", "items": [
         (ep_key("ae06"), None), *[(k(p), None) for p in (ODD1, ODD2)
                                   for k in (keys.profile_tags, keys.profile_rules)]]},

@@ -186,3 +186,12 @@ def test_tunnel_routes_for_other_hosts_blocks_in_ipip_pools():
     aff = {"h1": {"192.168.0.0/26"}, "h2": {"192.168.0.64/26", "10.0.0.0/26"}}
     assert routes.tunnel_routes(pools, aff, {"h1": "198.18.0.2", "h2": "198.18.0.3"}, "h1") == {
         routes.Route("192.168.0.64/26", "tunl0", "198.18.0.3", onlink=True)}
+
+
+def test_odd_tag_names_make_names_ipset_and_iptables_take():
+    # A tag may be any string; its set's name may hold only what ipset and iptables accept.
+    for tag in ("odd tag!", "tag/with/slashes", "x" * 40, "ümlaut"):
+        name = tag_set(tag, 4)
+        assert len(name) <= ipsets.MAX_SET
+        assert all(c.isascii() and (c.isalnum() or c in "_.-~") for c in name), name
+    assert tag_set("odd tag!", 4) != tag_set("odd tag?", 4)
