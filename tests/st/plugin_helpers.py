@@ -203,3 +203,25 @@ def clean_docker(host):
 
 def now():
     return time.monotonic()
+
+
+# Seconds dockerd may take to answer after a restart before it counts as hung: Docker's 15 s
+# driver look-ups, once per network and endpoint, stay well inside it.
+DOCKERD_HANG = 180
+
+
+def restart_dockerd_timed(host, extra_args=()):
+    """Stop and start the host's dockerd: (seconds the stop took, seconds until the API
+    answered, the monotonic time the start began).  A dockerd that does not answer within
+    DOCKERD_HANG fails the test with the harness's reason."""
+    from tests.st.harness import HarnessError
+    t0 = time.monotonic()
+    host.stop_dockerd(timeout=60)
+    stopped = time.monotonic() - t0
+    started = time.monotonic()
+    try:
+        host.start_dockerd(extra_args=list(extra_args), timeout=DOCKERD_HANG)
+    except HarnessError as exc:
+        raise AssertionError("dockerd did not answer within %d s of its restart: %s"
+                             % (DOCKERD_HANG, exc)) from None
+    return stopped, time.monotonic() - started, started

@@ -16,13 +16,11 @@ import pytest
 from tests.st.calico_stack import store_for
 from tests.st.churn_checks import PREFIX, report, settle
 from tests.st.demo import default_calicoctl
-from tests.st.harness import HarnessError, wait_for
-from tests.st.plugin_helpers import answers_within, clean_docker, container_ip, wipe_etcd
+from tests.st.harness import wait_for
+from tests.st.plugin_helpers import (DOCKERD_HANG, answers_within, clean_docker, container_ip,
+                                     restart_dockerd_timed, wipe_etcd)
 
 SETTLE = 90                   # seconds for the system to reach rest after a restart
-# Seconds dockerd may take to answer after a restart before it counts as hung: Docker's 15 s
-# driver look-up per Calico network and restored endpoint (three here), with room to spare.
-DOCKERD_HANG = 180
 
 
 @pytest.fixture
@@ -91,17 +89,7 @@ def test_dockerd_restart_with_the_plugin_in_its_container(testbed, two_hosts, no
     assert answers_within(h1, PREFIX + "a", ip_b, 30)
     assert answers_within(h1, PREFIX + "a", ip_c, 60)
 
-    t0 = time.monotonic()
-    h1.stop_dockerd(timeout=60)
-    stopped = time.monotonic() - t0
-    t1 = time.monotonic()
-    try:
-        h1.start_dockerd(extra_args=["--live-restore"] if live_restore else (),
-                         timeout=DOCKERD_HANG)
-    except HarnessError as exc:
-        raise AssertionError("dockerd did not answer within %d s of its restart: %s"
-                             % (DOCKERD_HANG, exc)) from None
-    api = time.monotonic() - t1
+    stopped, api, t1 = restart_dockerd_timed(h1, ["--live-restore"] if live_restore else ())
 
     def all_running():
         out = h1.docker("ps", "--format", "{{.Names}}", check=False).stdout.split()

@@ -13,17 +13,16 @@ import time
 import pytest
 
 from tests.st.calico_stack import learnt
-from tests.st.harness import HarnessError, wait_for
+from tests.st.harness import wait_for
 from tests.st.node_helpers import calicoctl, env  # noqa: F401 (fixture)
 from tests.st.plugin_helpers import answers_within, clean_docker, container_ip, \
-    ping_answered, wipe_etcd
+    ping_answered, restart_dockerd_timed, wipe_etcd
 
 # Debian 13's engine (Docker 26.1) here; the demonstration runs with the managed plugin on
 # every engine (tests/st/test_demo.py).
 pytestmark = pytest.mark.engines("trixie")
 
 DRIVER = "calico:latest"
-DOCKERD_HANG = 180          # seconds after a restart before dockerd counts as hung
 ROUTES = 60                 # seconds for BGP to carry a new workload's route
 
 
@@ -118,14 +117,7 @@ def test_dockerd_restart_with_the_managed_plugin(two_hosts, managed, request):
     assert answers_within(h1, "r-a", container_ip(h1, "r-b", "rnet1"), 30)
     assert answers_within(h1, "r-a", ip_x, ROUTES)
 
-    h1.stop_dockerd(timeout=60)
-    t0 = time.monotonic()
-    try:
-        h1.start_dockerd(timeout=DOCKERD_HANG)
-    except HarnessError as exc:
-        raise AssertionError("dockerd did not answer within %d s of its restart: %s"
-                             % (DOCKERD_HANG, exc)) from None
-    api = time.monotonic() - t0
+    _, api, t0 = restart_dockerd_timed(h1)
 
     def all_running():
         out = h1.docker("ps", "--format", "{{.Names}}", check=False).stdout.split()
