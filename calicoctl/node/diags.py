@@ -22,8 +22,6 @@ HOST_COMMANDS = [
     ("iptables-save.txt", ["iptables-save", "-c"]),
     ("ip6tables-save.txt", ["ip6tables-save", "-c"]),
     ("ipset-list.txt", ["ipset", "list"]),
-    # The agent's table when it runs the nftables dataplane (felix/nft_policy.py).
-    ("nft-calico.txt", ["nft", "list", "table", "inet", "calico"]),
     ("ip-route.txt", ["ip", "route", "show", "table", "all"]),
     ("ip6-route.txt", ["ip", "-6", "route", "show", "table", "all"]),
     ("ip-rule.txt", ["ip", "rule"]),
@@ -97,6 +95,16 @@ def _bird(container_exec):
     return out
 
 
+def _nft_table(container_exec):
+    """The agent's nft table (nftables dataplane), listed by the nft that wrote it: calico-node's
+    when it runs (Debian 12's nft 1.0.6 crashes listing sets Debian 13's nft 1.1 wrote)."""
+    cmd = ["nft", "list", "table", "inet", "calico"]
+    if container_exec is None:
+        return _run(cmd)
+    rc, text = container_exec(cmd)
+    return text + ("" if rc == 0 else "\n[exit %s]\n" % rc)
+
+
 def collect(store, log_dir, docker_factory=None, out_dir=None):
     """Write the tar.gz and return its path."""
     from calicoctl import __version__
@@ -114,6 +122,7 @@ def collect(store, log_dir, docker_factory=None, out_dir=None):
             container_exec = _node_exec(docker_factory)
         for name, text in _bird(container_exec).items():
             _write(folder, name, text)
+        _write(folder, "nft-calico.txt", _nft_table(container_exec))
         if log_dir and os.path.isdir(log_dir):
             shutil.copytree(log_dir, os.path.join(folder, "logs"), symlinks=True,
                             ignore_dangling_symlinks=True)

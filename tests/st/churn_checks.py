@@ -141,9 +141,16 @@ def agent_dataplane(store, host):
 
 def nft_table(host):
     """{set or map name: [element]} of the agent's nft table (an element: a string, or a
-    list for a map's key and verdict).  Raises when the table cannot be read."""
+    list for a map's key and verdict).  Raises when the table cannot be read.
+
+    Read with the agent's own nft: inside calico-node when it runs there.  Debian 12's nft
+    (1.0.6) crashes listing sets that Debian 13's (1.1.3, in the default node image) wrote."""
     from calicoctl.felix import nft_policy
-    out = host.run(["nft", "-j", "list", "table", nft_policy.FAMILY, nft_policy.TABLE]).stdout
+    argv = ["nft", "-j", "list", "table", nft_policy.FAMILY, nft_policy.TABLE]
+    if host.docker("ps", "-q", "--filter", "name=^calico-node$").stdout.strip():
+        out = host.docker("exec", "calico-node", *argv).stdout
+    else:
+        out = host.run(argv).stdout
     sets = {}
     for item in json.loads(out)["nftables"]:
         for word in ("set", "map"):
