@@ -1,6 +1,7 @@
 """Container start-up time: Calico network vs Docker's bridge, on the same engine.
 
     .venv/bin/python bench/container_start.py [--runs 20] [--parallel 8] [--idle 30]
+                                              [--dataplane auto|nftables|iptables]
 
 Brings up a one-host testbed (tests/st/harness), runs `calicoctl plugin serve --log-level=debug`
 in it, creates a Calico network (Calico IPAM) beside Docker's default bridge, and for each network
@@ -13,8 +14,9 @@ log ("call <Name> took <ms> ms") to give p50/p99 per call.
 Last, --idle seconds at rest: CPU per minute and RSS of the plugin and the agent, beside the
 host's dockerd in the same minutes.
 
-The agent runs, as on every user's host (`calicoctl felix serve --no-bgp`), and the plugin waits
-for its per-endpoint "up" report (in ProgramExternalConnectivity).  --stand-in replaces it with iptables ACCEPT rules for cali+
+The agent runs, as on every user's host (`calicoctl felix serve --no-bgp`, policy dataplane
+--dataplane, auto by default), and the plugin waits for its per-endpoint "up" report (in
+ProgramExternalConnectivity).  --stand-in replaces it with iptables ACCEPT rules for cali+
 (dockerd's FORWARD policy is DROP): the plugin's and the dataplane's share alone, labelled as
 such in the output, never what a user pays.
 """
@@ -117,6 +119,8 @@ def main():
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--idle", type=int, default=30,
                         help="seconds to watch the plugin and agent at rest (0: skip)")
+    parser.add_argument("--dataplane", default="auto", choices=("auto", "nftables", "iptables"),
+                        help="the agent's policy dataplane (calicoctl felix serve --dataplane)")
     parser.add_argument("--stand-in", action="store_true",
                         help="ACCEPT rules for cali+ instead of the agent (Join does not wait "
                              "for it): the plugin's share only, not what a user pays")
@@ -134,7 +138,8 @@ def run(bed, args):
         allow_forwarding(host)
     else:
         agent = PluginProcess(host, bed.etcd, log_name="felix",
-                              args=("felix", "serve", "--no-bgp")).start(wait=False)
+                              args=("felix", "serve", "--no-bgp",
+                                    "--dataplane=%s" % args.dataplane)).start(wait=False)
     host.docker("network", "create", "--driver", "calico", "--ipam-driver", "calico", "calinet")
     # Docker's built-in bridge is the reference the goal names.  A user-defined bridge network
     # is shown too: like every user-defined network (Calico's included) it gets Docker's
@@ -165,7 +170,7 @@ def run(bed, args):
                     cpu[label][k] += cpu_with_children(pid) - before[k]
     print("\nContainer start to first ping answered, %s (interleaved runs)" % (
         "STAND-IN ACCEPT rules instead of the agent: not what a user pays" if args.stand_in
-        else "with the agent"))
+        else "with the agent, --dataplane=%s" % args.dataplane))
     for label in networks:
         print("%-8s %s" % (label, stats.summary(times[label], digits=0)))
     print("ratio calico/bridge (medians): %.2fx (goal <= 1.25x)"
