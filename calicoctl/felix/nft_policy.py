@@ -26,6 +26,7 @@ Every function returns plain data: chains as {name: [rule text]}, sets as
 {name: (type, frozenset(element text))}; maps are sets whose type has a `: verdict`.
 """
 
+import functools
 import hashlib
 import ipaddress
 import re
@@ -89,6 +90,7 @@ def tag_set(tag, version):
     return _name("t%d-" % version, tag)
 
 
+@functools.lru_cache(maxsize=4096)
 def list_chain(profile_ids, direction):
     """The chain shared by every endpoint whose ordered profile list is profile_ids."""
     digest = hashlib.sha256("\n".join(profile_ids).encode()).hexdigest()[:16]
