@@ -165,19 +165,24 @@ class DesiredState:
         keys_ = self.tag_eps.get(tag, set())
         declared = any(tag in tags for tags in state.profile_tags.values())
         for v in VERSIONS:
-            name = ipsets.tag_set(tag, v)
             if not keys_ and not declared and not self._tag_referenced(tag):
-                self._put_set(delta, name, None)
+                self._put_tag_set(delta, tag, v, None)
                 continue
             members = set()
             for key in keys_:
                 ep = state.endpoints.get(key)
                 if ep is not None:
                     members |= ipsets.endpoint_addresses(ep, v)
-            family = "inet" if v == 4 else "inet6"
-            self._put_set(delta, name, ("hash:ip", family, frozenset(members)))
+            self._put_tag_set(delta, tag, v, members)
         if not keys_:
             self.tag_eps.pop(tag, None)
+
+    def _put_tag_set(self, delta, tag, version, members):
+        """A tag's set in one family holds exactly members (None: the set goes)."""
+        name = ipsets.tag_set(tag, version)
+        family = "inet" if version == 4 else "inet6"
+        self._put_set(delta, name, None if members is None else
+                      ("hash:ip", family, frozenset(members)))
 
     def _tag_referenced(self, tag):
         needle = " %s " % ipsets.tag_set(tag, 4)

@@ -369,17 +369,17 @@ class NftTable:
         """Full: replace the table in one transaction.  Otherwise compare every rule and
         element of the kernel's table with ours, and replace the table if they differ.
         Returns the number of chains written."""
-        if not full:
-            if not self._differs(desired, deep=True):
-                return 0
-            log.warning("Repairing the nft table %s %s: changed behind our back",
-                        nft_policy.FAMILY, nft_policy.TABLE)
-        self.write_all(desired)
-        return len(desired.nft_chains)
+        if full:
+            self.write_all(desired)
+            return len(desired.nft_chains)
+        return self._repair(desired, deep=True)
 
     def quick_sync(self, desired):
         """The cheap check (chains, rule counts, sets), for refreshes between deep ones."""
-        if not self._differs(desired, deep=False):
+        return self._repair(desired, deep=False)
+
+    def _repair(self, desired, deep):
+        if not self._differs(desired, deep):
             return 0
         log.warning("Repairing the nft table %s %s: changed behind our back",
                     nft_policy.FAMILY, nft_policy.TABLE)

@@ -8,7 +8,7 @@ chains (nft_policy.iptables_chains), nat and raw, and the pool and host ipsets.
 Pure, like calc.py: update() returns a Delta; nft changes are in its nft_* fields.
 """
 
-from calicoctl.felix import ipsets, nft_policy
+from calicoctl.felix import nft_policy
 from calicoctl.felix.calc import VERSIONS, DesiredState
 
 
@@ -81,24 +81,14 @@ class NftDesiredState(DesiredState):
                 self.config.interface_prefix, self.config.endpoint_to_host_action).items():
             self._put_chain(delta, name, rules)
 
-    def _update_tag(self, state, tag, delta):
-        keys_ = self.tag_eps.get(tag, set())
-        declared = any(tag in tags for tags in state.profile_tags.values())
-        for v in VERSIONS:
-            name = nft_policy.tag_set(tag, v)
-            if not keys_ and not declared and not self._tag_referenced(tag):
-                self._declare(delta, name, None)
-                continue
-            members = set()
-            for key in keys_:
-                ep = state.endpoints.get(key)
-                if ep is not None:
-                    members |= ipsets.endpoint_addresses(ep, v)
-            self._declare(delta, name, nft_policy.ADDR_TYPE[v])
-            have = self.nft_elements[name]
-            self._change_elements(delta, name, members - have, have - members)
-        if not keys_:
-            self.tag_eps.pop(tag, None)
+    def _put_tag_set(self, delta, tag, version, members):
+        name = nft_policy.tag_set(tag, version)
+        if members is None:
+            self._declare(delta, name, None)
+            return
+        self._declare(delta, name, nft_policy.ADDR_TYPE[version])
+        have = self.nft_elements[name]
+        self._change_elements(delta, name, members - have, have - members)
 
     def _tag_referenced(self, tag):
         names = {nft_policy.tag_set(tag, v) for v in VERSIONS}

@@ -395,20 +395,10 @@ def parse_listing(text, terse=False):
     """`nft -j list table` output -> {"chains": {name: rule count}, "sets": {name: element
     count, or None for a terse (-t) listing, which leaves elements out}}: enough to notice a
     chain, rule, set or element someone removed or added."""
-    import json
-    chains, sets = {}, {}
-    for item in json.loads(text).get("nftables", []):
-        if "chain" in item:
-            chains.setdefault(item["chain"]["name"], 0)
-        elif "rule" in item:
-            name = item["rule"]["chain"]
-            chains[name] = chains.get(name, 0) + 1
-        else:
-            for word in ("set", "map"):
-                if word in item:
-                    body = item[word]
-                    sets[body["name"]] = None if terse else len(body.get("elem", ()))
-    return {"chains": chains, "sets": sets}
+    content = table_content(text)
+    return {"chains": {name: len(c["rules"]) for name, c in content["chains"].items()},
+            "sets": {name: None if terse else len(elements)
+                     for name, (_, elements) in content["sets"].items()}}
 
 
 def table_content(text):
