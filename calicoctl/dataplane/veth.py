@@ -70,23 +70,24 @@ def list_veths(prefix):
         return names
 
 
-def create_veth(host_ifname, peer_ifname, mtu, mac=WORKLOAD_MAC):
+def create_veth(host_ifname, peer_ifname, mtu, mac=WORKLOAD_MAC, executor=None):
     """Create the pair (host side up), or find it already there.  The container side gets the
     workload MAC here: Docker may not apply the MAC we answer, so we set it ourselves."""
-    with Executor() as ex:
-        if ex.link_index(host_ifname) is not None:
-            return False
-        ex.call(["link", "add", host_ifname, "mtu", str(mtu), "type", "veth", "peer", "name",
-                 peer_ifname, "address", mac, "mtu", str(mtu)],
-                ex.ipr.link, "add", ifname=host_ifname, kind="veth", mtu=mtu,
-                peer={"ifname": peer_ifname, "address": mac, "mtu": mtu})
-        index = ex.link_index(host_ifname)
-        ex.call(["link", "set", host_ifname, "up"], ex.ipr.link, "set", index=index,
-                state="up")
+    if executor is None:
+        with Executor() as ex:
+            return create_veth(host_ifname, peer_ifname, mtu, mac, ex)
+    ex = executor
+    if ex.link_index(host_ifname) is not None:
+        return False
+    # Created up (IFF_UP in the same request): one netlink round trip fewer per container.
+    ex.call(["link", "add", host_ifname, "mtu", str(mtu), "up", "type", "veth", "peer", "name",
+             peer_ifname, "address", mac, "mtu", str(mtu)],
+            ex.ipr.link, "add", ifname=host_ifname, kind="veth", mtu=mtu, state="up",
+            peer={"ifname": peer_ifname, "address": mac, "mtu": mtu})
     return True
 
 
-def configure_host_side(host_ifname, ipv4_nets=(), ipv6_nets=()):
+def configure_host_side(host_ifname, ipv4_nets=(), ipv6_nets=(), executor=None):
     """proxy ARP (and NDP), the IPv6 gateway address, and one host route per workload address."""
     ipv6 = bool(ipv6_nets)
     sysctl.enable_proxy_arp(host_ifname)
@@ -95,17 +96,23 @@ def configure_host_side(host_ifname, ipv4_nets=(), ipv6_nets=()):
         sysctl.enable_proxy_ndp(host_ifname)
         sysctl.write("net/ipv6/conf/%s/forwarding" % host_ifname, 1)
     sysctl.enable_forwarding(ipv6)
-    with Executor() as ex:
-        index = ex.link_index(host_ifname)
-        if index is None:
-            raise DataplaneError(["ip", "link", "show", host_ifname], 1,
-                                 stderr="Device does not exist")
-        if ipv6:
-            ex.call(["addr", "add", IPV6_GATEWAY + "/64", "dev", host_ifname, "nodad"],
-                    ex.ipr.addr, "add", index=index, address=IPV6_GATEWAY, prefixlen=64,
-                    family=socket.AF_INET6, flags=0x02, ignore=(errno.EEXIST,))  # IFA_F_NODAD
-        for net in list(ipv4_nets) + list(ipv6_nets):
-            add_host_route(ex, host_ifname, index, net)
+    if executor is None:
+        with Executor() as ex:
+            return _configure_links(ex, host_ifname, ipv4_nets, ipv6_nets)
+    return _configure_links(executor, host_ifname, ipv4_nets, ipv6_nets)
+
+
+def _configure_links(ex, host_ifname, ipv4_nets, ipv6_nets):
+    index = ex.link_index(host_ifname)
+    if index is None:
+        raise DataplaneError(["ip", "link", "show", host_ifname], 1,
+                             stderr="Device does not exist")
+    if ipv6_nets:
+        ex.call(["addr", "add", IPV6_GATEWAY + "/64", "dev", host_ifname, "nodad"],
+                ex.ipr.addr, "add", index=index, address=IPV6_GATEWAY, prefixlen=64,
+                family=socket.AF_INET6, flags=0x02, ignore=(errno.EEXIST,))  # IFA_F_NODAD
+    for net in list(ipv4_nets) + list(ipv6_nets):
+        add_host_route(ex, host_ifname, index, net)
 
 
 def add_host_route(ex, host_ifname, index, net):
@@ -139,11 +146,12 @@ def remove_veth(host_ifname):
 def set_up_workload(host_ifname, peer_ifname, mtu, ipv4_nets=(), ipv6_nets=(),
                     mac=WORKLOAD_MAC):
     """Everything the host side needs; on failure, undo whatever was created here."""
-    created = create_veth(host_ifname, peer_ifname, mtu, mac)
-    try:
-        configure_host_side(host_ifname, ipv4_nets, ipv6_nets)
-    except Exception:
-        if created:
-            remove_veth(host_ifname)
-        raise
+    with Executor() as ex:      # one netlink socket for the whole set-up
+        created = create_veth(host_ifname, peer_ifname, mtu, mac, ex)
+        try:
+            configure_host_side(host_ifname, ipv4_nets, ipv6_nets, ex)
+        except Exception:
+            if created:
+                ex.link_del(host_ifname)
+            raise
     return created
