@@ -21,11 +21,17 @@ def _scan_root(host=None, orchestrator=None, workload=None):
 
 
 def list_endpoints(store, host=None, orchestrator=None, workload=None, endpoint_id=None,
-                   quorum=False):
-    """Endpoints matching every filter given; malformed records are logged and skipped."""
+                   quorum=False, mentions=None):
+    """Endpoints matching every filter given; malformed records are logged and skipped.
+
+    mentions: only records whose key or stored text contains one of these strings are parsed:
+    a cheap first cut for a caller that then checks the fields itself (parsing every record of
+    a busy host is most of what a scan costs)."""
     found = []
     for key, value, index in store.children(_scan_root(host, orchestrator, workload),
                                             quorum=quorum):
+        if mentions is not None and not any(m in key or m in value for m in mentions):
+            continue
         kind, c = keys.match_key(key)
         if kind != "endpoint":
             continue
@@ -33,15 +39,33 @@ def list_endpoints(store, host=None, orchestrator=None, workload=None, endpoint_
                 or (workload and c["workload"] != workload) \
                 or (endpoint_id and c["endpoint_id"] != endpoint_id):
             continue
-        try:
-            ep = Endpoint.from_json(c["host"], c["orchestrator"], c["workload"],
-                                    c["endpoint_id"], json.loads(value))
-        except (ValueError, ValidationError) as exc:
-            log.warning("Skipping malformed endpoint at %s: %s", key, exc)
-            continue
-        ep.extra["_index"] = index
-        found.append(ep)
+        ep = _parse(key, c, value, index)
+        if ep is not None:
+            found.append(ep)
     return found
+
+
+def read_endpoint(store, host, orchestrator, workload, endpoint_id):
+    """One endpoint by its full identity (one read, whatever else the host holds), or None if
+    it is absent or malformed (logged, as list_endpoints does)."""
+    key = keys.endpoint(host, orchestrator, workload, endpoint_id)
+    node = store.read(key)
+    if node is None or node.is_dir:
+        return None
+    return _parse(key, {"host": host, "orchestrator": orchestrator, "workload": workload,
+                        "endpoint_id": endpoint_id}, node.value, node.modified_index)
+
+
+def _parse(key, c, value, index):
+    """A stored record -> Endpoint carrying the index it was read at (for compare-and-swap)."""
+    try:
+        ep = Endpoint.from_json(c["host"], c["orchestrator"], c["workload"],
+                                c["endpoint_id"], json.loads(value))
+    except (ValueError, ValidationError) as exc:
+        log.warning("Skipping malformed endpoint at %s: %s", key, exc)
+        return None
+    ep.extra["_index"] = index
+    return ep
 
 
 def get_endpoint(store, endpoint_id, host=None, orchestrator=None, workload=None):

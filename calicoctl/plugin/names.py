@@ -15,7 +15,7 @@ import threading
 import time
 
 from calicoctl.datastore import networks, profiles
-from calicoctl.errors import CalicoError
+from calicoctl.errors import CalicoError, NotFoundError
 from calicoctl.plugin import records
 
 log = logging.getLogger(__name__)
@@ -124,8 +124,13 @@ class NameLearner:
             if action == "create":
                 self.learn_network(network_id, attrs.get("name"))
             elif action == "connect" and attrs.get("container"):
-                self.learn_network(network_id, attrs.get("name"))
-                self._learn_from_container(network_id, attrs["container"], attrs.get("name"))
+                # Each container start brings one of these while Docker is still starting it,
+                # so it must cost a few reads, not a scan of the host's endpoints: the network's
+                # other endpoints got their profile when the name was learned, and this one
+                # gets it (if it raced that) with its container's name.
+                if self.learn_network(network_id, attrs.get("name"), scan_if_known=False):
+                    self._learn_from_container(network_id, attrs["container"],
+                                               attrs.get("name"))
         except CalicoError as exc:
             log.warning("Could not record what Docker's %s event says: %s", action, exc)
 
@@ -134,37 +139,53 @@ class NameLearner:
         networks = (info.get("NetworkSettings") or {}).get("Networks") or {}
         endpoint_id = (networks.get(network_name) or {}).get("EndpointID")
         if endpoint_id:
-            self.learn_container(endpoint_id, container_id, (info.get("Name") or "").lstrip("/"))
+            self.learn_container(endpoint_id, container_id, (info.get("Name") or "").lstrip("/"),
+                                 profile=network_name)
 
-    def learn_network(self, network_id, name):
+    def learn_network(self, network_id, name, scan_if_known=True):
+        """Record the network's name and make its profile; give the name to this host's
+        endpoints of the network that lack it (all of them when the name is new, or when
+        scan_if_known).  True if the network is ours."""
         if not network_id or not name:
-            return
+            return False
         record = networks.read_network(self.store, network_id)
         if record is None:
-            return            # not created through us (or already deleted)
+            return False      # not created through us (or already deleted)
+        scan = scan_if_known
         if record.name != name:
             record = networks.set_network_name(self.store, network_id, name)
             log.info("Network %s is named %s", network_id[:12], name)
+            scan = True
         if record is None:
-            return
+            return False
         profiles.create_profile(self.store, name, exist_ok=True)
-        for ep in records.host_endpoints(self.store, self.host):
-            if ep.extra.get("network_id") == network_id and ep.profile_ids != [name]:
-                records.update_endpoint_fields(self.store, ep, profile_ids=[name])
-                log.info("Endpoint %s now has profile %s", ep.endpoint_id[:12], name)
+        if scan:
+            for ep in records.host_endpoints(self.store, self.host):
+                if ep.extra.get("network_id") == network_id and ep.profile_ids != [name]:
+                    records.update_endpoint_fields(self.store, ep, profile_ids=[name])
+                    log.info("Endpoint %s now has profile %s", ep.endpoint_id[:12], name)
+        return True
 
-    def learn_container(self, endpoint_id, container_id, container_name):
+    def learn_container(self, endpoint_id, container_id, container_name, profile=None):
+        """Record which container an endpoint belongs to (and, given its network's name as
+        profile, make sure it has that profile)."""
         if not endpoint_id:
             return
-        for ep in records.host_endpoints(self.store, self.host):
-            if ep.endpoint_id != endpoint_id:
-                continue
-            if ep.extra.get("container_id") != container_id or \
-                    ep.extra.get("container_name") != container_name:
-                records.update_endpoint_fields(self.store, ep, container_id=container_id,
-                                               container_name=container_name)
-                log.info("Endpoint %s belongs to container %s (%s)", endpoint_id[:12],
-                         container_name, container_id[:12])
+        try:
+            ep = records.endpoint_of(self.store, self.host, endpoint_id)
+        except NotFoundError:
+            return            # another host's, or already gone
+        fix_profile = profile is not None and ep.profile_ids != [profile]
+        if ep.extra.get("container_id") != container_id or \
+                ep.extra.get("container_name") != container_name or fix_profile:
+            records.update_endpoint_fields(self.store, ep,
+                                           profile_ids=[profile] if fix_profile else None,
+                                           container_id=container_id,
+                                           container_name=container_name)
+            log.info("Endpoint %s belongs to container %s (%s)", endpoint_id[:12],
+                     container_name, container_id[:12])
+            if fix_profile:
+                log.info("Endpoint %s now has profile %s", endpoint_id[:12], profile)
 
 
 def fresh_sync(learner):

@@ -282,8 +282,7 @@ class NetworkDriver:
         network_id, endpoint_id = request["NetworkID"], request["EndpointID"]
         sandbox = request["SandboxKey"]
         record = networks.get_network(self.store, network_id)
-        host_eps = records.host_endpoints(self.store, self.host)
-        ep = next((e for e in host_eps if e.endpoint_id == endpoint_id), None)
+        ep, others = records.sandbox_endpoints(self.store, self.host, sandbox, endpoint_id)
         if ep is None:
             raise NotFoundError("Endpoint %s is not known to Calico on %s." % (
                 endpoint_id[:12], self.host))
@@ -291,8 +290,6 @@ class NetworkDriver:
             self.dataplane.set_up_workload(ep.name, veth.temp_peer_name(endpoint_id),
                                  self._mtu(record, ep.ipv4_nets), ep.ipv4_nets, ep.ipv6_nets,
                                  ep.mac or WORKLOAD_MAC)
-        others = [e for e in host_eps
-                  if e.extra.get("sandbox") == sandbox and e.endpoint_id != endpoint_id]
         gateway4 = _free_gateway(others) if ep.ipv4_nets else None
         records.set_endpoint_fields(self.store, ep, ipv4_gateway=gateway4, sandbox=sandbox)
         answer = {"InterfaceName": {"SrcName": veth.temp_peer_name(endpoint_id),

@@ -16,16 +16,31 @@ log = logging.getLogger(__name__)
 # --- endpoints ----------------------------------------------------------------------------------
 
 def endpoint_of(store, host, endpoint_id):
-    eps = endpoints.list_endpoints(store, host, keys.LIBNETWORK_ORCHESTRATOR,
-                                   keys.LIBNETWORK_WORKLOAD, endpoint_id)
-    if not eps:
+    ep = endpoints.read_endpoint(store, host, keys.LIBNETWORK_ORCHESTRATOR,
+                                 keys.LIBNETWORK_WORKLOAD, endpoint_id)
+    if ep is None:
         raise NotFoundError("Endpoint %s is not known to Calico on %s." % (endpoint_id[:12], host))
-    return eps[0]
+    return ep
 
 
 def host_endpoints(store, host):
     return endpoints.list_endpoints(store, host, keys.LIBNETWORK_ORCHESTRATOR,
                                     keys.LIBNETWORK_WORKLOAD)
+
+
+def sandbox_endpoints(store, host, sandbox, endpoint_id):
+    """(this endpoint or None, this host's other endpoints in `sandbox`), from one read that
+    parses only the records naming the sandbox or this endpoint."""
+    mine, others = None, []
+    # The sandbox as it appears inside a stored record (records are dump_json's text).
+    mark = dump_json(sandbox)
+    for ep in endpoints.list_endpoints(store, host, keys.LIBNETWORK_ORCHESTRATOR,
+                                       keys.LIBNETWORK_WORKLOAD, mentions=(mark, endpoint_id)):
+        if ep.endpoint_id == endpoint_id:
+            mine = ep
+        elif ep.extra.get("sandbox") == sandbox:
+            others.append(ep)
+    return mine, others
 
 
 def update_endpoint_fields(store, ep, profile_ids=None, ipv4_gateway=None, **extra):

@@ -330,6 +330,61 @@ def test_endpoint_closed_until_name_known(store, plugin, plugin_parts, etcd_dump
     assert json.loads(etcd_dump()[key])["profile_ids"] == ["net1"]
 
 
+class CountingScans:
+    """The real store, counting the directory scans made through it."""
+
+    def __init__(self, store):
+        self._store, self.scanned = store, []
+
+    def children(self, key, *args, **kwargs):
+        self.scanned.append(key)
+        return self._store.children(key, *args, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self._store, name)
+
+
+def test_a_connect_gives_a_racing_endpoint_its_profile_without_a_scan(store, plugin,
+                                                                      plugin_parts, etcd_dump):
+    """An endpoint created while its network's name was still unknown, and written after the
+    learner had given the name to the network's endpoints, gets it at its container's connect;
+    and a connect (one per container start) reads single keys, never the host's endpoints."""
+    from calicoctl.datastore import networks
+    add_pool(store, Pool(cidr=ipaddress.ip_network("10.9.0.0/24")))
+    pool_id = calico_network(plugin)
+    start_container(plugin, pool_id)                 # no name yet: closed
+    networks.set_network_name(store, NET, "net1")    # the learner's write, its scan missed EP
+    learner = plugin_parts[1]
+    counting = CountingScans(store)
+    learner.store = counting
+    key = keys.endpoint("testhost", "libnetwork", "libnetwork", EP)
+    # What the event thread does on "connect" (Docker's inspect gives the endpoint id).
+    assert learner.learn_network(NET, "net1", scan_if_known=False) is True
+    assert json.loads(etcd_dump()[key])["profile_ids"] == []
+    learner.learn_container(EP, "c0ffee" * 10, "workload-A", profile="net1")
+    record = json.loads(etcd_dump()[key])
+    assert record["profile_ids"] == ["net1"] and record["container_name"] == "workload-A"
+    assert counting.scanned == []
+    # An endpoint of another host, or one already gone, is left alone.
+    learner.learn_container("99" * 32, "c0ffee" * 10, "workload-B", profile="net1")
+    assert not [k for k in etcd_dump() if "99" * 32 in k]
+    # A network that is not ours is not learned.
+    assert learner.learn_network("77" * 32, "other", scan_if_known=False) is False
+
+
+def test_join_counts_only_its_own_sandboxs_interfaces(store, plugin):
+    """Join reads the host's endpoints once but parses only those naming its sandbox: another
+    container's interface (same gateway address, different sandbox) must not push it off .1."""
+    add_pool(store, Pool(cidr=ipaddress.ip_network("10.9.0.0/24")))
+    pool_id = calico_network(plugin)
+    _, _, first = start_container(plugin, pool_id, sandbox="/var/run/docker/netns/other")
+    assert first["Gateway"] == "169.254.1.1"
+    _, _, second = start_container(plugin, pool_id, endpoint_id=EP2)
+    assert second["Gateway"] == "169.254.1.1"
+    _, _, third = start_container(plugin, pool_id, endpoint_id="d4" * 32)
+    assert third["Gateway"] == "169.254.1.2"
+
+
 def test_mac_given_is_not_echoed_and_mtu_option(store, plugin, netns):
     plugin.ok("NetworkDriver.CreateNetwork", {
         "NetworkID": NET, "IPv4Data": [{"AddressSpace": "LocalDefault", "Pool": "10.5.0.0/24"}],
