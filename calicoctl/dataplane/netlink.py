@@ -60,6 +60,10 @@ class Executor:
 
     def link_index(self, ifname):
         """Index of ifname, or None if there is no such link."""
+        if self.netns is None:
+            # The calling thread's namespace, like the socket's: one ioctl rather than a netlink
+            # dump (a container start looks its veth up several times).
+            return if_index(ifname)
         found = self._ipr.link_lookup(ifname=ifname)
         return found[0] if found else None
 
@@ -84,6 +88,15 @@ class Executor:
         self.call(["link", "del", ifname], self._ipr.link, "del", index=index,
                   ignore=(errno.ENODEV,))
         return True
+
+
+def if_index(ifname):
+    """Index of ifname in the calling thread's network namespace, or None if there is none."""
+    import socket
+    try:
+        return socket.if_nametoindex(ifname)
+    except OSError:      # ENODEV; also a name the kernel could never hold (too long)
+        return None
 
 
 CLONE_NEWNET = 0x40000000

@@ -9,7 +9,7 @@ import logging
 import socket
 
 from calicoctl.dataplane import sysctl
-from calicoctl.dataplane.netlink import Executor
+from calicoctl.dataplane.netlink import Executor, if_index
 from calicoctl.datastore.models import WORKLOAD_MAC
 from calicoctl.errors import DataplaneError
 
@@ -53,8 +53,7 @@ def workload_mtu(override=None, ipip=False):
 
 
 def veth_exists(host_ifname):
-    with Executor() as ex:
-        return ex.link_index(host_ifname) is not None
+    return if_index(host_ifname) is not None
 
 
 def list_veths(prefix):
