@@ -97,6 +97,10 @@ class NetworkDriver:
         # Endpoints whose Join left the agent wait to ProgramExternalConnectivity (see join).
         self._deferred = {}
         self._lock = threading.Lock()
+        # Network records once they carry their name (network id -> Network): nothing changes
+        # a record after that, and Docker never reuses a network id, so CreateEndpoint and Join
+        # need not read it again for every container.  Dropped by Create/DeleteNetwork.
+        self._named = {}
 
     # -- networks --------------------------------------------------------------------------
 
@@ -116,6 +120,8 @@ class NetworkDriver:
 
     def create_network(self, request):
         network_id = request["NetworkID"]
+        with self._lock:
+            self._named.pop(network_id, None)
         options = request.get("Options") or {}
         opts = parse_options(options.get(GENERIC_OPTIONS) or {})
         ipv6 = str(options.get(ENABLE_IPV6, "")).lower() == "true"
@@ -173,8 +179,19 @@ class NetworkDriver:
                 added.append(cidr)
         return added
 
+    def _network(self, network_id):
+        record = self._named.get(network_id)
+        if record is None:
+            record = networks.get_network(self.store, network_id)
+            if record.name:
+                with self._lock:
+                    self._named[network_id] = record
+        return record
+
     def delete_network(self, request):
         network_id = request["NetworkID"]
+        with self._lock:
+            self._named.pop(network_id, None)
         record = networks.read_network(self.store, network_id)
         if record is None:
             return {}
@@ -208,7 +225,7 @@ class NetworkDriver:
     def create_endpoint(self, request):
         network_id, endpoint_id = request["NetworkID"], request["EndpointID"]
         iface = request.get("Interface") or {}
-        record = networks.get_network(self.store, network_id)
+        record = self._network(network_id)
         nets4 = [_host_net(iface["Address"], 4)] if iface.get("Address") else []
         nets6 = [_host_net(iface["AddressIPv6"], 6)] if iface.get("AddressIPv6") else []
         if not nets4 and not nets6:
@@ -281,7 +298,7 @@ class NetworkDriver:
     def join(self, request):
         network_id, endpoint_id = request["NetworkID"], request["EndpointID"]
         sandbox = request["SandboxKey"]
-        record = networks.get_network(self.store, network_id)
+        record = self._network(network_id)
         ep, others = records.sandbox_endpoints(self.store, self.host, sandbox, endpoint_id)
         if ep is None:
             raise NotFoundError("Endpoint %s is not known to Calico on %s." % (

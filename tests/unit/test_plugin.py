@@ -344,6 +344,22 @@ class CountingScans:
         return getattr(self._store, name)
 
 
+class CountingReads(CountingScans):
+    """The real store, recording the keys read through it."""
+
+    def __init__(self, store):
+        super().__init__(store)
+        self.read_keys = []
+
+    def read(self, key, *args, **kwargs):
+        self.read_keys.append(key)
+        return self._store.read(key, *args, **kwargs)
+
+    def get(self, key, *args, **kwargs):
+        self.read_keys.append(key)
+        return self._store.get(key, *args, **kwargs)
+
+
 def test_a_connect_gives_a_racing_endpoint_its_profile_without_a_scan(store, plugin,
                                                                       plugin_parts, etcd_dump):
     """An endpoint created while its network's name was still unknown, and written after the
@@ -370,6 +386,30 @@ def test_a_connect_gives_a_racing_endpoint_its_profile_without_a_scan(store, plu
     assert not [k for k in etcd_dump() if "99" * 32 in k]
     # A network that is not ours is not learned.
     assert learner.learn_network("77" * 32, "other", scan_if_known=False) is False
+
+
+def test_a_named_network_is_read_once_and_forgotten_with_it(store, plugin, plugin_parts,
+                                                           etcd_dump):
+    """The driver keeps a network's record once it has its name (so a container start does not
+    read it again); deleting the network drops it, so a record written anew is what counts."""
+    add_pool(store, Pool(cidr=ipaddress.ip_network("10.9.0.0/24")))
+    pool_id = calico_network(plugin)
+    plugin_parts[1].learn_network(NET, "net1")
+    counting = CountingReads(store)
+    driver = plugin_parts[2].network_driver
+    driver.store = counting
+    start_container(plugin, pool_id)
+    start_container(plugin, pool_id, endpoint_id=EP2, sandbox="/var/run/docker/netns/two")
+    assert counting.read_keys.count(keys.libnetwork_network(NET)) == 1
+    driver.store = store
+    key = keys.endpoint("testhost", "libnetwork", "libnetwork", EP2)
+    assert json.loads(etcd_dump()[key])["profile_ids"] == ["net1"]
+    plugin.ok("NetworkDriver.DeleteEndpoint", {"NetworkID": NET, "EndpointID": EP2})
+    plugin.ok("NetworkDriver.DeleteEndpoint", {"NetworkID": NET, "EndpointID": EP})
+    plugin.ok("NetworkDriver.DeleteNetwork", {"NetworkID": NET})
+    calico_network(plugin)                       # the same id again, its name not yet learned
+    start_container(plugin, pool_id, endpoint_id=EP2, sandbox="/var/run/docker/netns/two")
+    assert json.loads(etcd_dump()[key])["profile_ids"] == []
 
 
 def test_join_counts_only_its_own_sandboxs_interfaces(store, plugin):
