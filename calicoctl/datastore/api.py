@@ -101,11 +101,18 @@ def _answer(endpoint, status, body):
 
 def _pool(settings, timeout):
     import urllib3
-    kwargs = {"timeout": urllib3.Timeout(connect=min(CONNECT_TIMEOUT, timeout), read=timeout)}
+    kwargs = pool_options(settings)
+    kwargs["timeout"] = urllib3.Timeout(connect=min(CONNECT_TIMEOUT, timeout), read=timeout)
+    return urllib3.PoolManager(num_pools=len(settings.endpoints), **kwargs)
+
+
+def pool_options(settings):
+    """urllib3's TLS options for the settings' CA, certificate and key."""
+    kwargs = {}
     if settings.ca_cert:
         kwargs["ca_certs"] = settings.ca_cert
         kwargs["cert_reqs"] = "CERT_REQUIRED"
     if settings.cert:
         kwargs["cert_file"] = settings.cert
         kwargs["key_file"] = settings.key
-    return urllib3.PoolManager(num_pools=len(settings.endpoints), **kwargs)
+    return kwargs

@@ -118,16 +118,20 @@ def gateway_error(exc):
 
 
 def classify_v3(exc):
-    """(kind, reason) for an etcd3gw failure; (None, None) for what is no etcd failure."""
+    """(kind, reason) for a v3 failure; (None, None) for what is no etcd failure."""
     import etcd3gw.exceptions as e3
     import requests
+    import urllib3
     if isinstance(exc, requests.RequestException):
         return classify_transport(_requests_cause(exc))
     if not isinstance(exc, e3.Etcd3Exception):
         return None, None
-    # etcd3gw turns a requests failure into its own exception, raised while handling it.
+    # etcd3gw turns a requests failure into its own exception, raised while handling it; the
+    # backend's own requests (store_v3._unary) do the same with urllib3's.
     if isinstance(exc.__context__, requests.RequestException):
         return classify_transport(_requests_cause(exc.__context__))
+    if isinstance(exc.__context__, (urllib3.exceptions.HTTPError, OSError)):
+        return classify_transport(exc.__context__)
     answer = gateway_error(exc)
     if answer is None:
         text = one_line(getattr(exc, "detail_text", None) or exc)

@@ -22,6 +22,7 @@ conflict (`_landed`), so nothing is applied twice.  Watching is in v3_watch.py.
 """
 
 import base64
+import json
 import logging
 import threading
 import urllib.parse
@@ -107,6 +108,7 @@ class V3Backend:
         self.endpoints = endpoints
         self._clients = {}
         self._lock = threading.Lock()
+        self._pool = None           # urllib3, for every request but the watch's stream
         from calicoctl.datastore.v3_watch import Watcher   # it builds on this module
         self.watcher = Watcher(self)
 
@@ -133,6 +135,36 @@ class V3Backend:
         client.session.trust_env = False
         client.authenticated = False
         return client
+
+    def _requests_pool(self):
+        with self._lock:
+            if self._pool is None:
+                self._pool = _unary_pool(self.settings, self.timeout)
+            return self._pool
+
+    def _unary(self, client, path, payload):
+        """One request and its JSON answer, raising what etcd3gw's post raises.  Straight
+        through urllib3 rather than requests' session: every plugin call and agent write
+        comes here, and requests' layers cost about as much as etcd's own answer."""
+        import etcd3gw.exceptions as e3
+        import urllib3
+        headers = {"Content-Type": "application/json"}
+        token = client.session.headers.get("Authorization")
+        if token:
+            headers["Authorization"] = token
+        try:
+            resp = self._requests_pool().urlopen(
+                "POST", client.get_url(path), body=json.dumps(payload).encode(),
+                headers=headers, retries=False, redirect=False)
+        except urllib3.exceptions.TimeoutError as exc:
+            # Raised while handling exc, so classify_v3 sorts it by exc (its __context__).
+            raise e3.ConnectionTimeoutError(str(exc))
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            raise e3.ConnectionFailedError(str(exc))
+        if resp.status != 200:
+            text = resp.data.decode(errors="replace")
+            raise _status_error(resp.status)(text, resp.reason)
+        return json.loads(resp.data)
 
     @staticmethod
     def timeouts(read):
@@ -173,13 +205,13 @@ class V3Backend:
             client = self.client_for(endpoint)
             self.authenticate(client)
             try:
-                answer = client.post(client.get_url(path), json=payload)
+                answer = self._unary(client, path, payload)
             except Exception as exc:  # noqa: BLE001 - sorted below, else re-raised
                 error = gateway_error(exc)
                 if error is not None and error[0] == GRPC_UNAUTHENTICATED and \
                         self.settings.username:
                     self.authenticate(client, again=True)
-                    answer = client.post(client.get_url(path), json=payload)
+                    answer = self._unary(client, path, payload)
                 elif error is not None and error[0] == GRPC_OUT_OF_RANGE and \
                         "compacted" in error[1]:
                     raise Compacted(error[1]) from None
@@ -363,6 +395,26 @@ class V3Backend:
         log.warning("etcd: our write to %s landed before its member failed; not repeating it.",
                     key)
         return event.modified_index
+
+
+def _unary_pool(settings, timeout):
+    """urllib3 connections to every member, with the TLS files etcd3gw's session is given
+    (the v2 probe's, api._pool), a few kept per member for the plugin's concurrent calls."""
+    import urllib3
+    from calicoctl.datastore.api import pool_options
+    connect, read = V3Backend.timeouts(timeout)
+    options = pool_options(settings)
+    options["timeout"] = urllib3.Timeout(connect=connect, read=read)
+    return urllib3.PoolManager(num_pools=max(1, len(settings.endpoints)), maxsize=8, **options)
+
+
+def _status_error(status):
+    """The exception etcd3gw's post raises for this HTTP status (its _EXCEPTIONS_BY_CODE), so
+    classify_v3 reads ours the same."""
+    import etcd3gw.exceptions as e3
+    return {500: e3.InternalServerError, 503: e3.ConnectionFailedError,
+            408: e3.ConnectionTimeoutError, 504: e3.ConnectionTimeoutError,
+            412: e3.PreconditionFailedError}.get(status, e3.Etcd3Exception)
 
 
 def _immediate(key, names):
