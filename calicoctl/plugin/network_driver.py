@@ -358,24 +358,28 @@ class NetworkDriver:
         """When the agent runs here, give it a bounded moment to program the endpoint, so the
         workload's first packets are not dropped for want of policy or a route.  Watches the
         report key (answering the moment it lands) rather than polling."""
-        if not self.felix_wait or not status.agent_alive(self.store, self.host):
+        if not self.felix_wait:
             return
         started = time.monotonic()
+        key = keys.felix_endpoint_status(self.host, ep.orchestrator, ep.workload,
+                                         ep.endpoint_id)
         try:
-            self._watch_for_up(ep, started + self.felix_wait)
+            # The index first, then the read: a report written in between is seen by the
+            # watch.  A report already there (the agent is usually that quick) ends it here,
+            # before asking whether the agent is alive at all.
+            index = self.store.current_index()
+            if status.endpoint_up(self.store.get(key)):
+                return
+            if not status.agent_alive(self.store, self.host):
+                return
+            self._watch_for_up(key, index, started + self.felix_wait, ep.endpoint_id)
         finally:
             # Debug only: the time spent waiting, apart from the call's own work
             # (bench/container_start.py reads it).
             log.debug("Waited %.1f ms for the agent's report on %s",
                       (time.monotonic() - started) * 1000, ep.endpoint_id[:12])
 
-    def _watch_for_up(self, ep, deadline):
-        key = keys.felix_endpoint_status(self.host, ep.orchestrator, ep.workload,
-                                         ep.endpoint_id)
-        # The index first, then the read: a report written in between is seen by the watch.
-        index = self.store.current_index()
-        if status.endpoint_up(self.store.get(key)):
-            return
+    def _watch_for_up(self, key, index, deadline, endpoint_id):
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -393,7 +397,7 @@ class NetworkDriver:
             if status.endpoint_up(change.value):
                 return
         log.warning("The agent did not report endpoint %s up within %.1f s; answering Docker "
-                    "anyway", ep.endpoint_id[:12], self.felix_wait)
+                    "anyway", endpoint_id[:12], self.felix_wait)
 
     def leave(self, request):
         endpoint_id = request["EndpointID"]
