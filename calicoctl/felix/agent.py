@@ -303,6 +303,7 @@ class Agent:
         endpoints that are gone or not (yet) up.  Only changes are written, so a restart with
         thousands of endpoints writes nothing it had already reported."""
         programmed = self.dataplane.routes.programmed
+        reports = {}
         for key in endpoint_keys:
             if key[0] != self.host:
                 continue
@@ -310,15 +311,20 @@ class Agent:
             routes = self.ep_routes.get(key)
             up = ep is not None and ep.state == "active" and ep.name in self.ifaces and (
                 not routes or any(r in programmed for r in routes))
-            try:
-                if up and self.state.reported.get(key) != "up":
-                    status.report_endpoint(self.store, self.host, key, "up")
-                    self.state.reported[key] = "up"
-                elif not up and key in self.state.reported:
-                    status.clear_endpoint(self.store, self.host, key)
-                    self.state.reported.pop(key, None)
-            except DatastoreError as exc:
-                log.warning("Cannot report endpoint %s: %s", key[3], exc)
+            if up and self.state.reported.get(key) != "up":
+                reports[key] = "up"
+            elif not up and key in self.state.reported:
+                reports[key] = None
+        if not reports:
+            return
+        failed = set(status.write_endpoint_reports(self.store, self.host, reports))
+        for key, state in reports.items():
+            if key in failed:
+                continue
+            if state is None:
+                self.state.reported.pop(key, None)
+            else:
+                self.state.reported[key] = state
 
     def _forget_flows(self, addresses):
         """Addresses an endpoint gave up lose their tracked connections, so a workload that
