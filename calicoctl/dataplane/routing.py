@@ -65,6 +65,8 @@ class RouteManager:
     def update(self, add, remove):
         """Install the routes in `add` not yet programmed and remove those in `remove`: the
         work of one change, without looking at every route (set_routes passes all of them)."""
+        if not (add - self.programmed or remove & self.programmed):
+            return            # before importing pyroute2, which costs ~80 ms the first time
         from pyroute2.netlink.exceptions import NetlinkError
         for route in sorted(add - self.programmed, key=str):
             args = self._args(route)

@@ -151,7 +151,7 @@ class Agent:
             count += 1
             if result.is_dir and value is not None:
                 continue          # a directory being created says nothing by itself
-            changes.merge(self.state.apply(result.key, value))
+            self.state.apply(result.key, value, changes)
             if result.store_index is None or result.store_index < self.index:
                 break             # nothing more is waiting: apply what we have
         if changes:

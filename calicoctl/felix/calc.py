@@ -108,8 +108,7 @@ class DesiredState:
             if full else set(changes.local_endpoints)
         profiles_dirty = set(changes.profile_rules)
         buckets_dirty = set()
-        for key in local_keys:
-            profiles_dirty |= self._update_endpoint(state, key, delta, buckets_dirty)
+        profiles_dirty |= self._update_endpoints(state, local_keys, delta, buckets_dirty)
         if full:
             profiles_dirty |= set(self.profile_users)
         for profile in profiles_dirty:
@@ -195,6 +194,13 @@ class DesiredState:
                                                         for r in rules):
                     return True
         return False
+
+    def _update_endpoints(self, state, keys_, delta, buckets_dirty):
+        """(Re)render these local endpoints; return profiles whose use count changed."""
+        touched = set()
+        for key in keys_:
+            touched |= self._update_endpoint(state, key, delta, buckets_dirty)
+        return touched
 
     def _update_endpoint(self, state, key, delta, buckets_dirty):
         """(Re)render one local endpoint; return profiles whose use count changed."""

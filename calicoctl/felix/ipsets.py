@@ -8,6 +8,7 @@ Pools become hash:net sets the NAT and IPIP rules match on.
 import functools
 import ipaddress
 
+from calicoctl.datastore.models import is_canonical_v4_host
 from calicoctl.felix.policy import short_name
 
 SET_PREFIX = "felix-"
@@ -43,6 +44,8 @@ def net_addresses(text):
     """One endpoint net's addresses (each address of a small net: hash:ip and nft address sets
     take addresses).  Cached: a cold start asks for every endpoint's several times, and
     parsing was half its desired-state time at 10,000 endpoints (bench/felix.py)."""
+    if is_canonical_v4_host(text):
+        return frozenset((text[:-3],))
     addr, _, length = text.partition("/")
     if length in ("32", "128"):
         # The usual case, one address: parsing it alone is a third of the cost of a network.

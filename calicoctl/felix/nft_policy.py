@@ -81,6 +81,7 @@ def _name(head, name):
     return head + "x" + hashlib.sha256(name.encode()).hexdigest()[:20]
 
 
+@functools.lru_cache(maxsize=4096)     # asked once per endpoint using the profile
 def profile_chain(profile, direction):
     """direction 'inbound' | 'outbound' -> p-<profile>-i / -o (p-x<hash>-i for odd names)."""
     return _name("p-", profile) + ("-i" if direction == "inbound" else "-o")

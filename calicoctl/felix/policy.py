@@ -18,6 +18,7 @@ hex, so up to 256 buckets): adding one endpoint rewrites one bucket of ~n/256 ru
 n-rule chain, which keeps an incremental change independent of the number of endpoints (bench).
 """
 
+import functools
 import hashlib
 import ipaddress
 import re
@@ -57,6 +58,7 @@ def short_name(name, room):
     return "%s~%s" % (re.sub(r"[^A-Za-z0-9_.\-]", "_", name[:room - 9]), digest)
 
 
+@functools.lru_cache(maxsize=4096)     # asked once per endpoint using the profile
 def profile_chain(profile, direction):
     """direction 'inbound' | 'outbound' -> felix-p-<profile>-i / -o."""
     suffix = "-i" if direction == "inbound" else "-o"

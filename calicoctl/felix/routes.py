@@ -8,6 +8,8 @@ the tunnel device (Debian's BIRD has no krt_tunnel, so the agent installs these 
 import ipaddress
 from dataclasses import dataclass
 
+from calicoctl.datastore.models import canonical_net
+
 
 @dataclass(frozen=True)
 class Route:
@@ -21,7 +23,7 @@ def endpoint_routes(endpoint):
     """The routes of one local endpoint (regardless of whether its interface exists yet)."""
     if endpoint.state != "active" or not endpoint.name:
         return set()
-    return {Route(str(ipaddress.ip_network(n, strict=False)), endpoint.name)
+    return {Route(canonical_net(n), endpoint.name)
             for n in list(endpoint.ipv4_nets) + list(endpoint.ipv6_nets)}
 
 

@@ -117,37 +117,37 @@ class FelixState:
     def load_snapshot(self, items):
         """Replace everything with (key, value) pairs of one consistent read."""
         self.reset()
+        # One record for the whole snapshot: a Changes per key, merged, was a quarter of the
+        # parse at 10,000 endpoints.
         changes = Changes()
         for key, value in items:
-            changes.merge(self.apply(key, value))
+            self.apply(key, value, changes)
         return changes
 
-    def apply(self, key, value):
+    def apply(self, key, value, changes=None):
         """One set (value = string) or delete (value = None) of a key; a deleted directory is
-        passed as its key with value None and removes everything below it."""
+        passed as its key with value None and removes everything below it.  Returns what it
+        touched: changes, when given, with this key's added."""
+        changes = Changes() if changes is None else changes
         kind, c = keys.match_key(key)
         if kind in WATCHED:
-            return self._apply_one(kind, c, key, value)
-        if value is None:
-            changes = Changes()
+            self._apply_one(kind, c, key, value, changes)
+        elif value is None:
             below = [k for k in self.raw if k.startswith(key.rstrip("/") + "/")]
             for k in below:
                 k_kind, k_c = keys.match_key(k)
-                changes.merge(self._apply_one(k_kind, k_c, k, None))
-            return changes
-        return Changes()
+                self._apply_one(k_kind, k_c, k, None, changes)
+        return changes
 
-    def _apply_one(self, kind, c, key, value):
+    def _apply_one(self, kind, c, key, value, changes):
         if value is None:
             self.raw.pop(key, None)
         else:
             self.raw[key] = value
-        changes = Changes()
         handler = getattr(self, "_on_" + kind, None)
         if handler is None and kind in _BGP_KINDS:
             handler = self._on_bgp
         handler(c, key, value, changes)
-        return changes
 
     # -- handlers (one per kind of key) ----------------------------------------------------
 
