@@ -8,7 +8,8 @@ For each size N and each dataplane (the agent built with AgentDataplane(dataplan
 throwaway network namespace with its own etcd:
   - writes 100 profiles (tag = name, an allow-from-tag inbound rule and a tcp port rule) and N
     local endpoints spread over them (no veths: the route work is not measured);
-  - cold start: one agent resync (snapshot, desired state, every set and chain programmed);
+  - cold start: one agent resync (snapshot, desired state, every set and chain programmed),
+    split by phase (snapshot read, state parse, desired state, dataplane sync, the rest);
   - incremental, p50/p99 over --samples: etcd write -> the executor's apply returned (kernel
     state in place) for (a) one new local endpoint, (b) one rule change in a profile, (c) one
     new endpoint on another host (a tag membership change: one ipset or nft set update);
@@ -147,8 +148,11 @@ def inner(n, samples, idle_seconds, dataplane):
             sync_times.append(time.perf_counter() - t1)
             return r
         dp.sync = timed_sync
+        phases = time_phases(agent, dp)
         agent.resync()
         cold = time.perf_counter() - t
+        phases["dataplane_sync"] = sync_times[0]
+        phases["rest"] = cold - sum(phases.values())
         thread = threading.Thread(target=agent.watch_loop, daemon=True)
         thread.start()
         new_ep = measure(agent, timed, lambda i: write_endpoint(
@@ -183,6 +187,7 @@ def inner(n, samples, idle_seconds, dataplane):
             "dataplane": dataplane, "endpoints": n, "profiles": PROFILES,
             "populate_s": populate_s,
             "cold_start_s": cold, "cold_dataplane_s": sync_times[0] if sync_times else None,
+            "cold_phases_s": phases,
             "new_endpoint_ms": summary(new_ep), "rule_change_ms": summary(rule),
             "tag_member_ms": summary(member), "idle": idle,
             # Medians (seconds) as in earlier runs, and every sample for the spread.
@@ -191,6 +196,33 @@ def inner(n, samples, idle_seconds, dataplane):
         })
     finally:
         server.stop()
+
+
+def time_phases(agent, dp):
+    """{phase: seconds} of the next resync, filled as it runs: the snapshot read, its parse and
+    the desired state (the dataplane sync is timed by the caller, the rest is what is left)."""
+    phases = {}
+
+    def timed(obj, name, phase):
+        real = getattr(obj, name)
+
+        def run(*args, **kwargs):
+            t = time.perf_counter()
+            try:
+                return real(*args, **kwargs)
+            finally:
+                phases.setdefault(phase, time.perf_counter() - t)    # the first call only
+        setattr(obj, name, run)
+    timed(agent.store, "read", "snapshot_read")
+    timed(agent.state, "load_snapshot", "state_parse")
+    real_desired_state = dp.desired_state
+
+    def desired_state():
+        desired = real_desired_state()
+        timed(desired, "update", "desired_state")
+        return desired
+    dp.desired_state = desired_state
+    return phases
 
 
 def idle_cost(server, n, seconds, dataplane):
@@ -511,6 +543,11 @@ def report(r):
                             r["filter_v4_rules"]))
         print("cold start: %.2fs (dataplane sync %.2fs, both families + sets + nat)" % (
             r["cold_start_s"], r["cold_dataplane_s"]))
+    if r.get("cold_phases_s"):
+        print("cold start by phase: " + ", ".join(
+            "%s %.2fs" % (name.replace("_", " "), r["cold_phases_s"][name])
+            for name in ("snapshot_read", "state_parse", "desired_state", "dataplane_sync",
+                         "rest")))
     for name in ("new_endpoint_ms", "rule_change_ms", "tag_member_ms"):
         print("%-16s p50 %7.1f ms  p99 %7.1f ms  (n=%d)" % (
             name[:-3], r[name]["p50"], r[name]["p99"], r[name]["n"]))
