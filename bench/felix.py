@@ -16,7 +16,8 @@ throwaway network namespace with its own etcd:
   - at rest: the real agent (`calicoctl felix serve --dataplane=<same>`, default refresh
     interval) started on the same etcd, and once it reports alive (with that dataplane), its CPU
     seconds per minute and RSS over --idle seconds, with the etcd server's CPU in the same
-    minutes for scale;
+    minutes for scale; and beside it the plugin (`calicoctl plugin serve`, no Docker engine in
+    the namespace: its event stream reconnects every 5 s instead);
   - raw baselines from the agent's final desired state, each in fresh namespaces:
     iptables dataplane: its IPv4 filter ruleset loaded from empty with iptables-nft-restore,
       iptables-legacy-restore and native `nft -f` (the same rules through
@@ -37,6 +38,7 @@ also loads); the ratio against the table plus the iptables parts is printed besi
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -235,6 +237,16 @@ def idle_cost(server, n, seconds, dataplane):
                              "--log-level=WARNING", "--dataplane=%s" % dataplane],
                             cwd=REPO, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # The plugin beside it, on the same etcd with these n endpoints of its host.  No Docker
+    # engine here: its only work at rest, following Docker's event stream, is a reconnect
+    # every 5 s instead (and without a first listing it never reconciles, so it cannot remove
+    # the bench's endpoints).  bench/container_start.py measures it beside a real engine.
+    sock_dir = tempfile.mkdtemp(prefix="felix-bench-plugin-")
+    plugin = subprocess.Popen([sys.executable, "-m", "calicoctl", "plugin", "serve",
+                               "--socket=%s/calico.sock" % sock_dir, "--log-level=warning"],
+                              cwd=REPO, env=dict(env, DOCKER_HOST="unix://%s/no-docker.sock"
+                                                 % sock_dir),
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         import etcd
         client = etcd.Client(host="127.0.0.1", port=server.client_port)
@@ -250,23 +262,37 @@ def idle_cost(server, n, seconds, dataplane):
         if alive.get("dataplane") != dataplane:
             raise RuntimeError("the agent at rest reports dataplane %r, not %r"
                                % (alive.get("dataplane"), dataplane))
+        while not os.path.exists("%s/calico.sock" % sock_dir):   # polled: serving yet?
+            if plugin.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("the plugin never served its socket (exit %s)"
+                                   % plugin.poll())
+            time.sleep(0.1)
         start_cpu, _ = cpu_and_rss(proc.pid)
+        plugin_start, _ = cpu_and_rss(plugin.pid)
         etcd_start, _ = cpu_and_rss(server.pid)
         started = time.monotonic()
-        rss = []
+        rss, plugin_rss = [], []
         while time.monotonic() - started < seconds:
             time.sleep(5)
             rss.append(cpu_and_rss(proc.pid)[1])
+            plugin_rss.append(cpu_and_rss(plugin.pid)[1])
         elapsed = time.monotonic() - started
         cpu = cpu_and_rss(proc.pid)[0] - start_cpu
+        plugin_cpu = cpu_and_rss(plugin.pid)[0] - plugin_start
         etcd_cpu = cpu_and_rss(server.pid)[0] - etcd_start
         return {"seconds": elapsed, "agent_cpu_per_min": cpu * 60 / elapsed,
                 "agent_rss_mib": {"p50": statistics.median(rss), "max": max(rss),
                                   "n": len(rss)},
+                "plugin_cpu_per_min": plugin_cpu * 60 / elapsed,
+                "plugin_rss_mib": {"p50": statistics.median(plugin_rss),
+                                   "max": max(plugin_rss), "n": len(plugin_rss)},
                 "etcd_cpu_per_min": etcd_cpu * 60 / elapsed}
     finally:
-        proc.terminate()
-        proc.wait(30)
+        for p in (proc, plugin):
+            p.terminate()
+        for p in (proc, plugin):
+            p.wait(30)
+        shutil.rmtree(sock_dir, ignore_errors=True)
 
 
 def summary(values):
@@ -557,6 +583,9 @@ def report(r):
               idle["seconds"], idle["agent_cpu_per_min"], idle["agent_rss_mib"]["p50"],
               idle["agent_rss_mib"]["max"], idle["agent_rss_mib"]["n"],
               idle["etcd_cpu_per_min"]))
+    print("plugin at rest beside it (no Docker engine): CPU %.2f s/min, RSS median %.0f MiB "
+          "(max %.0f, n=%d)" % (idle["plugin_cpu_per_min"], idle["plugin_rss_mib"]["p50"],
+                                idle["plugin_rss_mib"]["max"], idle["plugin_rss_mib"]["n"]))
     for k, v in sorted(raw.items()):
         print("raw %-32s %s" % (k, stats.summary(samples[k]) if samples.get(k) else
                                 "%.3fs" % v if v is not None else "n/a"))
@@ -600,6 +629,9 @@ def side_by_side(results, sizes, dataplanes, width=38):
         per_dataplane("at rest CPU, RSS", n, lambda r: "%.2f s/min, %.0f MiB (n=%d)" % (
             r["idle"]["agent_cpu_per_min"], r["idle"]["agent_rss_mib"]["p50"],
             r["idle"]["agent_rss_mib"]["n"]))
+        per_dataplane("plugin at rest", n, lambda r: "%.2f s/min, %.0f MiB (n=%d)" % (
+            r["idle"]["plugin_cpu_per_min"], r["idle"]["plugin_rss_mib"]["p50"],
+            r["idle"]["plugin_rss_mib"]["n"]))
     lo, hi = min(sizes), max(sizes)
     if hi != lo:
         print("growth %d / %d endpoints, ratio of p50s (goal <= 1.5x)" % (hi, lo))
