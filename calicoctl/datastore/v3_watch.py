@@ -8,6 +8,12 @@ events, and one transaction makes several events with the same revision: the res
 (per thread) and handed out by the next calls that continue from where the last event left off
 (`modified_index + 1`), so none of a transaction's writes is skipped.
 
+A stream that answered is kept open (one per thread) while the caller continues from where it
+left off: etcd puts a watch that starts at a past revision in its "unsynced" group, which it
+serves only every 100 ms, so a stream opened anew after events have happened costs up to that
+long (about 70 ms measured); one kept open is in the synced group and gets each new event at
+once.  A quiet timeout, another key or another position closes it.
+
 A stream that breaks (its member died) is opened again on the next member from the same
 position.  A start revision etcd has compacted away is `HistoryLost`: the caller reads
 everything again.
@@ -38,6 +44,23 @@ class _Pending:
         return event
 
 
+class _Stream:
+    """An open watch stream and the revision its next events continue from."""
+
+    def __init__(self, key, response, messages):
+        self.key = key
+        self.response = response
+        self.messages = messages
+        self.cursor = None
+
+    def socket(self):
+        connection = getattr(self.response.raw, "connection", None)
+        return getattr(connection, "sock", None)
+
+    def close(self):
+        self.response.close()
+
+
 class Watcher:
     def __init__(self, backend):
         self.backend = backend
@@ -50,7 +73,9 @@ class Watcher:
             return pending.pop()
         self._local.pending = None
         deadline = time.monotonic() + timeout if timeout else None
-        events = self._next_events(key, index, deadline, below=True)
+        events = self._continue(key, index, deadline)
+        if events is None:
+            events = self._next_events(key, index, deadline, below=True, keep=True)
         if not events:
             # A quiet watch looks exactly like a member that stopped answering.  Ask that member
             # something quick: if it is wedged, this moves us to another member before the
@@ -58,7 +83,52 @@ class Watcher:
             self.backend.range(key, count_only=True)
             return None
         pending = self._local.pending = _Pending(key, events)
+        stream = getattr(self._local, "stream", None)
+        if stream is not None:
+            stream.cursor = events[-1].modified_index + 1
         return pending.pop()
+
+    def _drop(self):
+        stream = getattr(self._local, "stream", None)
+        self._local.stream = None
+        if stream is not None:
+            stream.close()
+
+    def _continue(self, key, index, deadline):
+        """The next events from this thread's kept stream when the caller continues exactly
+        where it left off; [] on a quiet timeout; None when there is no stream to continue
+        (the caller opens one)."""
+        stream = getattr(self._local, "stream", None)
+        if stream is None:
+            return None
+        sock = stream.socket()
+        if stream.key != key or stream.cursor != index or sock is None:
+            self._drop()
+            return None
+        try:
+            sock.settimeout(None if deadline is None else
+                            max(0.01, deadline - time.monotonic()))
+            for message in stream.messages:
+                compacted = _compacted(message)
+                if compacted is not None:
+                    raise HistoryLost(
+                        "etcd has compacted its history past revision %d (asked for changes to "
+                        "%s from %d); reading everything again." % (compacted, key, index))
+                events = [e for e in _events(message)
+                          if e.key == key or e.key.startswith(key + "/")]
+                if events:
+                    return events
+        except HistoryLost:
+            self._drop()
+            raise
+        except Exception as exc:  # noqa: BLE001 - sorted below, else re-raised
+            self._drop()
+            if classify_v3(exc)[0] is None:
+                raise
+            # A timeout may have cut a message: never read on from there.
+            return [] if is_read_timeout(exc) else None
+        self._drop()         # etcd ended the stream: open another
+        return None
 
     def first_change(self, key, index):
         """The first change to exactly key at or after index (None if none comes within the
@@ -72,9 +142,10 @@ class Watcher:
 
     # -- one stream ---------------------------------------------------------------------------
 
-    def _next_events(self, key, index, deadline, below):
+    def _next_events(self, key, index, deadline, below, keep=False):
         """The events (Nodes) of the first message with any from a stream on key (and, with
-        below, every key under key + "/") from revision index; [] if none came by deadline."""
+        below, every key under key + "/") from revision index; [] if none came by deadline.
+        keep: a stream that gave events stays open as this thread's (see _continue)."""
         request = {"key": v3.b64(key), "start_revision": index}
         if below:
             # Everything starting with key: "/calico" also matches "/calicoX", filtered below.
@@ -96,6 +167,9 @@ class Watcher:
                     events = [e for e in _events(message)
                               if e.key == key or (below and e.key.startswith(key + "/"))]
                     if events:
+                        if keep:
+                            self._local.stream = _Stream(key, response, messages)
+                            response = None
                         return events
                 return []        # etcd ended the stream: like a timeout, the caller asks again
             except HistoryLost:
@@ -110,7 +184,8 @@ class Watcher:
                 if deadline is not None and time.monotonic() >= deadline:
                     return []
             finally:
-                response.close()
+                if response is not None:
+                    response.close()
 
     def _open(self, endpoint, request, read_timeout):
         """Open a watch stream on endpoint: (response, message iterator) once etcd has said the

@@ -113,6 +113,50 @@ def test_watch_sees_keys_below_not_beside(store):
     assert (event.key, event.value) == ("/calico/v1/k", "below")
 
 
+def test_a_watch_followed_on_keeps_one_stream_and_misses_nothing(store):
+    """A stream opened anew from a past revision waits for etcd's 100 ms resync of "unsynced"
+    watches, so one followed from where it left off stays open: one stream for a run of
+    events written while the reader is busy, none lost or repeated; another position or key
+    opens another."""
+    import threading
+    import time
+    watcher = store.backend.watcher
+    opened = []
+    real_open = watcher._open
+
+    def counting_open(*args, **kwargs):
+        opened.append(args[1])
+        return real_open(*args, **kwargs)
+    watcher._open = counting_open
+    start = store.current_index() + 1
+
+    def writer():
+        for i in range(20):
+            store.set("/calico/v1/follow/k%02d" % i, str(i))
+            time.sleep(0.005)
+    thread = threading.Thread(target=writer)
+    thread.start()
+    seen, index = [], start
+    try:
+        while len(seen) < 20:
+            event = store.watch("/calico/v1/follow", index, timeout=10)
+            assert event is not None, "no event within 10 s after %s" % seen
+            seen.append(event.value)
+            index = event.modified_index + 1
+            time.sleep(0.01)                 # the reader's own work on each event
+    finally:
+        thread.join()
+    assert seen == [str(i) for i in range(20)]
+    assert len(opened) == 1, opened
+    # Back to an earlier position: a new stream from there.
+    assert store.watch("/calico/v1/follow", start, timeout=5).value == "0"
+    assert len(opened) == 2
+    # Another key: another stream.
+    store.set("/calico/v1/other/k", "x")
+    assert store.watch("/calico/v1/other", start, timeout=5).value == "x"
+    assert len(opened) == 3
+
+
 # -- leases and users -------------------------------------------------------------------------
 
 def test_ttl_is_a_lease(store, raw_etcd):
