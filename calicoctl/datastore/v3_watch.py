@@ -109,13 +109,7 @@ class Watcher:
             sock.settimeout(None if deadline is None else
                             max(0.01, deadline - time.monotonic()))
             for message in stream.messages:
-                compacted = _compacted(message)
-                if compacted is not None:
-                    raise HistoryLost(
-                        "etcd has compacted its history past revision %d (asked for changes to "
-                        "%s from %d); reading everything again." % (compacted, key, index))
-                events = [e for e in _events(message)
-                          if e.key == key or e.key.startswith(key + "/")]
+                events = _message_events(message, key, index, below=True)
                 if events:
                     return events
         except HistoryLost:
@@ -159,13 +153,7 @@ class Watcher:
                 classify_v3, budget=budget)
             try:
                 for message in messages:
-                    compacted = _compacted(message)
-                    if compacted is not None:
-                        raise HistoryLost(
-                            "etcd has compacted its history past revision %d (asked for changes "
-                            "to %s from %d); reading everything again." % (compacted, key, index))
-                    events = [e for e in _events(message)
-                              if e.key == key or (below and e.key.startswith(key + "/"))]
+                    events = _message_events(message, key, index, below)
                     if events:
                         if keep:
                             self._local.stream = _Stream(key, response, messages)
@@ -248,6 +236,19 @@ class _Messages:
                     return message
             # StopIteration here (etcd ended the stream) ends the iteration.
             self._buffer = text + next(self._chunks).decode()
+
+
+def _message_events(message, key, index, below):
+    """The events of one stream message on key (and, with below, under key + "/"; a prefix
+    range of "/calico" also holds "/calicoX"); HistoryLost if etcd cancelled the watch for
+    compaction."""
+    compacted = _compacted(message)
+    if compacted is not None:
+        raise HistoryLost(
+            "etcd has compacted its history past revision %d (asked for changes to %s from "
+            "%d); reading everything again." % (compacted, key, index))
+    return [e for e in _events(message)
+            if e.key == key or (below and e.key.startswith(key + "/"))]
 
 
 def _compacted(message):
