@@ -83,15 +83,11 @@ def endpoint_up(value):
     return endpoint_state(value) == "up"
 
 
-def report_endpoint(store, host, endpoint_key, status="up"):
+def _report_write(host, endpoint_key, state):
+    """The write of one endpoint report: {"status": state}, or its deletion (state None)."""
     _, orch, workload, endpoint_id = endpoint_key
-    store.set_json(keys.felix_endpoint_status(host, orch, workload, endpoint_id),
-                   {"status": status})
-
-
-def clear_endpoint(store, host, endpoint_key):
-    _, orch, workload, endpoint_id = endpoint_key
-    store.delete(keys.felix_endpoint_status(host, orch, workload, endpoint_id))
+    return Write(keys.felix_endpoint_status(host, orch, workload, endpoint_id),
+                 None if state is None else dump_json({"status": state}))
 
 
 def write_endpoint_reports(store, host, reports):
@@ -102,22 +98,20 @@ def write_endpoint_reports(store, host, reports):
     items = list(reports.items())
     if not store.atomic_writes:
         for key, state in items:
+            write = _report_write(host, key, state)
             try:
-                if state is None:
-                    clear_endpoint(store, host, key)
+                if write.value is None:
+                    store.delete(write.key)
                 else:
-                    report_endpoint(store, host, key, state)
+                    store.set(write.key, write.value)
             except DatastoreError as exc:
                 log.warning("Cannot report endpoint %s: %s", key[3], exc)
                 failed.append(key)
         return failed
     for start in range(0, len(items), REPORT_BATCH):
         batch = items[start:start + REPORT_BATCH]
-        writes = [Write(keys.felix_endpoint_status(host, *key[1:]),
-                        None if state is None else dump_json({"status": state}))
-                  for key, state in batch]
         try:
-            store.write_all(writes)
+            store.write_all([_report_write(host, key, state) for key, state in batch])
         except DatastoreError as exc:
             log.warning("Cannot report %d endpoint(s) (%s...): %s", len(batch), batch[0][0][3],
                         exc)
