@@ -241,6 +241,14 @@ class EtcdStore:
         """
         return self.backend.watch(key, index, timeout)
 
+    def watching(self, key):
+        """A context that watches key (and below) from now; it gives the index to continue from
+        (`watch(key, index + 1, ...)`), taken before anything read inside it, so a change made
+        after that read is seen.  Use it to wait for a key that may already be there: enter,
+        read, then watch.  On v3 the watch is opened on entry (a watch opened after the change
+        from an older revision is served up to 100 ms late; v3_watch.py) and closed on exit."""
+        return self.backend.watching(key)
+
     def current_index(self):
         """etcd's store-wide index (v2 X-Etcd-Index, v3 revision), the point a snapshot is
         consistent at."""

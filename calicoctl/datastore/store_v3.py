@@ -22,6 +22,7 @@ conflict (`_landed`), so nothing is applied twice.  Watching is in v3_watch.py.
 """
 
 import base64
+import contextlib
 import json
 import logging
 import threading
@@ -358,6 +359,13 @@ class V3Backend:
 
     def watch(self, key, index, timeout):
         return self.watcher.watch(key, index, timeout)
+
+    @contextlib.contextmanager
+    def watching(self, key):
+        try:
+            yield self.watcher.begin(key)
+        finally:
+            self.watcher.end()
 
     def _landed(self, key, value, prev_index=None, created=False):
         """Did our own conditional write, retried after a failure, land before the retry?

@@ -28,6 +28,7 @@ from calicoctl.datastore import store_v3 as v3
 from calicoctl.datastore.etcd_errors import GRPC_UNAUTHENTICATED, classify_v3, is_read_timeout
 from calicoctl.datastore.failover import TOTAL_TIMEOUT_FACTOR
 from calicoctl.datastore.result import HistoryLost, Node
+from calicoctl.errors import DatastoreError
 
 
 class _Pending:
@@ -124,6 +125,32 @@ class Watcher:
         self._drop()         # etcd ended the stream: open another
         return None
 
+    def begin(self, key):
+        """Open this thread's stream on key (and below) from now, before the caller reads what
+        it waits for; the revision it was created at (the caller continues from one past it).
+
+        A stream that starts at etcd's current revision is in the synced group from the first
+        event, so a change made while the caller reads is delivered at once; one opened after
+        that change, from a past revision, waits for the unsynced round (module docstring)."""
+        self.end()
+        request = {"key": v3.b64(key), "range_end": v3.prefix_end(key)}
+        read_timeout = self.backend.timeout
+        response, messages, revision = self.backend.endpoints.run(
+            lambda endpoint, _: self._open(endpoint, request, read_timeout), classify_v3,
+            budget=self.backend.timeout * TOTAL_TIMEOUT_FACTOR)
+        if not revision:
+            response.close()
+            raise DatastoreError("etcd opened a watch on %s without saying at which revision"
+                                 % key)
+        stream = self._local.stream = _Stream(key, response, messages)
+        stream.cursor = revision + 1
+        return revision
+
+    def end(self):
+        """Close what this thread holds for a watch (its stream and any events not handed out)."""
+        self._local.pending = None
+        self._drop()
+
     def first_change(self, key, index):
         """The first change to exactly key at or after index (None if none comes within the
         store's timeout); store_v3.Compacted if etcd no longer has it."""
@@ -148,7 +175,7 @@ class Watcher:
         while True:
             remaining = None if deadline is None else max(0.01, deadline - time.monotonic())
             budget = (remaining or 0) + self.backend.timeout * TOTAL_TIMEOUT_FACTOR
-            response, messages = endpoints.run(
+            response, messages, _ = endpoints.run(
                 lambda endpoint, _: self._open(endpoint, request, remaining),
                 classify_v3, budget=budget)
             try:
@@ -176,8 +203,8 @@ class Watcher:
                     response.close()
 
     def _open(self, endpoint, request, read_timeout):
-        """Open a watch stream on endpoint: (response, message iterator) once etcd has said the
-        watch is created."""
+        """Open a watch stream on endpoint: (response, message iterator, the revision etcd
+        created it at) once etcd has said the watch is created."""
         import etcd3gw.exceptions as e3
         backend = self.backend
         client = backend.client_for(endpoint)
@@ -200,9 +227,10 @@ class Watcher:
                     not backend.settings.username:
                 raise e3.Etcd3Exception(json.dumps(error), "watch refused")
             backend.authenticate(client, again=True)   # the member forgot our token
-        if not first.get("result", {}).get("created"):
+        result = first.get("result", {})
+        if not result.get("created"):
             messages.push(first)    # not the usual first message: read it as any other
-        return response, messages
+        return response, messages, int(result.get("header", {}).get("revision", 0))
 
 
 class _Messages:

@@ -364,15 +364,15 @@ class NetworkDriver:
         key = keys.felix_endpoint_status(self.host, ep.orchestrator, ep.workload,
                                          ep.endpoint_id)
         try:
-            # The index first, then the read: a report written in between is seen by the
+            # The watch first, then the read: a report written in between is seen by the
             # watch.  A report already there (the agent is usually that quick) ends it here,
             # before asking whether the agent is alive at all.
-            index = self.store.current_index()
-            if status.endpoint_up(self.store.get(key)):
-                return
-            if not status.agent_alive(self.store, self.host):
-                return
-            self._watch_for_up(key, index, started + self.felix_wait, ep.endpoint_id)
+            with self.store.watching(key) as index:
+                if status.endpoint_up(self.store.get(key)):
+                    return
+                if not status.agent_alive(self.store, self.host):
+                    return
+                self._watch_for_up(key, index, started + self.felix_wait, ep.endpoint_id)
         finally:
             # Debug only: the time spent waiting, apart from the call's own work
             # (bench/container_start.py reads it).

@@ -157,6 +157,30 @@ def test_a_watch_followed_on_keeps_one_stream_and_misses_nothing(store):
     assert len(opened) == 3
 
 
+def test_watching_opens_its_stream_from_now_and_closes_it(store):
+    """The stream is opened on entry with no start revision (etcd's synced group: a change
+    made while the caller reads is delivered at once, not at the 100 ms resync), the watch
+    inside continues that stream, and leaving closes it."""
+    watcher = store.backend.watcher
+    opened = []
+    real_open = watcher._open
+
+    def counting_open(*args, **kwargs):
+        opened.append(args[1])
+        return real_open(*args, **kwargs)
+    watcher._open = counting_open
+    key = "/calico/v1/report"
+    with store.watching(key) as index:
+        assert [("start_revision" in r) for r in opened] == [False]
+        assert index == store.current_index()
+        store.set(key, "up")
+        assert store.watch(key, index + 1, timeout=5).value == "up"
+        assert len(opened) == 1
+        stream = watcher._local.stream
+        assert stream is not None and stream.socket() is not None
+    assert watcher._local.stream is None and stream.socket() is None
+
+
 # -- leases and users -------------------------------------------------------------------------
 
 def test_ttl_is_a_lease(store, raw_etcd):

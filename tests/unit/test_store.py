@@ -190,6 +190,17 @@ def test_all_members_hung_is_bounded(etcd_env):
             h.close()
 
 
+def test_watching_sees_a_change_made_between_its_read_and_its_watch(store):
+    """The plugin's wait for the agent's report: enter, read (nothing yet), the report lands,
+    then watch: the watch must give that change, not wait for the next."""
+    key = "/calico/test/report"
+    with store.watching(key) as index:
+        assert store.get(key) is None
+        store.set(key, "up")
+        event = store.watch(key, index + 1, timeout=5)
+        assert event is not None and (event.key, event.value) == (key, "up")
+
+
 def test_watch_leaves_a_hung_member(etcd_env, raw_etcd):
     """A watch whose member hangs times out there, the store moves to another member, and the
     next watch from the same index delivers the change made meanwhile."""
