@@ -115,7 +115,8 @@ def parallel_round(host, network, parallel, round_no):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=20)
-    parser.add_argument("--parallel", type=int, default=8)
+    parser.add_argument("--parallel", type=int, default=8,
+                        help="containers started at once in each round (0: no such rounds)")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--idle", type=int, default=30,
                         help="seconds to watch the plugin and agent at rest (0: skip)")
@@ -125,6 +126,8 @@ def main():
                         help="ACCEPT rules for cali+ instead of the agent (Join does not wait "
                              "for it): the plugin's share only, not what a user pays")
     args = parser.parse_args()
+    if args.runs < 1 or args.parallel < 0 or args.rounds < 0 or args.idle < 0:
+        parser.error("--runs must be at least 1; --parallel, --rounds and --idle at least 0")
     with testbed(1) as bed:
         run(bed, args)
 
@@ -186,11 +189,13 @@ def run(bed, args):
 
     log_before = len(plugin.log())
     t0 = time.monotonic()
-    for r in range(args.rounds):
+    rounds = args.rounds if args.parallel else 0
+    for r in range(rounds):
         parallel_round(host, "calinet", args.parallel, r)
     wall = time.monotonic() - t0
-    print_calls("Plugin calls under %d concurrent `docker run`s (%d rounds, %.1f s, then "
-                "removal)" % (args.parallel, args.rounds, wall), plugin.log()[log_before:])
+    if rounds:
+        print_calls("Plugin calls under %d concurrent `docker run`s (%d rounds, %.1f s, then "
+                    "removal)" % (args.parallel, rounds, wall), plugin.log()[log_before:])
     if args.idle:
         at_rest(host, {"plugin": plugin, "agent": agent}, args.idle)
     plugin.stop()

@@ -364,9 +364,11 @@ class NetworkDriver:
         key = keys.felix_endpoint_status(self.host, ep.orchestrator, ep.workload,
                                          ep.endpoint_id)
         try:
-            # The watch first, then the read: a report written in between is seen by the
-            # watch.  A report already there (the agent is usually that quick) ends it here,
-            # before asking whether the agent is alive at all.
+            # A report already there ends it at once, before asking whether the agent is
+            # alive at all.  Otherwise the watch is opened first and the report read again: a
+            # report written in between is seen by the watch.
+            if status.endpoint_up(self.store.get(key)):
+                return
             with self.store.watching(key) as index:
                 if status.endpoint_up(self.store.get(key)):
                     return
