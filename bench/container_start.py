@@ -40,8 +40,9 @@ import stats  # noqa: E402  (bench/stats.py, beside this script)
 from calicoctl.dataplane.netlink import run_in_netns  # noqa: E402
 from support import cpu_and_rss, cpu_with_children, testbed  # noqa: E402  (bench/support.py)
 from tests.st.harness import procs as procs_  # noqa: E402
-from tests.st.plugin_helpers import (PluginProcess, allow_forwarding, calicoctl,  # noqa: E402
-                                     container_ip)
+from tests.st.harness.etcd_direct import DirectEtcd  # noqa: E402
+from tests.st.plugin_helpers import (PYTHON, PluginProcess, allow_forwarding,  # noqa: E402
+                                     calicoctl, container_ip, endpoint_id)
 
 CALL_LINE = re.compile(r"call (\S+) took ([0-9.]+) ms")
 # network_driver._wait_for_agent's debug line: the time ProgramExternalConnectivity (or Join,
@@ -88,7 +89,9 @@ def _ping_until_answered(ip, timeout, interval=0.01):
         sock.close()
 
 
-def one_start(host, network, ping_from_pid, index):
+def one_start(host, network, ping_from_pid, index, settle=None):
+    """Seconds from `docker run -d` to the first ping answered; the container is then removed,
+    and settle(endpoint ID), when given, waits for what removal leaves the agent to do."""
     name = "bench-%s-%d" % (network, index)
     started = time.monotonic()
     host.docker("run", "-d", "--net", network, "--name", name, "busybox", "sleep", "3600")
@@ -96,10 +99,42 @@ def one_start(host, network, ping_from_pid, index):
     # From inside the neighbour's network namespace, in this process (no fork per probe).
     answered = run_in_netns("/proc/%d/ns/net" % ping_from_pid, _ping_until_answered, ip, 10)
     elapsed = time.monotonic() - started
+    eid = endpoint_id(host, name, network) if settle else None
     host.docker("rm", "-f", name)
+    if settle:
+        settle(eid)
     if not answered:
         raise RuntimeError("%s never answered a ping on %s" % (name, network))
     return elapsed
+
+
+def start_null_driver(host):
+    """bench/null_driver.py in the host, its network created (Docker's default IPAM), and its
+    interfaces' traffic accepted as the agent accepts Calico's."""
+    path = "/run/docker/plugins/nullnet.sock"
+    proc = host.popen([PYTHON, str(REPO / "bench" / "null_driver.py"), path], "nulldriver")
+
+    def up():
+        if proc.poll() is not None:
+            raise RuntimeError("bench/null_driver.py exited %s; see %s"
+                               % (proc.returncode, host.log_path("nulldriver")))
+        return os.path.exists(host.root_path(path))
+    procs_.wait_for(up, timeout=20, what="the null driver's socket")
+    for rule in (["-i", "nul+"], ["-o", "nul+"]):
+        host.run(["iptables", "-w", "-I", "FORWARD", "1", *rule, "-j", "ACCEPT"])
+    host.docker("network", "create", "--driver", "nullnet", "--subnet", "10.99.0.0/16",
+                "nullnet")
+    return proc
+
+
+def agent_done_with(host, etcd, eid):
+    """Wait until the agent has dropped its report of a removed endpoint: its routes, sets and
+    tracked flows are cleaned up by then, so that work does not land in the next (other
+    network's) run and slow it down."""
+    key = "/calico/felix/v1/host/%s/workload/libnetwork/libnetwork/endpoint/%s" % (host.name,
+                                                                                   eid)
+    procs_.wait_for(lambda: etcd.get(key) is None, timeout=30, interval=0.01,
+                    what="the agent to finish with removed endpoint %s" % eid[:12])
 
 
 def parallel_round(host, network, parallel, round_no):
@@ -122,6 +157,9 @@ def main():
                         help="seconds to watch the plugin and agent at rest (0: skip)")
     parser.add_argument("--dataplane", default="auto", choices=("auto", "nftables", "iptables"),
                         help="the agent's policy dataplane (calicoctl felix serve --dataplane)")
+    parser.add_argument("--no-null-driver", dest="null_driver", action="store_false",
+                        help="leave out the null remote driver (bench/null_driver.py), the "
+                             "engine's cost of any routed remote driver")
     parser.add_argument("--stand-in", action="store_true",
                         help="ACCEPT rules for cali+ instead of the agent (Join does not wait "
                              "for it): the plugin's share only, not what a user pays")
@@ -149,6 +187,10 @@ def run(bed, args):
     # embedded DNS resolver in each container, which the built-in bridge does not.
     host.docker("network", "create", "--driver", "bridge", "userbridge")
     networks = {"calico": "calinet", "bridge": "bridge", "userbr": "userbridge"}
+    null = None
+    if args.null_driver:
+        null = start_null_driver(host)
+        networks["null"] = "nullnet"
     pids = {}
     for label, network in networks.items():
         host.docker("run", "-d", "--net", network, "--name", "neighbour-" + label, "busybox",
@@ -159,14 +201,22 @@ def run(bed, args):
     # agent and plugin burn while a container starts is taken from Docker's own work.
     watched = {"agent": agent, "plugin": plugin}
     watched = {k: p.proc.pid for k, p in watched.items() if p is not None}
+    if null is not None:
+        watched["null driver"] = null.pid
     watched["dockerd"] = dockerd_pid(host)
     cpu = {label: {k: 0.0 for k in watched} for label in networks}
+    # Each run starts on a quiet host: the agent's clean-up after a Calico container's removal
+    # would otherwise run during the next network's start and slow that one instead.
+    settle = {}
+    if agent is not None:
+        direct = DirectEtcd(bed.etcd.url, bed.etcd.api)
+        settle["calico"] = lambda eid: agent_done_with(host, direct, eid)
     seq_log_start = len(plugin.log())
     # Interleaved, so drift (page cache, etcd compaction) hits both alike; one warm-up each.
     for i in range(-1, args.runs):
         for label, network in networks.items():
             before = {k: cpu_with_children(pid) for k, pid in watched.items()}
-            t = one_start(host, network, pids[label], i + 1)
+            t = one_start(host, network, pids[label], i + 1, settle=settle.get(label))
             if i >= 0:
                 times[label].append(t)
                 for k, pid in watched.items():
@@ -180,6 +230,13 @@ def run(bed, args):
           % stats.ratio(times["calico"], times["bridge"]))
     print("ratio calico/user-defined bridge (medians): %.2fx (goal <= 1.0x)"
           % stats.ratio(times["calico"], times["userbr"]))
+    if "null" in times:
+        m = {label: stats.percentile(v, 50) * 1000 for label, v in times.items()}
+        print("null remote driver (the engine's path for any routed remote driver, no datastore"
+              " or agent): %.2fx the user-defined bridge (%+.0f ms); Calico above it: %.2fx "
+              "(%+.0f ms, ours: etcd, IPAM, the agent's wait, HTTP server)"
+              % (m["null"] / m["userbr"], m["null"] - m["userbr"], m["calico"] / m["null"],
+                 m["calico"] - m["null"]))
     print("CPU per container (start, first ping, removal), mean of %d, with child commands:"
           % args.runs)
     for label in networks:
@@ -201,6 +258,9 @@ def run(bed, args):
     plugin.stop()
     if agent is not None:
         agent.stop()
+    if null is not None:
+        null.terminate()
+        null.wait(10)
 
 
 def dockerd_pid(host):
