@@ -108,6 +108,14 @@ def one_start(host, network, ping_from_pid, index, settle=None):
     return elapsed
 
 
+def agent_done_with_all_but(host, etcd, kept):
+    """Wait until the agent's only endpoint reports on this host are those of `kept`."""
+    prefix = "/calico/felix/v1/host/%s/workload" % host.name
+    procs_.wait_for(lambda: sorted(k.rsplit("/", 1)[-1] for k in etcd.dump(prefix)) ==
+                    sorted(kept), timeout=60, interval=0.05,
+                    what="the agent to finish with the removed containers")
+
+
 def start_null_driver(host):
     """bench/null_driver.py in the host, its network created (Docker's default IPAM), and its
     interfaces' traffic accepted as the agent accepts Calico's."""
@@ -254,6 +262,10 @@ def run(bed, args):
         print_calls("Plugin calls under %d concurrent `docker run`s (%d rounds, %.1f s, then "
                     "removal)" % (args.parallel, rounds, wall), plugin.log()[log_before:])
     if args.idle:
+        if agent is not None:
+            # At rest means after the agent has cleaned up the removed containers.
+            agent_done_with_all_but(host, DirectEtcd(bed.etcd.url, bed.etcd.api),
+                                    [endpoint_id(host, "neighbour-calico", "calinet")])
         at_rest(host, {"plugin": plugin, "agent": agent}, args.idle)
     plugin.stop()
     if agent is not None:
