@@ -8,6 +8,7 @@ backend's to say (a `classify` function); what to do about it is decided here, o
 """
 
 import logging
+import threading
 import time
 
 from calicoctl.datastore.etcd_errors import tls_hint
@@ -147,3 +148,31 @@ class Endpoints:
                 "Cannot reach etcd at %s (%s). Start etcd or point ETCD_ENDPOINTS / "
                 "ETCD_AUTHORITY at a running member.%s" % (
                     self.settings.describe(), detail, hint))
+
+
+class QuietWatches:
+    """When a quiet watch should ask its member something quick.
+
+    A watch that times out without an event looks exactly like a member that stopped
+    answering, so the backends ask that member something quick (which moves them to another
+    member if it is wedged).  The agent watches in short slices (it polls its interfaces
+    between them), so asking after every quiet slice was several requests a second at rest:
+    a member is asked only once its watches have been quiet, with nothing else heard from it,
+    for as long as any request may take (the store's timeout).
+    """
+
+    def __init__(self, after):
+        self.after = after
+        self._local = threading.local()
+
+    def heard(self):
+        """An event (or a probe's answer) came: the member is alive now."""
+        self._local.since = time.monotonic()
+
+    def probe_due(self, watch_started):
+        """After a quiet watch that began at watch_started (time.monotonic()): has the member
+        been quiet long enough to ask?"""
+        since = getattr(self._local, "since", None)
+        if since is None:        # this thread's first quiet watch: quiet since it began
+            since = self._local.since = watch_started
+        return time.monotonic() - since >= self.after

@@ -11,10 +11,11 @@ from "someone else's did" (see `_landed`), so no update is lost or applied twice
 import contextlib
 import logging
 import threading
+import time
 import urllib.parse
 
 from calicoctl.datastore.etcd_errors import classify, quiet_python_etcd
-from calicoctl.datastore.failover import CONNECT_TIMEOUT, TOTAL_TIMEOUT_FACTOR
+from calicoctl.datastore.failover import CONNECT_TIMEOUT, TOTAL_TIMEOUT_FACTOR, QuietWatches
 from calicoctl.datastore.result import HistoryLost, Node
 from calicoctl.errors import DatastoreError
 
@@ -51,6 +52,7 @@ class V2Backend:
         self.endpoints = endpoints
         self._clients = {}
         self._lock = threading.Lock()
+        self.quiet = QuietWatches(timeout)
 
     # -- connection ---------------------------------------------------------------------------
 
@@ -206,6 +208,7 @@ class V2Backend:
 
     def watch(self, key, index, timeout):
         import etcd
+        started = time.monotonic()
         try:
             result = self._call("read", key, recursive=True, wait=True, waitIndex=index,
                                 timeout=self._timeouts(timeout),
@@ -217,11 +220,14 @@ class V2Backend:
             raise HistoryLost("etcd no longer holds changes from index %d (%s); reading "
                               "everything again." % (index, exc)) from None
         except etcd.EtcdWatchTimedOut:
-            # A quiet watch looks exactly like a member that stopped answering.  Ask that member
-            # something quick: if it is wedged, this moves us to another member before the
-            # caller watches again.
-            self._read(key)
+            # A quiet watch looks exactly like a member that stopped answering: once it has been
+            # quiet for long enough, ask that member something quick; if it is wedged, this moves
+            # us to another member before the caller watches again.
+            if self.quiet.probe_due(started):
+                self._read(key)
+                self.quiet.heard()
             return None
+        self.quiet.heard()
         return _node(result)
 
     def _landed(self, key, value, prev_index=None, created=False):

@@ -26,7 +26,7 @@ import time
 
 from calicoctl.datastore import store_v3 as v3
 from calicoctl.datastore.etcd_errors import GRPC_UNAUTHENTICATED, classify_v3, is_read_timeout
-from calicoctl.datastore.failover import TOTAL_TIMEOUT_FACTOR
+from calicoctl.datastore.failover import TOTAL_TIMEOUT_FACTOR, QuietWatches
 from calicoctl.datastore.result import HistoryLost, Node
 from calicoctl.errors import DatastoreError
 
@@ -66,6 +66,7 @@ class Watcher:
     def __init__(self, backend):
         self.backend = backend
         self._local = threading.local()
+        self.quiet = QuietWatches(backend.timeout)
 
     def watch(self, key, index, timeout):
         pending = getattr(self._local, "pending", None)
@@ -73,16 +74,20 @@ class Watcher:
                 and pending.events:
             return pending.pop()
         self._local.pending = None
-        deadline = time.monotonic() + timeout if timeout else None
+        started = time.monotonic()
+        deadline = started + timeout if timeout else None
         events = self._continue(key, index, deadline)
         if events is None:
             events = self._next_events(key, index, deadline, below=True, keep=True)
         if not events:
-            # A quiet watch looks exactly like a member that stopped answering.  Ask that member
-            # something quick: if it is wedged, this moves us to another member before the
-            # caller watches again.
-            self.backend.range(key, count_only=True)
+            # A quiet watch looks exactly like a member that stopped answering: once it has been
+            # quiet for long enough, ask that member something quick; if it is wedged, this
+            # moves us to another member before the caller watches again.
+            if self.quiet.probe_due(started):
+                self.backend.range(key, count_only=True)
+                self.quiet.heard()
             return None
+        self.quiet.heard()
         pending = self._local.pending = _Pending(key, events)
         stream = getattr(self._local, "stream", None)
         if stream is not None:

@@ -201,6 +201,29 @@ def test_watching_sees_a_change_made_between_its_read_and_its_watch(store):
         assert event is not None and (event.key, event.value) == (key, "up")
 
 
+def test_quiet_watches_ask_their_member_only_once_quiet_for_the_timeout(etcd_env):
+    """The agent watches in quarter-second slices: a probe of the member after every quiet
+    slice was four requests a second at rest.  Quiet slices shorter, together, than the
+    store's timeout ask nothing; once quiet for that long, each one asks (a wedged member is
+    still left within about a timeout)."""
+    def probes_over(store, slices, slice_seconds):
+        index = store.current_index() + 1
+        backend = store.backend
+        name = "_read" if etcd_env.api == "2" else "range"
+        real, asked = getattr(backend, name), []
+
+        def counting(*args, **kwargs):
+            asked.append(args)
+            return real(*args, **kwargs)
+        setattr(backend, name, counting)
+        for _ in range(slices):
+            assert store.watch("/calico/test/quiet", index, timeout=slice_seconds) is None
+        return len(asked)
+    settings = EtcdSettings(endpoints=[etcd_env.url], api=etcd_env.api)
+    assert probes_over(EtcdStore(settings, timeout=30), 3, 0.2) == 0
+    assert probes_over(EtcdStore(settings, timeout=0.1), 3, 0.2) == 3
+
+
 def test_watch_leaves_a_hung_member(etcd_env, raw_etcd):
     """A watch whose member hangs times out there, the store moves to another member, and the
     next watch from the same index delivers the change made meanwhile."""
