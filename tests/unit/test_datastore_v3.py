@@ -113,6 +113,19 @@ def test_watch_sees_keys_below_not_beside(store):
     assert (event.key, event.value) == ("/calico/v1/k", "below")
 
 
+def streams_opened(watcher):
+    """A list that gets the request of each watch stream the watcher opens from now on (the
+    streams are opened as before)."""
+    opened = []
+    real_open = watcher._open
+
+    def counting_open(*args, **kwargs):
+        opened.append(args[1])
+        return real_open(*args, **kwargs)
+    watcher._open = counting_open
+    return opened
+
+
 def test_a_watch_followed_on_keeps_one_stream_and_misses_nothing(store):
     """A stream opened anew from a past revision waits for etcd's 100 ms resync of "unsynced"
     watches, so one followed from where it left off stays open: one stream for a run of
@@ -121,13 +134,7 @@ def test_a_watch_followed_on_keeps_one_stream_and_misses_nothing(store):
     import threading
     import time
     watcher = store.backend.watcher
-    opened = []
-    real_open = watcher._open
-
-    def counting_open(*args, **kwargs):
-        opened.append(args[1])
-        return real_open(*args, **kwargs)
-    watcher._open = counting_open
+    opened = streams_opened(watcher)
     start = store.current_index() + 1
 
     def writer():
@@ -162,13 +169,7 @@ def test_watching_opens_its_stream_from_now_and_closes_it(store):
     made while the caller reads is delivered at once, not at the 100 ms resync), the watch
     inside continues that stream, and leaving closes it."""
     watcher = store.backend.watcher
-    opened = []
-    real_open = watcher._open
-
-    def counting_open(*args, **kwargs):
-        opened.append(args[1])
-        return real_open(*args, **kwargs)
-    watcher._open = counting_open
+    opened = streams_opened(watcher)
     key = "/calico/v1/report"
     with store.watching(key) as index:
         assert [("start_revision" in r) for r in opened] == [False]
