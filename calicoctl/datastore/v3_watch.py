@@ -12,7 +12,11 @@ A stream that answered is kept open (one per thread) while the caller continues 
 left off: etcd puts a watch that starts at a past revision in its "unsynced" group, which it
 serves only every 100 ms, so a stream opened anew after events have happened costs up to that
 long (about 70 ms measured); one kept open is in the synced group and gets each new event at
-once.  A quiet timeout, another key or another position closes it.
+once.  A thread of the stream's own reads it into a queue, so a quiet timeout leaves it open
+and the caller knows what has already arrived (an event's store_index is the newest revision
+received, as v2's X-Etcd-Index is etcd's index when it answered: the agent applies what is
+waiting as one batch).  Another key or position closes it, and so does a member quiet for
+the store's timeout (it is asked something quick, and the next stream may go elsewhere).
 
 A stream that breaks (its member died) is opened again on the next member from the same
 position.  A start revision etcd has compacted away is `HistoryLost`: the caller reads
@@ -21,6 +25,8 @@ everything again.
 
 import collections
 import json
+import queue
+import socket
 import threading
 import time
 
@@ -46,19 +52,65 @@ class _Pending:
 
 
 class _Stream:
-    """An open watch stream and the revision its next events continue from."""
+    """An open watch stream, read by a thread of its own into a queue, and the revision its
+    next events continue from.
+
+    The caller waits on the queue, not on the socket: a quiet timeout never cuts a message in
+    half, so the stream stays open across quiet watches, and what has already arrived is known
+    (`latest_revision`) without reading."""
+
+    _ENDED = object()
 
     def __init__(self, key, response, messages):
         self.key = key
         self.response = response
         self.messages = messages
         self.cursor = None
+        self.queue = queue.Queue()
+        sock = self.socket()
+        if sock is not None:
+            sock.settimeout(None)     # the reader waits as long as the stream lasts
+        threading.Thread(target=self._read, name="etcd-watch-reader", daemon=True).start()
+
+    def _read(self):
+        try:
+            for message in self.messages:
+                self.queue.put(message)
+        except Exception as exc:  # noqa: BLE001 - handed to the watcher, which sorts it
+            self.queue.put(exc)
+            return
+        self.queue.put(self._ENDED)
+
+    def next_message(self, timeout):
+        """The next message; None if none came within timeout (None: wait); raises what the
+        reader met; _Stream._ENDED once etcd ended the stream."""
+        try:
+            item = self.queue.get(timeout=timeout)
+        except queue.Empty:
+            return None
+        if isinstance(item, Exception):
+            raise item
+        return item
+
+    def latest_revision(self):
+        """The highest header revision among the messages already received and not yet taken
+        (0 if none): what the caller has still to read."""
+        with self.queue.mutex:
+            waiting = list(self.queue.queue)
+        return max((_revision(m) for m in waiting if isinstance(m, dict)), default=0)
 
     def socket(self):
         connection = getattr(self.response.raw, "connection", None)
         return getattr(connection, "sock", None)
 
     def close(self):
+        # Shut the socket down first: closing it alone does not wake the reader's recv.
+        sock = self.socket()
+        if sock is not None:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
         self.response.close()
 
 
@@ -72,7 +124,7 @@ class Watcher:
         pending = getattr(self._local, "pending", None)
         if pending is not None and pending.key == key and pending.cursor == index \
                 and pending.events:
-            return pending.pop()
+            return self._with_latest(pending.pop())
         self._local.pending = None
         started = time.monotonic()
         deadline = started + timeout if timeout else None
@@ -82,8 +134,9 @@ class Watcher:
         if not events:
             # A quiet watch looks exactly like a member that stopped answering: once it has been
             # quiet for long enough, ask that member something quick; if it is wedged, this
-            # moves us to another member before the caller watches again.
+            # moves us to another member, and the next watch opens its stream there.
             if self.quiet.probe_due(started):
+                self._drop()
                 self.backend.range(key, count_only=True)
                 self.quiet.heard()
             return None
@@ -92,7 +145,22 @@ class Watcher:
         stream = getattr(self._local, "stream", None)
         if stream is not None:
             stream.cursor = events[-1].modified_index + 1
-        return pending.pop()
+        return self._with_latest(pending.pop())
+
+    def _with_latest(self, event):
+        """The event, its store_index raised to the newest revision already received on this
+        thread's stream: v2's X-Etcd-Index tells a caller that more changes are waiting
+        (the agent then applies them as one batch); a v3 message's header only says when it
+        was sent."""
+        stream = getattr(self._local, "stream", None)
+        if stream is not None:
+            latest = stream.latest_revision()
+            pending = self._local.pending
+            if pending is not None and pending.events:
+                latest = max(latest, pending.events[-1].modified_index)
+            if latest > (event.store_index or 0):
+                event.store_index = latest
+        return event
 
     def _drop(self):
         stream = getattr(self._local, "stream", None)
@@ -102,33 +170,34 @@ class Watcher:
 
     def _continue(self, key, index, deadline):
         """The next events from this thread's kept stream when the caller continues exactly
-        where it left off; [] on a quiet timeout; None when there is no stream to continue
-        (the caller opens one)."""
+        where it left off; [] on a quiet timeout (the stream stays open); None when there is
+        no stream to continue (the caller opens one)."""
         stream = getattr(self._local, "stream", None)
         if stream is None:
             return None
-        sock = stream.socket()
-        if stream.key != key or stream.cursor != index or sock is None:
+        if stream.key != key or stream.cursor != index:
             self._drop()
             return None
-        try:
-            sock.settimeout(None if deadline is None else
-                            max(0.01, deadline - time.monotonic()))
-            for message in stream.messages:
+        while True:
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            try:
+                message = stream.next_message(remaining)
+                if message is None:
+                    return []
+                if message is _Stream._ENDED:
+                    self._drop()         # etcd ended the stream: open another
+                    return None
                 events = _message_events(message, key, index, below=True)
-                if events:
-                    return events
-        except HistoryLost:
-            self._drop()
-            raise
-        except Exception as exc:  # noqa: BLE001 - sorted below, else re-raised
-            self._drop()
-            if classify_v3(exc)[0] is None:
+            except HistoryLost:
+                self._drop()
                 raise
-            # A timeout may have cut a message: never read on from there.
-            return [] if is_read_timeout(exc) else None
-        self._drop()         # etcd ended the stream: open another
-        return None
+            except Exception as exc:  # noqa: BLE001 - sorted below, else re-raised
+                self._drop()
+                if classify_v3(exc)[0] is None:
+                    raise
+                return None              # the member went away: open another
+            if events:
+                return events
 
     def begin(self, key):
         """Open this thread's stream on key (and below) from now, before the caller reads what
@@ -284,6 +353,10 @@ def _message_events(message, key, index, below):
             if e.key == key or (below and e.key.startswith(key + "/"))]
 
 
+def _revision(message):
+    return int(((message.get("result") or {}).get("header") or {}).get("revision", 0))
+
+
 def _compacted(message):
     result = message.get("result") or {}
     if result.get("canceled") and result.get("compact_revision"):
@@ -296,7 +369,7 @@ def _events(message):
         import etcd3gw.exceptions as e3
         raise e3.Etcd3Exception(json.dumps(message["error"]), "watch failed")
     result = message.get("result") or {}
-    revision = int(result.get("header", {}).get("revision", 0))
+    revision = _revision(message)
     found = []
     for event in result.get("events", []):
         kv = event.get("kv", {})

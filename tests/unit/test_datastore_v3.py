@@ -15,6 +15,7 @@ from calicoctl.datastore.models import Pool
 from calicoctl.datastore.result import HistoryLost, Write
 from calicoctl.datastore.store import EtcdSettings, EtcdStore
 from calicoctl.ipam.allocator import IPAMClient
+from tests.st.harness import wait_for
 from tests.unit.etcd_server import EtcdServer
 
 BLOCK = "/calico/ipam/v2/assignment/ipv4/block/10.60.0.0-26"
@@ -180,6 +181,31 @@ def test_watching_opens_its_stream_from_now_and_closes_it(store):
         stream = watcher._local.stream
         assert stream is not None and stream.socket() is not None
     assert watcher._local.stream is None and stream.socket() is None
+
+
+def test_a_quiet_watch_keeps_its_stream_and_tells_what_has_arrived(store):
+    """Quiet slices (the agent's quarter second) leave the stream open; and once events have
+    arrived that the caller has not taken, the event it takes carries the newest revision
+    received as its store_index, so the agent knows to take the rest into the same batch."""
+    watcher = store.backend.watcher
+    opened = streams_opened(watcher)
+    prefix = "/calico/v1/batch"
+    index = store.current_index() + 1
+    store.set(prefix + "/k0", "0")
+    first = store.watch(prefix, index, timeout=5)
+    assert first.value == "0" and len(opened) == 1
+    stream = watcher._local.stream
+    assert store.watch(prefix, first.modified_index + 1, timeout=0.2) is None
+    assert watcher._local.stream is stream and len(opened) == 1
+    for i in range(1, 5):
+        store.set(prefix + "/k%d" % i, str(i))
+    last = store.current_index()
+    wait_for(lambda: stream.latest_revision() >= last, timeout=10, retry_on=(),
+             what="the stream's reader to receive the four writes")
+    event = store.watch(prefix, first.modified_index + 1, timeout=5)
+    assert event.value == "1" and event.modified_index < last
+    assert event.store_index >= last
+    assert len(opened) == 1
 
 
 # -- leases and users -------------------------------------------------------------------------
