@@ -16,7 +16,7 @@ import logging
 
 import tenacity
 
-from calicoctl.dataplane import sysctl
+from calicoctl.dataplane import nftlib, sysctl
 from calicoctl.dataplane.commands import run_command
 from calicoctl.dataplane.routing import RouteManager, best_effort
 from calicoctl.errors import DataplaneError
@@ -440,7 +440,8 @@ class AgentDataplane:
     never stand without the policy in front of them."""
 
     def __init__(self, runner=None, backend="nft", versions=(4, 6), dataplane="iptables"):
-        run = retrying(runner or run_command)
+        # The real runner loads nft scripts in this process (dataplane/nftlib.py).
+        run = retrying(runner or nftlib.runner())
         self.tables = {(t, v): IptablesTable(t, v, run, backend)
                        for t in TOP_JUMPS for v in versions}
         self.ipsets = IpsetManager(run)
