@@ -80,7 +80,6 @@ class Libnft:
         freed memory handed back to the system) costs less than a millisecond, and the next
         small transaction reads only what it needs."""
         self._lib.nft_ctx_free(self._ctx)
-        self._ctx = None
         self._ctx = self._new_context()
         if self._trim is not None:
             self._trim(0)

@@ -154,10 +154,9 @@ class Watcher:
         was sent."""
         stream = getattr(self._local, "stream", None)
         if stream is not None:
+            # Events still pending came in the event's own message: its store_index (that
+            # message's header revision) already covers them.
             latest = stream.latest_revision()
-            pending = self._local.pending
-            if pending is not None and pending.events:
-                latest = max(latest, pending.events[-1].modified_index)
             if latest > (event.store_index or 0):
                 event.store_index = latest
         return event
