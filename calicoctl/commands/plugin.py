@@ -17,7 +17,8 @@ Options:
   --felix-wait=<SECONDS>        When the agent runs on this host, wait up to this long in Join
                                 for it to report the endpoint programmed [default: 5].
   --log-level=<LEVEL>           debug, info, warning or error [default: info]; debug logs every
-                                call with its answer and duration.
+                                call with its answer and duration (and the libraries' own
+                                debug lines stay off).
 """
 
 import logging
@@ -46,8 +47,12 @@ def run(arguments):
         felix_wait = -1
     if not 0 <= felix_wait <= 60:
         raise ValidationError("--felix-wait must be a number of seconds from 0 to 60.")
-    logging.getLogger().setLevel(getattr(logging, level))
-    for noisy in ("urllib3", "docker", "werkzeug", "pyroute2"):
+    # Debug is our own: the libraries' debug lines (a few per netlink or etcd request) would
+    # cost more CPU on every call than the call's own work.  Setting their loggers' levels is
+    # not enough: pyroute2 resets its own when first imported.
+    logging.getLogger().setLevel(max(getattr(logging, level), logging.INFO))
+    logging.getLogger("calicoctl").setLevel(getattr(logging, level))
+    for noisy in ("urllib3", "docker", "werkzeug"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     app, learner, _ = server.build(open_store(), node_name(), prefix, felix_wait)
     server.serve(arguments["--socket"], app, learner)

@@ -88,6 +88,27 @@ def test_serves_concurrently_and_stops_cleanly_on_sigterm(serve, tmp_path):
     assert "call Plugin.Activate took" in log
 
 
+def test_debug_log_holds_our_lines_only(serve, tmp_path):
+    """--log-level=debug is for the plugin's own lines: the libraries' debug lines (python-etcd
+    logs every request, pyroute2 every netlink socket) would cost more than the calls."""
+    sock = tmp_path / "calico.sock"
+    proc = serve(sock)
+    # Both go to etcd (the pool list, the network record), where python-etcd logs each
+    # request at debug.
+    assert "Error" in post(str(sock), "IpamDriver.RequestAddress",
+                           {"PoolID": "calico:any:ipv4"})[2]
+    assert "Err" in post(str(sock), "NetworkDriver.Join",
+                           {"NetworkID": "n" * 64, "EndpointID": "e" * 64,
+                            "SandboxKey": "/var/run/docker/netns/x"})[2]
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=10) == 0
+    lines = proc.stderr.read().splitlines()
+    assert any("call IpamDriver.RequestAddress took" in line for line in lines)
+    foreign = [line for line in lines
+               if " DEBUG " in line and not line.split(" DEBUG ")[1].startswith("calicoctl")]
+    assert foreign == []
+
+
 def test_stale_socket_replaced_live_one_refused(serve, tmp_path):
     sock = tmp_path / "calico.sock"
     stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
