@@ -4,21 +4,34 @@ import json
 
 from calicoctl.datastore import keys
 from calicoctl.datastore.models import BLOCK_PREFIX, IPIP_DEVICE, Pool
+from calicoctl.datastore.result import Write
 from calicoctl.datastore.store import dump_json
 from calicoctl.errors import AlreadyExistsError, NotFoundError, ValidationError
 
 
 def list_pools(store, version=None, quorum=False):
     """Every pool (of one family, or both), sorted by CIDR."""
+    return [pool for pool, _ in list_pools_indexed(store, version, quorum)]
+
+
+def list_pools_indexed(store, version=None, quorum=False):
+    """[(pool, its record's modified index)], sorted by CIDR: the index is what
+    unchanged() compares."""
     versions = (version,) if version else (4, 6)
     pools = []
     for v in versions:
-        for key, value, _ in store.children(keys.pools_dir(v), quorum=quorum):
+        for key, value, index in store.children(keys.pools_dir(v), quorum=quorum):
             try:
-                pools.append(Pool.from_json(json.loads(value)))
+                pools.append((Pool.from_json(json.loads(value)), index))
             except (ValueError, ValidationError):
                 continue   # a hand-edited, broken pool is not a pool
-    return sorted(pools, key=lambda p: (p.version, p.cidr))
+    return sorted(pools, key=lambda pi: (pi[0].version, pi[0].cidr))
+
+
+def unchanged(pool, index):
+    """The condition, for an atomic group of writes (EtcdStore.write_all), that the pool's
+    record is still the one read at index: neither removed nor reconfigured since."""
+    return Write(keys.pool(pool.cidr, pool.version), prev_index=index, check_only=True)
 
 
 def get_pool(store, cidr):

@@ -46,10 +46,12 @@ class Write:
     value None deletes the key.  The write happens only if every condition of the group holds:
     prev_index set means the key's modified index must still be prev_index; absent=True means
     the key must not exist; neither means no condition on this key.  ttl: the key expires after
-    that many seconds.
+    that many seconds.  check_only: a condition and nothing more (the key is not written), so a
+    group can rest on a record it does not change.
     """
     key: str
     value: str = None
     prev_index: int = None
     absent: bool = False
     ttl: int = None
+    check_only: bool = False

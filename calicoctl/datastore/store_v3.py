@@ -317,14 +317,18 @@ class V3Backend:
                 compare.append(compare_mod(w.key, w.prev_index))
             elif w.absent:
                 compare.append(compare_absent(w.key))
+            if w.check_only:
+                continue
             if w.ttl and w.ttl not in leases:
                 leases[w.ttl] = self.grant(w.ttl)     # one lease per lifetime
             success.append(delete_op(w.key) if w.value is None else
                            put_op(w.key, w.value, leases.get(w.ttl)))
         # A txn applies whole or not at all: if its first conditional write landed, all did.
-        first = next((w for w in writes if w.prev_index is not None or w.absent), None)
+        first = next((w for w in writes if not w.check_only and
+                      (w.prev_index is not None or w.absent)), None)
         if first is None:
-            return revision_of(self.txn([], success))
+            answer = self.txn(compare, success)
+            return revision_of(answer) if not compare or answer.get("succeeded") else None
         return self._conditional(compare, success, lambda: self._landed(
             first.key, first.value, first.prev_index, created=first.prev_index is None))
 

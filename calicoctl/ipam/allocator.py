@@ -17,7 +17,10 @@ release_by_handle cannot find.
 On a store with transactions (etcd v3) there is no second round trip and no crash window: the
 block and its handle's count change in one transaction (`_Counted`), and a claim creates the
 block and writes the affinity key in one transaction that fails whole when another host created
-the block first.  Releasing is the same on both.
+the block first.  Releasing is the same on both.  There the fast path reads no pools either: its
+transaction carries the condition that the block's pool record is the one last read
+(pools.unchanged), so a pool removed or reconfigured a moment ago fails it, and the allocation
+reads the pools again and starts over: one round trip, and no window at all.
 
 Finding a block to claim reads the existing blocks in one recursive listing and computes free
 block CIDRs arithmetically (block.free_blocks): an IPv6 /64 pool, 2**58 blocks, costs what a
@@ -54,9 +57,10 @@ CAS_ATTEMPTS = 40
 CLAIM_ATTEMPTS = 32
 # Claims pick among the lowest SPREAD free blocks at random (see _spread).
 SPREAD = 8
-# How long a cached pool list may steer the fast path.  Adding or removing a pool while an
-# allocation is in flight is a race in any design; this bounds it to about a second, and every
-# slow-path decision (claiming, borrowing, exhaustion) re-reads the pools by quorum.
+# How long a cached pool list may steer the fast path without transactions (etcd v2).  Adding
+# or removing a pool while an allocation is in flight is a race in any design; this bounds it to
+# about a second, and every slow-path decision (claiming, borrowing, exhaustion) re-reads the
+# pools by quorum.  With transactions the fast path's commit checks the pool instead.
 POOL_CACHE_SECONDS = 1.0
 
 
@@ -69,7 +73,7 @@ class IPAMClient:
         self.pool_cache_seconds = pool_cache_seconds
         self._blocks = {}                 # block network -> (block, modified index) last seen
         self._affine = {4: None, 6: None}  # sorted block networks affine to us; None = unknown
-        self._pools = {}                  # version -> (monotonic time read, [Pool])
+        self._pools = {}      # version -> (monotonic time read, [Pool], {cidr: record index})
         self._repaired = set()            # versions whose affinity keys we have reconciled
         self._lock = threading.Lock()
 
@@ -83,10 +87,19 @@ class IPAMClient:
             pool = ipaddress.ip_network(pool)
             if pool.version != version:
                 raise ValidationError("Pool %s is not an IPv%d pool." % (pool, version))
-        guess = self._fast_guess(version, pool)
-        if handle_id is not None and self.store.atomic_writes:
-            return self._auto_assign(version, handle_id, attributes, pool, guess,
-                                     _Counted(handle_id))[0]
+        atomic = self.store.atomic_writes
+        counted = _Counted(handle_id) if handle_id is not None and atomic else None
+        guess, check = self._fast_guess(version, pool, checked=atomic)
+        if check is not None:
+            ip = self._try_checked(guess, handle_id, attributes, counted, check)
+            if ip is not None:
+                return ip
+            # The block, the handle or the pool changed: go on from freshly read pools, with
+            # the same block (read again) while its pool is still there.
+            if not _inside(guess, _usable(self._read_pools(version), pool)):
+                guess = None
+        if counted is not None:
+            return self._auto_assign(version, handle_id, attributes, pool, guess, counted)[0]
         early = handle_id is not None and guess is not None
         if early:
             self._change_handle(handle_id, {guess: 1}, assume_new=True)
@@ -209,20 +222,38 @@ class IPAMClient:
 
     # -- auto-assign ----------------------------------------------------------------------------
 
-    def _fast_guess(self, version, wanted_pool):
-        """An affine block that, as far as we remember, has room; None to take the slow path."""
+    def _fast_guess(self, version, wanted_pool, checked=False):
+        """(block, condition): an affine block that, as far as we remember, has room (None to
+        take the slow path), and the condition its commit must carry, or None.  checked (a
+        store with transactions): rather than read the pools again, however old the cached
+        list, use it, on the condition that the block's pool record is still the one read."""
         affine = self._affine[version]
         if affine is None:
-            return None
+            return None, None
         cached = self._pools.get(version)
-        if cached is None or time.monotonic() - cached[0] > self.pool_cache_seconds:
-            cached = (None, self._read_pools(version))
+        just_read = False
+        if cached is None or (not checked and
+                              time.monotonic() - cached[0] > self.pool_cache_seconds):
+            self._read_pools(version)
+            cached, just_read = self._pools[version], True
         usable = _usable(cached[1], wanted_pool)
         for cidr in affine:
             state = self._blocks.get(cidr)
             if state and state[0] is not None and state[0]["unallocated"] and \
                     _inside(cidr, usable):
-                return cidr
+                if just_read or not checked:
+                    return cidr, None
+                pool = next(p for p in usable if cidr.subnet_of(p.cidr))
+                return cidr, pool_store.unchanged(pool, cached[2][pool.cidr])
+        return None, None
+
+    def _try_checked(self, cidr, handle_id, attributes, counted, check):
+        """One transaction on the remembered state of the block, carrying check: the address,
+        or None when any condition failed (no retry: the pool may be what changed)."""
+        block, index = self._blocks[cidr]
+        new, ordinal = blocks.allocate_next(block, handle_id, attributes)
+        if ordinal is not None and self._cas(cidr, new, index, counted, check):
+            return blocks.address_at(cidr, ordinal)
         return None
 
     def _auto_assign(self, version, handle_id, attributes, wanted_pool, guess, counted=None):
@@ -306,15 +337,18 @@ class IPAMClient:
 
         return allocate_once()
 
-    def _cas(self, cidr, block, index, counted=None):
+    def _cas(self, cidr, block, index, counted=None, check=None):
         """Write the block by CAS on index; with counted (a _Counted), add one to its handle's
-        count for this block in the same transaction."""
-        if counted is None:
+        count for this block in the same transaction; with check (a condition-only Write), only
+        while that holds too."""
+        if counted is None and check is None:
             new_index = records.write_block(self.store, cidr, block, index)
         else:
-            new_index = records.commit(self.store, [records.block_write(cidr, block, index),
-                                                    counted.write(cidr)])
-            if new_index is None:
+            writes = [records.block_write(cidr, block, index)]
+            writes += [counted.write(cidr)] if counted is not None else []
+            writes += [check] if check is not None else []
+            new_index = records.commit(self.store, writes)
+            if new_index is None and counted is not None:
                 counted.refresh(self.store)    # the handle may be what changed
         if new_index is None:
             self._blocks.pop(cidr, None)
@@ -450,8 +484,9 @@ class IPAMClient:
     # -- pools ----------------------------------------------------------------------------------
 
     def _read_pools(self, version):
-        pools = pool_store.list_pools(self.store, version, quorum=True)
-        self._pools[version] = (time.monotonic(), pools)
+        indexed = pool_store.list_pools_indexed(self.store, version, quorum=True)
+        pools = [pool for pool, _ in indexed]
+        self._pools[version] = (time.monotonic(), pools, {p.cidr: i for p, i in indexed})
         return pools
 
     def _pool_of(self, ip):

@@ -91,6 +91,22 @@ def test_write_all_is_all_or_nothing(store, raw_etcd):
     assert {raw_etcd.modified_index(k) for k in ("/calico/t/a", "/calico/t/b")} == {revision}
 
 
+def test_write_all_check_only_is_a_condition_never_a_write(store, raw_etcd):
+    raw_etcd.write("/calico/t/pool", "p")
+    index = raw_etcd.modified_index("/calico/t/pool")
+    check = Write("/calico/t/pool", prev_index=index, check_only=True)
+    stale = Write("/calico/t/pool", prev_index=index + 5, check_only=True)
+    for conditional in (True, False):     # with and without a condition of its own
+        write = Write("/calico/t/a", "1", absent=conditional)
+        assert store.write_all([write, stale]) is None
+        assert raw_etcd.dump("/calico/t") == {"/calico/t/pool": "p"}
+    assert store.write_all([Write("/calico/t/a", "1", absent=True), check]) is not None
+    assert store.write_all([Write("/calico/t/b", "2"), check]) is not None
+    assert raw_etcd.dump("/calico/t") == {"/calico/t/pool": "p", "/calico/t/a": "1",
+                                          "/calico/t/b": "2"}
+    assert raw_etcd.modified_index("/calico/t/pool") == index
+
+
 # -- watching ---------------------------------------------------------------------------------
 
 def test_watch_from_a_compacted_revision_is_history_lost(store, raw_etcd):

@@ -88,6 +88,45 @@ def test_ipam_false_and_removed_pools_are_never_used(store):
         ipam.auto_assign(4, pool=NET("10.2.0.0/24"))
 
 
+def requests_sent(store):
+    """A list that gets one entry per request the store sends to etcd from now on (the
+    requests are sent as before)."""
+    backend = store.backend
+    name = "_unary" if store.api == "3" else "_call"
+    real, sent = getattr(backend, name), []
+
+    def counting(*args, **kwargs):
+        sent.append(args[1] if name == "_unary" else args[0])
+        return real(*args, **kwargs)
+    setattr(backend, name, counting)
+    return sent
+
+
+def test_fast_path_round_trips_and_the_pool_it_rests_on(store):
+    """The common allocation (the host's block has room): on v3 one transaction, which reads
+    no pools but holds only while the block's pool record is unchanged, so a removal takes
+    effect at once however young the cached list; on v2 the pool list (read again once a second
+    at most), the handle, then the block."""
+    add_pool(store, "10.2.0.0/24")
+    ipam = IPAMClient(store, host="h1", pool_cache_seconds=0)
+    first = ipam.auto_assign(4, handle_id="a")
+    sent = requests_sent(store)
+    assert ipam.auto_assign(4, handle_id="b") == first + 1
+    assert sent == (["/kv/txn"] if store.atomic_writes else ["read", "write", "write"])
+    if not store.atomic_writes:
+        return
+    del sent[:]
+    steady = IPAMClient(store, host="h1", pool_cache_seconds=3600)
+    assert steady.auto_assign(4, handle_id="c") == first + 2   # claims nothing: h1's block
+    pools.remove_pool(store, NET("10.2.0.0/24"))
+    add_pool(store, "10.3.0.0/24")
+    # The cached list still holds 10.2.0.0/24; the transaction's condition on it fails.
+    assert steady.auto_assign(4, handle_id="d") in NET("10.3.0.0/24")
+    pools.add_pool(store, Pool(cidr=NET("10.3.0.0/24"), ipam=False))   # reconfigured
+    add_pool(store, "10.4.0.0/24")
+    assert steady.auto_assign(4, handle_id="e") in NET("10.4.0.0/24")
+
+
 def test_pool_argument_restricts_the_choice(store):
     add_pool(store, "10.0.0.0/24")
     add_pool(store, "10.5.0.0/24")
