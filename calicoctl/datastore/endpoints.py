@@ -90,7 +90,8 @@ def _clean(ep):
 
 
 def write_endpoint(store, ep):
-    store.set(endpoint_key(ep), dump_json(_clean(ep)))
+    """Write the record whole; its new modified index."""
+    return store.set(endpoint_key(ep), dump_json(_clean(ep)))
 
 
 def create_endpoint(store, ep):

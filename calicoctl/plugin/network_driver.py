@@ -97,6 +97,17 @@ class NetworkDriver:
         # Endpoints whose Join left the agent wait to ProgramExternalConnectivity (see join).
         self._deferred = {}
         self._lock = threading.Lock()
+        # Which of this host's endpoints each sandbox holds (sandbox key -> endpoint ids), read
+        # from etcd at the first Join and kept by this process's Joins and Leaves: only this
+        # process joins endpoints on this host, so a sandbox it knows no endpoint in has none
+        # and Join need not list the host's endpoints (one it knows endpoints in is read:
+        # their records decide the gateway).  An entry left by an endpoint removed elsewhere
+        # only costs that read.  None until read.
+        self._sandboxes = None
+        self._joined = {}             # endpoint id -> the sandbox it joined
+        self._reading_sandboxes = threading.Lock()
+        # Endpoints created here and not yet joined, as written (their index for Join's CAS).
+        self._created = {}
         # Network records once they carry their name (network id -> Network): nothing changes
         # a record after that, and Docker never reuses a network id, so CreateEndpoint and Join
         # need not read it again for every container.  Dropped by Create/DeleteNetwork.
@@ -251,7 +262,9 @@ class NetworkDriver:
             created_veth = self.dataplane.set_up_workload(
                 ep.name, veth.temp_peer_name(endpoint_id), self._mtu(record, nets4), nets4,
                 nets6, mac)
-            endpoints.write_endpoint(self.store, ep)
+            ep.extra["_index"] = endpoints.write_endpoint(self.store, ep)
+            with self._lock:
+                self._created[endpoint_id] = ep
         except Exception:
             if created_veth:
                 self.dataplane.remove_veth(ep.name)
@@ -299,7 +312,7 @@ class NetworkDriver:
         network_id, endpoint_id = request["NetworkID"], request["EndpointID"]
         sandbox = request["SandboxKey"]
         record = self._network(network_id)
-        ep, others = records.sandbox_endpoints(self.store, self.host, sandbox, endpoint_id)
+        ep, others = self._sandbox_endpoints(sandbox, endpoint_id)
         if ep is None:
             raise NotFoundError("Endpoint %s is not known to Calico on %s." % (
                 endpoint_id[:12], self.host))
@@ -309,6 +322,9 @@ class NetworkDriver:
                                  ep.mac or WORKLOAD_MAC)
         gateway4 = _free_gateway(others) if ep.ipv4_nets else None
         records.set_endpoint_fields(self.store, ep, ipv4_gateway=gateway4, sandbox=sandbox)
+        with self._lock:
+            self._sandboxes.setdefault(sandbox, set()).add(endpoint_id)
+            self._joined[endpoint_id] = sandbox
         answer = {"InterfaceName": {"SrcName": veth.temp_peer_name(endpoint_id),
                                     "DstPrefix": self.interface_prefix},
                   # Our gateway is on the veth; Docker must never add docker_gwbridge (traffic
@@ -353,6 +369,36 @@ class NetworkDriver:
             with self._lock:
                 self._deferred[endpoint_id] = ep
         return answer
+
+    def _sandbox_endpoints(self, sandbox, endpoint_id):
+        """(this endpoint or None, this host's other endpoints in the sandbox): from memory
+        when CreateEndpoint here left the record and the sandbox holds no other endpoint,
+        else from etcd."""
+        if self._sandboxes is None:
+            with self._reading_sandboxes:     # Joins wait for it: none is noted before it
+                if self._sandboxes is None:
+                    found = {}
+                    for ep in records.host_endpoints(self.store, self.host):
+                        if ep.extra.get("sandbox"):
+                            found.setdefault(ep.extra["sandbox"], set()).add(ep.endpoint_id)
+                    with self._lock:
+                        self._sandboxes = found
+        with self._lock:
+            ep = self._created.pop(endpoint_id, None)
+            alone = not self._sandboxes.get(sandbox, set()) - {endpoint_id}
+        if ep is not None and alone:
+            return ep, []
+        return records.sandbox_endpoints(self.store, self.host, sandbox, endpoint_id)
+
+    def _forget_join(self, endpoint_id):
+        with self._lock:
+            self._created.pop(endpoint_id, None)
+            sandbox = self._joined.pop(endpoint_id, None)
+            held = self._sandboxes.get(sandbox) if self._sandboxes and sandbox else None
+            if held is not None:
+                held.discard(endpoint_id)
+                if not held:
+                    del self._sandboxes[sandbox]
 
     def _wait_for_agent(self, ep):
         """When the agent runs here, give it a bounded moment to program the endpoint, so the
@@ -405,6 +451,7 @@ class NetworkDriver:
         endpoint_id = request["EndpointID"]
         with self._lock:
             self._deferred.pop(endpoint_id, None)
+        self._forget_join(endpoint_id)
         self.dataplane.remove_veth(interface_name(endpoint_id))
         try:
             ep = records.endpoint_of(self.store, self.host, endpoint_id)
@@ -417,6 +464,7 @@ class NetworkDriver:
         endpoint_id = request["EndpointID"]
         with self._lock:
             self._deferred.pop(endpoint_id, None)
+        self._forget_join(endpoint_id)
         self.dataplane.remove_veth(interface_name(endpoint_id))
         try:
             ep = records.endpoint_of(self.store, self.host, endpoint_id)

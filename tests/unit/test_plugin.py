@@ -425,6 +425,38 @@ def test_join_counts_only_its_own_sandboxs_interfaces(store, plugin):
     assert third["Gateway"] == "169.254.1.2"
 
 
+def test_a_sandboxs_first_join_lists_no_endpoints(store, plugin, plugin_parts, netns):
+    """The driver lists the host's endpoints at its first Join (which sandbox holds which) and
+    keeps that: a container's first interface is joined from what CreateEndpoint wrote, and
+    only a sandbox known to hold another endpoint is read again.  A driver started while
+    containers run (a plugin restart) learns their sandboxes from etcd."""
+    from calicoctl.plugin import server
+    add_pool(store, Pool(cidr=ipaddress.ip_network("10.9.0.0/24")))
+    add_pool(store, Pool(cidr=ipaddress.ip_network("10.8.0.0/24")))
+    pool_id = calico_network(plugin)
+    pool2 = calico_network(plugin, network_id=NET2, pool="10.8.0.0/24")
+    counting = CountingScans(store)
+    plugin_parts[2].network_driver.store = counting
+
+    def listings():
+        return [k for k in counting.scanned if "/workload" in k]
+    start_container(plugin, pool_id, sandbox="/var/run/docker/netns/a")
+    start_container(plugin, pool_id, endpoint_id=EP2, sandbox="/var/run/docker/netns/b")
+    assert len(listings()) == 1
+    _, _, joined = start_container(plugin, pool2, endpoint_id="d4" * 32, network_id=NET2,
+                                   sandbox="/var/run/docker/netns/a")
+    assert joined["Gateway"] == "169.254.1.2" and len(listings()) == 2
+    plugin.ok("NetworkDriver.Leave", {"NetworkID": NET, "EndpointID": EP})
+    _, _, joined = start_container(plugin, pool_id, endpoint_id="c5" * 32,
+                                   sandbox="/var/run/docker/netns/a")
+    assert joined["Gateway"] == "169.254.1.1" and len(listings()) == 3
+    restarted = server.build(store, "testhost", felix_wait=1.0, dataplane=Dataplane(netns),
+                             reconcile=False)[0]
+    _, _, joined = start_container(Plugin(restarted.test_client()), pool2, endpoint_id="d6" * 32,
+                                   network_id=NET2, sandbox="/var/run/docker/netns/b")
+    assert joined["Gateway"] == "169.254.1.2"
+
+
 def test_mac_given_is_not_echoed_and_mtu_option(store, plugin, netns):
     plugin.ok("NetworkDriver.CreateNetwork", {
         "NetworkID": NET, "IPv4Data": [{"AddressSpace": "LocalDefault", "Pool": "10.5.0.0/24"}],
