@@ -9,6 +9,7 @@ import logging
 import os
 
 from calicoctl.dataplane import sysctl
+from calicoctl.dataplane.netlink import if_index
 from calicoctl.dataplane.commands import run_command
 from calicoctl.errors import DataplaneError
 
@@ -48,10 +49,12 @@ class RouteManager:
         return self._ipr
 
     def _args(self, route):
-        idx = self.ipr.link_lookup(ifname=route.dev)
-        if not idx:
+        # One ioctl: pyroute2's link_lookup dumps and parses every link of the host, a cost
+        # that grew with the host's workloads on every route of every new endpoint.
+        index = if_index(route.dev)
+        if index is None:
             return None
-        args = {"dst": route.dst, "oif": idx[0]}
+        args = {"dst": route.dst, "oif": index}
         if route.gateway:
             args.update(gateway=route.gateway, flags=4 if route.onlink else 0)  # RTNH_F_ONLINK
         else:

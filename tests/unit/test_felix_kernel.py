@@ -174,3 +174,36 @@ def test_forget_flows_deletes_only_that_addresses_tracked_connections():
     assert out.returncode == 0, out.stderr
     assert out.stdout.splitlines() == ["['127.0.0.2', '127.0.0.3', 'fd00::2', 'fd00::3']", "2",
                                        "['127.0.0.3', 'fd00::3']", "2 2 False"]
+
+
+ROUTES = textwrap.dedent('''
+    import subprocess
+    from calicoctl.dataplane.routing import RouteManager
+    from calicoctl.felix.routes import Route
+    for name in ("caliA", "caliB"):
+        subprocess.run(["ip", "link", "add", name, "up", "type", "veth", "peer", "name",
+                        name + "p"], check=True)
+    manager = RouteManager()
+    a, b = Route("10.65.0.1/32", "caliA"), Route("10.65.0.2/32", "caliB")
+    gone = Route("10.65.0.3/32", "caliGone")
+    manager.update({a, b, gone}, set())
+    print(subprocess.run(["ip", "-4", "route"], capture_output=True, text=True).stdout.strip())
+    print(sorted(r.dst for r in manager.programmed))
+    manager.update(set(), {a})
+    print(subprocess.run(["ip", "-4", "route"], capture_output=True, text=True).stdout.strip())
+''')
+
+
+def test_routes_go_to_each_endpoints_own_interface():
+    """The agent's endpoint routes name their veth by index (looked up per route): each lands
+    on its own interface, one whose interface is missing waits, and a removal takes only its
+    own route."""
+    out = subprocess.run(["unshare", "-n", sys.executable, "-c", ROUTES], capture_output=True,
+                         text=True, timeout=60, cwd=os.path.dirname(os.path.dirname(
+                             os.path.dirname(os.path.abspath(__file__)))))
+    assert out.returncode == 0, out.stderr
+    assert [line.strip() for line in out.stdout.splitlines()] == [
+        "10.65.0.1 dev caliA proto static scope link linkdown",
+        "10.65.0.2 dev caliB proto static scope link linkdown",
+        "['10.65.0.1/32', '10.65.0.2/32']",
+        "10.65.0.2 dev caliB proto static scope link linkdown"]
