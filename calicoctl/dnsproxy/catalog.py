@@ -5,7 +5,7 @@ calicoctl/datastore/networks.py for the networks):
   - each endpoint record (/calico/v1/host/<host>/workload/libnetwork/libnetwork/endpoint/<id>)
     has the workload's addresses, and in its extra fields the Docker network's id
     (`network_id`, at CreateEndpoint), the sandbox's netns path (`sandbox`, at Join) and the
-    container's name (`container_name`, learnt from Docker's events once it has started);
+    container's name (`container_name`, learnt from Docker's events just after);
   - each network record (/calico/libnetwork/v1/<network-id>) has the network's name.  Network
     ids differ per host, names do not: a name is one Calico network across hosts.
 

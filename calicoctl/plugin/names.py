@@ -8,15 +8,6 @@ reconnect, lists Docker's Calico networks.  What it learns goes to etcd:
     profile_ids of endpoints that were created before the name was known (closed until then);
   - a container's name and id -> its endpoint record (so `calicoctl endpoint show` tells an
     operator which container is which).
-
-A container's "connect" event comes while Docker is still starting it, and what it teaches
-(the container's name on its endpoint) costs an inspect of the container and a write, CPU that
-dockerd would otherwise have while the user waits.  So that waits, on a thread of its own,
-until the container's "start" event.  A connect to a container already running (`docker
-network connect`) is learned at once: the learner knows which containers run (listed at each
-sync, then kept by start and die events).  CONNECT_SETTLE bounds the wait for a start that
-never comes.  Nothing depends on it in the meantime: an endpoint whose network had no name yet
-when it was created is named by the driver itself (network_driver._name_if_learned).
 """
 
 import logging
@@ -34,10 +25,6 @@ log = logging.getLogger(__name__)
 # network Docker lists under neither would look forgotten to reconcile.py.
 DRIVERS = ("calico", "calico:latest")
 RECONNECT_MAX_DELAY = 5.0
-# How long a connect's container waits for its start event before it is learned anyway.
-CONNECT_SETTLE = 2.0
-# The events we follow: networks' create and connect, containers' start and die.
-EVENTS = {"type": ["network", "container"], "event": ["create", "connect", "start", "die"]}
 
 
 def default_docker_factory():
@@ -66,13 +53,6 @@ class NameLearner:
         self._thread = None
         self._client = None
         self.synced = threading.Event()
-        self.settle = CONNECT_SETTLE
-        self._known = {}          # network id -> the name learn_network recorded
-        self._running = set()     # ids of the containers running, as far as events tell
-        # Container id -> [monotonic time it is due, [(network id, network name)]].
-        self._waiting = {}
-        self._due = threading.Condition()
-        self._worker = None
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -83,8 +63,6 @@ class NameLearner:
 
     def stop(self):
         self._stop.set()
-        with self._due:
-            self._due.notify_all()
         client = self._client
         if client is not None:
             try:
@@ -97,7 +75,7 @@ class NameLearner:
         while not self._stop.is_set():
             try:
                 self._client = self.docker_factory()
-                events = self._client.events(decode=True, filters=EVENTS)
+                events = self._client.events(decode=True, filters={"type": ["network"]})
                 view = self.sync()
                 if self.on_sync is not None:
                     threading.Thread(target=self.on_sync, args=(view,),
@@ -121,9 +99,6 @@ class NameLearner:
         """List Docker's Calico networks and their containers; record every name."""
         client = client or self._client
         view = DockerView()
-        # Before the networks: a container that starts meanwhile is then either listed or
-        # seen starting (the event stream is already open).
-        self._running.update(c["Id"] for c in client.containers())
         for net in client.networks(filters={"driver": list(DRIVERS)}):
             view.networks[net["Id"]] = net["Name"]
         for network_id, name in view.networks.items():
@@ -140,82 +115,27 @@ class NameLearner:
         return view
 
     def handle_event(self, event):
-        actor = event.get("Actor") or {}
-        action = event.get("Action")
-        if event.get("Type") == "container":
-            if action == "start":
-                self._running.add(actor.get("ID"))
-                self._due_now(actor.get("ID"))
-            elif action == "die":
-                self._running.discard(actor.get("ID"))
-            return
-        attrs = actor.get("Attributes") or {}
+        attrs = (event.get("Actor") or {}).get("Attributes") or {}
         if attrs.get("type") not in DRIVERS:
             return
-        network_id, name = actor.get("ID"), attrs.get("name")
+        network_id = (event.get("Actor") or {}).get("ID")
+        action = event.get("Action")
         try:
             if action == "create":
-                self.learn_network(network_id, name)
+                self.learn_network(network_id, attrs.get("name"))
             elif action == "connect" and attrs.get("container"):
-                # Each container start brings one of these: a network whose name we recorded
-                # costs nothing here (its endpoints got their profile then), and the
-                # container waits for its start (see the module docstring).
-                if not (self._known.get(network_id) == name or
-                        self.learn_network(network_id, name, scan_if_known=False)):
-                    return
-                if attrs["container"] in self._running:
-                    self._learn_from_container(self._client, network_id, attrs["container"],
-                                               name)
-                else:
-                    self._wait_for_start(attrs["container"], network_id, name)
+                # Each container start brings one of these while Docker is still starting it,
+                # so it must cost a few reads, not a scan of the host's endpoints: the network's
+                # other endpoints got their profile when the name was learned, and this one
+                # gets it (if it raced that) with its container's name.
+                if self.learn_network(network_id, attrs.get("name"), scan_if_known=False):
+                    self._learn_from_container(network_id, attrs["container"],
+                                               attrs.get("name"))
         except CalicoError as exc:
             log.warning("Could not record what Docker's %s event says: %s", action, exc)
 
-    # -- containers, once started ------------------------------------------------------------
-
-    def _wait_for_start(self, container_id, network_id, name):
-        with self._due:
-            if self._worker is None:
-                self._worker = threading.Thread(target=self._learn_started, daemon=True,
-                                                name="docker-containers")
-                self._worker.start()
-            entry = self._waiting.setdefault(container_id,
-                                             [time.monotonic() + self.settle, []])
-            entry[1].append((network_id, name))
-            self._due.notify_all()
-
-    def _due_now(self, container_id):
-        with self._due:
-            if container_id in self._waiting:
-                self._waiting[container_id][0] = 0.0
-                self._due.notify_all()
-
-    def _learn_started(self):
-        client = None
-        while not self._stop.is_set():
-            with self._due:
-                now = time.monotonic()
-                ready = [c for c, (at, _) in self._waiting.items() if at <= now]
-                if not ready:
-                    soonest = min((at for at, _ in self._waiting.values()), default=None)
-                    self._due.wait(None if soonest is None else soonest - now)
-                    continue
-                batch = [(c, self._waiting.pop(c)[1]) for c in ready]
-            for container_id, joined in batch:
-                try:
-                    client = client or self.docker_factory()
-                    for network_id, name in joined:
-                        self._learn_from_container(client, network_id, container_id, name)
-                except Exception as exc:  # noqa: BLE001 - gone already, Docker or etcd away
-                    # The next listing (a reconnect, a restart) records what this missed.
-                    log.info("Could not record the name of container %s: %s",
-                             container_id[:12], exc)
-                    client = None
-        if client is not None:
-            client.close()
-
-    def _learn_from_container(self, client, network_id, container_id, network_name):
-        info = client.inspect_container(container_id)
+    def _learn_from_container(self, network_id, container_id, network_name):
+        info = self._client.inspect_container(container_id)
         networks = (info.get("NetworkSettings") or {}).get("Networks") or {}
         endpoint_id = (networks.get(network_name) or {}).get("EndpointID")
         if endpoint_id:
@@ -239,7 +159,6 @@ class NameLearner:
         if record is None:
             return False
         profiles.create_profile(self.store, name, exist_ok=True)
-        self._known[network_id] = name
         if scan:
             for ep in records.host_endpoints(self.store, self.host):
                 if ep.extra.get("network_id") == network_id and ep.profile_ids != [name]:

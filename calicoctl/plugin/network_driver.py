@@ -13,8 +13,7 @@ from calicoctl.dataplane import Dataplane, veth
 from calicoctl.datastore import endpoints, keys, networks, pools as pools_store, profiles
 from calicoctl.datastore.models import (IPIP_DEVICE, IPV4_GATEWAY, WORKLOAD_MAC, Endpoint,
                                         Network, Pool, interface_name)
-from calicoctl.errors import (CalicoError, ConflictError, DatastoreError, NotFoundError,
-                              ValidationError)
+from calicoctl.errors import ConflictError, DatastoreError, NotFoundError, ValidationError
 from calicoctl.felix import status
 from calicoctl.plugin import records
 from calicoctl.plugin.ipam_driver import ANY_POOL, is_calico_address_space
@@ -272,30 +271,10 @@ class NetworkDriver:
             for net in claimed:
                 records.release_claim(self.store, _ip(net), endpoint_id)
             raise
-        if not name:
-            self._name_if_learned(ep)
         log.info("Endpoint %s created on %s with %s", endpoint_id[:12], ep.name,
                  ", ".join(nets4 + nets6))
         # Never echo what Docker supplied (it would roll the endpoint back); only fill gaps.
         return {"Interface": {} if iface.get("MacAddress") else {"MacAddress": WORKLOAD_MAC}}
-
-    def _name_if_learned(self, ep):
-        """An endpoint written closed because its network had no name yet: if the name has
-        come since we read the record, give the endpoint its profile.  The learner gives it
-        to the endpoints it lists after writing the name; one written after that listing
-        reads the name here (names.py, learn_network)."""
-        try:
-            record = networks.read_network(self.store, ep.extra["network_id"])
-            if record is None or not record.name:
-                return
-            with self._lock:
-                self._created.pop(ep.endpoint_id, None)     # Join reads the record anew
-            if records.update_endpoint_fields(self.store, ep, profile_ids=[record.name]):
-                log.info("Endpoint %s now has profile %s", ep.endpoint_id[:12], record.name)
-        except CalicoError as exc:
-            # Closed is the safe side: the learner's next listing (or a restart) names it.
-            log.warning("Endpoint %s stays closed for now: cannot check its network's name "
-                        "(%s)", ep.endpoint_id[:12], exc)
 
     def _claim(self, net, endpoint_id):
         ip = _ip(net)

@@ -10,7 +10,6 @@ from calicoctl.dataplane import Dataplane
 from calicoctl.datastore import keys
 from calicoctl.datastore.models import Pool
 from calicoctl.datastore.pools import add_pool
-from tests.st.harness import wait_for
 from tests.unit.plugin_support import (EP, EP2, ETH_SANDBOX, NET, NET2, Plugin,  # noqa: F401
                                        _root, calico_network, netns, ns_run, plugin, plugin_parts,
                                        start_container, stop_container)
@@ -361,105 +360,32 @@ class CountingReads(CountingScans):
         return self._store.get(key, *args, **kwargs)
 
 
-def test_an_endpoint_racing_its_networks_name_gets_it_at_creation(store, plugin,
-                                                                 plugin_parts, etcd_dump):
-    """The learner names a network and then gives the name to the endpoints it lists; an
-    endpoint whose CreateEndpoint read the record before the name came, and wrote after that
-    listing, reads the name again once written and takes the profile itself."""
+def test_a_connect_gives_a_racing_endpoint_its_profile_without_a_scan(store, plugin,
+                                                                      plugin_parts, etcd_dump):
+    """An endpoint created while its network's name was still unknown, and written after the
+    learner had given the name to the network's endpoints, gets it at its container's connect;
+    and a connect (one per container start) reads single keys, never the host's endpoints."""
     from calicoctl.datastore import networks
     add_pool(store, Pool(cidr=ipaddress.ip_network("10.9.0.0/24")))
     pool_id = calico_network(plugin)
-    driver = plugin_parts[2].network_driver
-    read_record = driver._network
-
-    def read_then_learned(network_id):
-        record = read_record(network_id)
-        networks.set_network_name(store, NET, "net1")    # the learner, between read and write
-        return record
-    driver._network = read_then_learned
-    start_container(plugin, pool_id)
+    start_container(plugin, pool_id)                 # no name yet: closed
+    networks.set_network_name(store, NET, "net1")    # the learner's write, its scan missed EP
+    learner = plugin_parts[1]
+    counting = CountingScans(store)
+    learner.store = counting
     key = keys.endpoint("testhost", "libnetwork", "libnetwork", EP)
-    assert json.loads(etcd_dump()[key])["profile_ids"] == ["net1"]
-
-
-class FakeDocker:
-    """Docker's inspect of containers, and the ids asked for (docker-py's API client shape)."""
-
-    def __init__(self, containers):
-        self.known, self.inspected = containers, []
-        self.containers_running = []
-
-    def inspect_container(self, container_id):
-        self.inspected.append(container_id)
-        return self.known[container_id]
-
-    def containers(self):
-        return [{"Id": c} for c in self.containers_running]
-
-    def networks(self, filters=None):
-        return []
-
-    def close(self):
-        pass
-
-
-def _connect(network_id, container_id, name="net1"):
-    return {"Type": "network", "Action": "connect",
-            "Actor": {"ID": network_id, "Attributes": {"container": container_id, "name": name,
-                                                       "type": "calico"}}}
-
-
-def test_a_starting_container_is_named_once_started(store, plugin, plugin_parts, etcd_dump):
-    """A container's connect comes while Docker is starting it: the learner reads nothing
-    then for a network it has named, and records the container's name on its endpoint at the
-    container's start event.  A connect to a running container (`docker network connect`) is
-    recorded at once, and one whose start never comes is recorded a moment later."""
-    from calicoctl.plugin.names import NameLearner
-    add_pool(store, Pool(cidr=ipaddress.ip_network("10.9.0.0/24")))
-    pool_id = calico_network(plugin)
-    joined = (("a" * 64, EP), ("b" * 64, EP2), ("c" * 64, "d4" * 32))
-    for i, (_, endpoint_id) in enumerate(joined):
-        start_container(plugin, pool_id, endpoint_id=endpoint_id,
-                        sandbox="/var/run/docker/netns/%d" % i)
-    docker = FakeDocker({
-        c: {"Name": "/workload-%s" % c[0],
-            "NetworkSettings": {"Networks": {"net1": {"EndpointID": ep}}}} for c, ep in joined})
-    learner = NameLearner(store, "testhost", docker_factory=lambda: docker)
-    learner._client = docker          # the event thread's own client (start() makes it)
-    try:
-        learner.learn_network(NET, "net1")
-        counting = CountingReads(store)
-        learner.store = counting
-
-        def named(endpoint_id):
-            key = keys.endpoint("testhost", "libnetwork", "libnetwork", endpoint_id)
-            return json.loads(etcd_dump()[key]).get("container_name")
-        learner.handle_event(_connect(NET, "a" * 64))
-        assert counting.read_keys == [] and counting.scanned == []
-        assert docker.inspected == [] and named(EP) is None
-        learner.handle_event({"Type": "container", "Action": "start", "Actor": {"ID": "a" * 64}})
-        wait_for(lambda: named(EP) == "workload-a", timeout=10,
-                 what="the started container's name on its endpoint")
-        learner.handle_event({"Type": "container", "Action": "start", "Actor": {"ID": "b" * 64}})
-        learner.handle_event(_connect(NET, "b" * 64))
-        assert named(EP2) == "workload-b"
-        learner.settle = 0.2              # a start that never comes
-        learner.handle_event(_connect(NET, "c" * 64))
-        wait_for(lambda: named("d4" * 32) == "workload-c", timeout=10,
-                 what="the connected container's name on its endpoint")
-        assert docker.inspected == ["a" * 64, "b" * 64, "c" * 64]
-        # A container running before the learner (re)connected is known from its listing.
-        restarted = NameLearner(counting, "testhost", docker_factory=lambda: docker)
-        restarted._client = docker
-        docker.containers_running = ["a" * 64]
-        restarted.sync(docker)
-        restarted.handle_event(_connect(NET, "a" * 64))
-        assert docker.inspected[-1] == "a" * 64 and len(docker.inspected) == 4
-        restarted.stop()
-        assert json.loads(etcd_dump()[keys.endpoint("testhost", "libnetwork", "libnetwork",
-                                                    EP)])["profile_ids"] == ["net1"]
-    finally:
-        learner.stop()
+    # What the event thread does on "connect" (Docker's inspect gives the endpoint id).
+    assert learner.learn_network(NET, "net1", scan_if_known=False) is True
+    assert json.loads(etcd_dump()[key])["profile_ids"] == []
+    learner.learn_container(EP, "c0ffee" * 10, "workload-A", profile="net1")
+    record = json.loads(etcd_dump()[key])
+    assert record["profile_ids"] == ["net1"] and record["container_name"] == "workload-A"
+    assert counting.scanned == []
+    # An endpoint of another host, or one already gone, is left alone.
+    learner.learn_container("99" * 32, "c0ffee" * 10, "workload-B", profile="net1")
+    assert not [k for k in etcd_dump() if "99" * 32 in k]
+    # A network that is not ours is not learned.
+    assert learner.learn_network("77" * 32, "other", scan_if_known=False) is False
 
 
 def test_a_named_network_is_read_once_and_forgotten_with_it(store, plugin, plugin_parts,

@@ -57,9 +57,6 @@ def test_reconciliation_reruns_after_docker_comes_back(store, plugin_parts):
         def networks(self, **kwargs):
             return []
 
-        def containers(self, **kwargs):
-            return []
-
         def close(self):
             pass
 
