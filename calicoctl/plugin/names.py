@@ -53,6 +53,7 @@ class NameLearner:
         self._thread = None
         self._client = None
         self.synced = threading.Event()
+        self._known = {}          # network id -> the name learn_network recorded and profiled
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -126,9 +127,11 @@ class NameLearner:
             elif action == "connect" and attrs.get("container"):
                 # Each container start brings one of these while Docker is still starting it,
                 # so it must cost a few reads, not a scan of the host's endpoints: the network's
-                # other endpoints got their profile when the name was learned, and this one
-                # gets it (if it raced that) with its container's name.
-                if self.learn_network(network_id, attrs.get("name"), scan_if_known=False):
+                # other endpoints got their profile when the name was learned (a name learnt
+                # here before costs no read at all), and this one gets it (if it raced that)
+                # with its container's name.
+                if self._known.get(network_id) == attrs.get("name") or \
+                        self.learn_network(network_id, attrs.get("name"), scan_if_known=False):
                     self._learn_from_container(network_id, attrs["container"],
                                                attrs.get("name"))
         except CalicoError as exc:
@@ -159,6 +162,7 @@ class NameLearner:
         if record is None:
             return False
         profiles.create_profile(self.store, name, exist_ok=True)
+        self._known[network_id] = name      # Docker never reuses a network id
         if scan:
             for ep in records.host_endpoints(self.store, self.host):
                 if ep.extra.get("network_id") == network_id and ep.profile_ids != [name]:

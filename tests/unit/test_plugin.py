@@ -388,6 +388,30 @@ def test_a_connect_gives_a_racing_endpoint_its_profile_without_a_scan(store, plu
     assert learner.learn_network("77" * 32, "other", scan_if_known=False) is False
 
 
+def test_a_connect_in_a_network_named_here_reads_only_its_endpoint(store, plugin,
+                                                                   plugin_parts, etcd_dump):
+    """A connect comes with every container start, while Docker is starting it: in a network
+    whose name this learner recorded, it reads neither the network's record nor its profile."""
+    add_pool(store, Pool(cidr=ipaddress.ip_network("10.9.0.0/24")))
+    pool_id = calico_network(plugin)
+    start_container(plugin, pool_id)
+    learner = plugin_parts[1]
+    learner.learn_network(NET, "net1")
+
+    class Docker:
+        def inspect_container(self, container_id):
+            return {"Name": "/workload-A",
+                    "NetworkSettings": {"Networks": {"net1": {"EndpointID": EP}}}}
+    learner._client = Docker()      # the event thread's client (the thread makes its own)
+    counting = CountingReads(store)
+    learner.store = counting
+    learner.handle_event({"Type": "network", "Action": "connect", "Actor": {
+        "ID": NET, "Attributes": {"container": "c0ffee" * 10, "name": "net1", "type": "calico"}}})
+    key = keys.endpoint("testhost", "libnetwork", "libnetwork", EP)
+    assert counting.read_keys == [key] and counting.scanned == []
+    assert json.loads(etcd_dump()[key])["container_name"] == "workload-A"
+
+
 def test_a_named_network_is_read_once_and_forgotten_with_it(store, plugin, plugin_parts,
                                                            etcd_dump):
     """The driver keeps a network's record once it has its name (so a container start does not
