@@ -12,8 +12,9 @@ containers at once, a few rounds, and reads each plugin call's duration from the
 log ("call <Name> took <ms> ms") to give p50/p99 per call.
 
 Beside Docker's built-in and user-defined bridges, a null remote driver (bench/null_driver.py:
-the veth, proxy ARP and a /32 route, nothing else) gives the engine's cost of any routed remote
-driver, so the time Calico takes above it is ours.  After each Calico container's removal the
+the veth, proxy ARP and a /32 route, and addresses from a counter through Docker's remote IPAM
+calls, nothing else) gives the engine's cost of any routed remote driver with its own IPAM, as
+Calico's is, so the time Calico takes above it is ours.  After each Calico container's removal the
 next run waits for the agent to drop that endpoint's report, so its clean-up does not land in
 another network's run.
 
@@ -126,7 +127,7 @@ def agent_done_with_all_but(host, etcd, kept):
 
 
 def start_null_driver(host):
-    """bench/null_driver.py in the host, its network created (Docker's default IPAM), and its
+    """bench/null_driver.py in the host, its network created (its own IPAM), and its
     interfaces' traffic accepted as the agent accepts Calico's."""
     path = "/run/docker/plugins/nullnet.sock"
     proc = host.popen([PYTHON, str(REPO / "bench" / "null_driver.py"), path], "nulldriver")
@@ -139,7 +140,7 @@ def start_null_driver(host):
     procs_.wait_for(up, timeout=20, what="the null driver's socket")
     for rule in (["-i", "nul+"], ["-o", "nul+"]):
         host.run(["iptables", "-w", "-I", "FORWARD", "1", *rule, "-j", "ACCEPT"])
-    host.docker("network", "create", "--driver", "nullnet", "--subnet", "10.99.0.0/16",
+    host.docker("network", "create", "--driver", "nullnet", "--ipam-driver", "nullnet",
                 "nullnet")
     return proc
 
@@ -256,8 +257,8 @@ def run(bed, args):
           % stats.ratio(times["calico"], times["userbr"]))
     if "null" in times:
         m = {label: stats.percentile(v, 50) * 1000 for label, v in times.items()}
-        print("null remote driver (the engine's path for any routed remote driver, no datastore"
-              " or agent): %.2fx the user-defined bridge (%+.0f ms); Calico above it: %.2fx "
+        print("null remote driver (the engine's path for any routed remote driver with its own "
+              "IPAM, no datastore or agent): %.2fx the user-defined bridge (%+.0f ms); Calico above it: %.2fx "
               "(%+.0f ms, ours: etcd, IPAM, the agent's wait, HTTP server)"
               % (m["null"] / m["userbr"], m["null"] - m["userbr"], m["calico"] / m["null"],
                  m["calico"] - m["null"]))

@@ -3,12 +3,14 @@
     python bench/null_driver.py SOCKET_PATH        (inside a testbed host, as root)
 
 Docker calls a remote (plugin) network driver over HTTP on a unix socket, where its built-in
-bridge driver runs inside the daemon.  This driver answers those calls with no datastore, no
-IPAM (the network uses Docker's default IPAM) and no policy agent: Join makes the veth pair, the
-host side up with proxy ARP, and a /32 route to the container, the same plumbing a Calico
-endpoint gets; every other call is answered from the request alone.  A container on it is
-reachable by its neighbours the way a Calico container is, so its start time is the engine's
-cost of a routed remote driver, plus the plumbing and a minimal HTTP server: what is left of
+bridge driver runs inside the daemon.  This driver answers those calls with no datastore and no
+policy agent: Join makes the veth pair, the host side up with proxy ARP, and a /32 route to the
+container, the same plumbing a Calico endpoint gets; every other call is answered from the
+request alone.  It is also a remote IPAM driver, as Calico is (`--ipam-driver calico`), so
+Docker makes the same calls for an address: /32s counted up from 10.99.0.1, never reused, and
+no gateway (Data says 0.0.0.0/0, as Calico's does).  A container on it is reachable by its
+neighbours the way a Calico container is, so its start time is the engine's cost of a routed
+remote driver with its own IPAM, plus the plumbing and a minimal HTTP server: what is left of
 Calico's start time above it is ours (etcd, IPAM, the agent's wait).
 
 Forwarding: dockerd sets the FORWARD policy to DROP; the bench accepts nul+ interfaces itself.
@@ -25,20 +27,38 @@ from pyroute2 import IPRoute
 
 GATEWAY = "169.254.1.1"
 PREFIX = "nul"
+POOL = "10.99.0.0/16"
 
 
 class Driver:
     def __init__(self):
         self.ipr = IPRoute()
         self.lock = threading.Lock()
-        self.addresses = {}          # endpoint ID -> the address Docker's IPAM gave it
+        self.addresses = {}          # endpoint ID -> the address RequestAddress gave it
+        self.given = 0               # addresses handed out so far (10.99.0.1 is the first)
 
     def call(self, name, request):
         handler = getattr(self, name.replace(".", "_"), None)
         return handler(request) if handler else {}
 
     def Plugin_Activate(self, request):
-        return {"Implements": ["NetworkDriver"]}
+        return {"Implements": ["NetworkDriver", "IpamDriver"]}
+
+    def IpamDriver_GetCapabilities(self, request):
+        return {"RequiresMACAddress": False}
+
+    def IpamDriver_GetDefaultAddressSpaces(self, request):
+        return {"LocalDefaultAddressSpace": "NullLocal", "GlobalDefaultAddressSpace": "NullGlobal"}
+
+    def IpamDriver_RequestPool(self, request):
+        return {"PoolID": "null", "Pool": POOL,
+                "Data": {"com.docker.network.gateway": "0.0.0.0/0"}}
+
+    def IpamDriver_RequestAddress(self, request):
+        with self.lock:
+            self.given += 1
+            n = self.given
+        return {"Address": "10.99.%d.%d/32" % (n // 256, n % 256), "Data": {}}
 
     def NetworkDriver_GetCapabilities(self, request):
         return {"Scope": "local", "ConnectivityScope": "local"}
