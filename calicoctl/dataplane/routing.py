@@ -9,8 +9,8 @@ import logging
 import os
 
 from calicoctl.dataplane import sysctl
-from calicoctl.dataplane.netlink import if_index
 from calicoctl.dataplane.commands import run_command
+from calicoctl.dataplane.netlink import if_index
 from calicoctl.errors import DataplaneError
 
 log = logging.getLogger(__name__)

@@ -97,15 +97,14 @@ class NetworkDriver:
         # Endpoints whose Join left the agent wait to ProgramExternalConnectivity (see join).
         self._deferred = {}
         self._lock = threading.Lock()
-        # Which of this host's endpoints each sandbox holds (sandbox key -> endpoint ids), read
-        # from etcd at the first Join and kept by this process's Joins and Leaves: only this
-        # process joins endpoints on this host, so a sandbox it knows no endpoint in has none
-        # and Join need not list the host's endpoints (one it knows endpoints in is read:
-        # their records decide the gateway).  An entry left by an endpoint removed elsewhere
-        # only costs that read.  None until read.
-        self._sandboxes = None
-        self._joined = {}             # endpoint id -> the sandbox it joined
-        self._reading_sandboxes = threading.Lock()
+        # Which sandbox each of this host's joined endpoints is in (endpoint id -> sandbox
+        # key), read from etcd at the first Join and kept by this process's Joins and Leaves:
+        # only this process joins endpoints on this host, so a sandbox it knows no endpoint in
+        # has none and Join need not list the host's endpoints (one it knows endpoints in is
+        # read: their records decide the gateway).  An entry left by an endpoint removed
+        # elsewhere only costs that read.  None until read.
+        self._joined = None
+        self._reading_joined = threading.Lock()
         # Endpoints created here and not yet joined, as written (their index for Join's CAS).
         self._created = {}
         # Network records once they carry their name (network id -> Network): nothing changes
@@ -323,7 +322,6 @@ class NetworkDriver:
         gateway4 = _free_gateway(others) if ep.ipv4_nets else None
         records.set_endpoint_fields(self.store, ep, ipv4_gateway=gateway4, sandbox=sandbox)
         with self._lock:
-            self._sandboxes.setdefault(sandbox, set()).add(endpoint_id)
             self._joined[endpoint_id] = sandbox
         answer = {"InterfaceName": {"SrcName": veth.temp_peer_name(endpoint_id),
                                     "DstPrefix": self.interface_prefix},
@@ -374,31 +372,28 @@ class NetworkDriver:
         """(this endpoint or None, this host's other endpoints in the sandbox): from memory
         when CreateEndpoint here left the record and the sandbox holds no other endpoint,
         else from etcd."""
-        if self._sandboxes is None:
-            with self._reading_sandboxes:     # Joins wait for it: none is noted before it
-                if self._sandboxes is None:
-                    found = {}
-                    for ep in records.host_endpoints(self.store, self.host):
-                        if ep.extra.get("sandbox"):
-                            found.setdefault(ep.extra["sandbox"], set()).add(ep.endpoint_id)
+        if self._joined is None:
+            with self._reading_joined:     # Joins wait for it: none is noted before it
+                if self._joined is None:
+                    found = {ep.endpoint_id: ep.extra["sandbox"]
+                             for ep in records.host_endpoints(self.store, self.host)
+                             if ep.extra.get("sandbox")}
                     with self._lock:
-                        self._sandboxes = found
+                        self._joined = found
         with self._lock:
             ep = self._created.pop(endpoint_id, None)
-            alone = not self._sandboxes.get(sandbox, set()) - {endpoint_id}
+            alone = not any(s == sandbox for e, s in self._joined.items() if e != endpoint_id)
         if ep is not None and alone:
             return ep, []
         return records.sandbox_endpoints(self.store, self.host, sandbox, endpoint_id)
 
-    def _forget_join(self, endpoint_id):
+    def _forget(self, endpoint_id):
+        """What this process remembers of an endpoint that leaves its sandbox or goes."""
         with self._lock:
+            self._deferred.pop(endpoint_id, None)
             self._created.pop(endpoint_id, None)
-            sandbox = self._joined.pop(endpoint_id, None)
-            held = self._sandboxes.get(sandbox) if self._sandboxes and sandbox else None
-            if held is not None:
-                held.discard(endpoint_id)
-                if not held:
-                    del self._sandboxes[sandbox]
+            if self._joined is not None:
+                self._joined.pop(endpoint_id, None)
 
     def _wait_for_agent(self, ep):
         """When the agent runs here, give it a bounded moment to program the endpoint, so the
@@ -449,9 +444,7 @@ class NetworkDriver:
 
     def leave(self, request):
         endpoint_id = request["EndpointID"]
-        with self._lock:
-            self._deferred.pop(endpoint_id, None)
-        self._forget_join(endpoint_id)
+        self._forget(endpoint_id)
         self.dataplane.remove_veth(interface_name(endpoint_id))
         try:
             ep = records.endpoint_of(self.store, self.host, endpoint_id)
@@ -462,9 +455,7 @@ class NetworkDriver:
 
     def delete_endpoint(self, request):
         endpoint_id = request["EndpointID"]
-        with self._lock:
-            self._deferred.pop(endpoint_id, None)
-        self._forget_join(endpoint_id)
+        self._forget(endpoint_id)
         self.dataplane.remove_veth(interface_name(endpoint_id))
         try:
             ep = records.endpoint_of(self.store, self.host, endpoint_id)
