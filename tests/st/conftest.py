@@ -21,6 +21,7 @@ import os
 import shutil
 import signal
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -110,17 +111,45 @@ def _sigterm_as_interrupt():
     signal.signal(signal.SIGTERM, _interrupt)
 
 
+# Where a module's testbed logs go when one of its tests failed or errored: the next module's
+# testbed removes the hosts' logs, and `down` etcd's. /var/tmp, not /tmp: a Debian 13 machine
+# (and tools/fresh-root-check's roots) keep /tmp on a tmpfs that goes with the machine.
+FAILED_LOGS_ENV = "CALICO_ST_FAILED_LOGS"
+FAILED_MODULES = set()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    if outcome.get_result().failed:
+        FAILED_MODULES.add(item.module.__name__)
+
+
+def keep_failed_logs(bed, module):
+    root = Path(os.environ.get(FAILED_LOGS_ENV, "/var/tmp/calico-st-logs"))
+    dest = root / ("%s-%s" % (module.rsplit(".", 1)[-1], time.strftime("%Y%m%d-%H%M%S")))
+    try:
+        bed.copy_logs(dest)
+    except OSError as exc:
+        print(f"[testbed] {module} failed; its logs could not be kept: {exc}", file=sys.stderr)
+    else:
+        print(f"[testbed] {module} failed; its testbed's logs are kept in {dest}",
+              file=sys.stderr)
+
+
 # Fresh hosts and a fresh etcd for every test module: modules leave agents, BIRD, iptables
 # chains and liveness keys behind by design (each tests a running system), and one module's
 # leftovers must never decide another's result.  Bringing a testbed up takes ~2 s.
 @pytest.fixture(scope="module")
-def testbed(testbed_lock, _sigterm_as_interrupt, engine):
+def testbed(request, testbed_lock, _sigterm_as_interrupt, engine):
     cleanup_stale()          # a crashed earlier run must not make this one fail
     bed = Testbed(suite=engine)
     bed.up(n_hosts=2, progress=lambda msg: print(f"[testbed] {msg}", file=sys.stderr))
     try:
         yield bed
     finally:
+        if request.module.__name__ in FAILED_MODULES:
+            keep_failed_logs(bed, request.module.__name__)
         bed.down(progress=lambda msg: None)
         # Anything the tests started outside the Testbed's knowledge goes too.
         cleanup_stale(progress=lambda msg: None, keep_logs=True)

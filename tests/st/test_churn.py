@@ -197,13 +197,7 @@ def test_churn_with_faults_leaks_nothing(stack, request):
             % (SEED, sum(tally.ok.values()), tally.ok["run"], tally.ok["rm"],
                sum(tally.failed.values()), churn_seconds, len(tally.faults), faults, live,
                len(leaked), leaked_at_once, converge_seconds, pairs, len(reach)))
-    if problems or reach:
-        keep = "/tmp/calico-churn-logs-%d" % SEED     # the testbed's logs go with it
-        for h in hosts:
-            procs.run(["mkdir", "-p", "%s/%s" % (keep, h.name)])
-            procs.run(["sh", "-c", "cp %s/* %s/%s/" % (h.log_path("x").parent, keep, h.name)],
-                      check=False)
-        line += "; logs kept in " + keep
+    # On a failure the testbed's logs are kept by the testbed fixture (tests/st/conftest.py).
     report(request, line)
     # What ran: ops of both kinds, every kind of fault.
     assert sum(tally.ok.values()) >= min(100, TARGET_OPS // 2), line

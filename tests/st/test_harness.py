@@ -119,6 +119,19 @@ def test_teardown_leaves_nothing(spare_testbed):
     bed.down(progress=lambda msg: None)     # a second teardown is harmless
 
 
+def test_copy_logs_keeps_each_hosts_logs_and_etcds(spare_testbed, tmp_path):
+    """What the testbed fixture keeps of a failed module: enough to read why afterwards."""
+    bed = Testbed(**spare_testbed).up(n_hosts=1, etcd=True, busybox=False,
+                                      progress=lambda msg: None)
+    try:
+        kept = bed.copy_logs(tmp_path / "kept")
+    finally:
+        bed.down(progress=lambda msg: None)
+    assert "API listen on" in (kept / "spare-01" / "dockerd.log").read_text()
+    assert "etcd" in (kept / "etcd.log").read_text()
+    assert sorted(p.name for p in kept.iterdir()) == ["etcd.log", "spare-01"]
+
+
 def test_cleanup_stale_removes_a_crashed_run(spare_testbed):
     """A run that died without tearing down (state file gone too) is found by name."""
     up = subprocess.run(

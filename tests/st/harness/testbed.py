@@ -165,6 +165,19 @@ class Testbed:
             raise HarnessError("teardown incomplete:\n  " + "\n  ".join(errors))
         progress("testbed down")
 
+    def copy_logs(self, dest):
+        """Copy every host's log folder and etcd's log to dest (made if missing), while they
+        still exist: `down` removes etcd's, and the next testbed's clean-up the hosts'."""
+        dest = Path(dest)
+        for host in self.hosts:
+            shutil.copytree(host.log_path("x").parent, dest / host.name, dirs_exist_ok=True)
+        if self.etcd:
+            log = self.etcd.log_path or Path(self.etcd.data_dir) / "etcd.log"
+            if log.exists():
+                dest.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(log, dest / "etcd.log")
+        return dest
+
     def status(self):
         """A plain dict of what is up, for humans and for `status`."""
         return {
