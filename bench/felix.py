@@ -8,8 +8,9 @@ For each size N and each dataplane (the agent built with AgentDataplane(dataplan
 throwaway network namespace with its own etcd:
   - writes 100 profiles (tag = name, an allow-from-tag inbound rule and a tcp port rule) and N
     local endpoints spread over them (no veths: the route work is not measured);
-  - cold start: one agent resync (snapshot, desired state, every set and chain programmed),
-    split by phase (snapshot read, state parse, desired state, dataplane sync, the rest);
+  - cold start: --cold-samples agent resyncs (snapshot, desired state, every set and chain
+    programmed), each by a fresh agent process from an empty ruleset, split by phase (snapshot
+    read, state parse, desired state, dataplane sync, the rest);
   - incremental, p50/p99 over --samples: etcd write -> the executor's apply returned (kernel
     state in place) for (a) one new local endpoint, (b) one rule change in a profile, (c) one
     new endpoint on another host (a tag membership change: one ipset or nft set update);
@@ -122,7 +123,7 @@ def measure(agent, timed, write, samples):
     return out
 
 
-def inner(n, samples, idle_seconds, dataplane):
+def inner(n, samples, idle_seconds, dataplane, cold_samples):
     subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
     import etcd
     from tests.unit.etcd_server import EtcdServer
@@ -133,28 +134,16 @@ def inner(n, samples, idle_seconds, dataplane):
         populate(client, n)
         populate_s = time.perf_counter() - t
         os.environ["ETCD_AUTHORITY"] = server.authority
+        colds = cold_starts(dataplane, cold_samples)
         from calicoctl.datastore.store import EtcdStore
         from calicoctl.felix.agent import Agent
         from calicoctl.felix.executor import AgentDataplane
+        empty_ruleset()
         dp = AgentDataplane(dataplane=dataplane)
         timed = Timed(dp)
         agent = Agent(EtcdStore(timeout=10), HOST, timed, refresh_interval=3600)
         dp.prepare()
-        t = time.perf_counter()
-        sync_times = []
-        real_sync = dp.sync
-
-        def timed_sync(desired, full):
-            t1 = time.perf_counter()
-            r = real_sync(desired, full)
-            sync_times.append(time.perf_counter() - t1)
-            return r
-        dp.sync = timed_sync
-        phases = time_phases(agent, dp)
-        agent.resync()
-        cold = time.perf_counter() - t
-        phases["dataplane_sync"] = sync_times[0]
-        phases["rest"] = cold - sum(phases.values())
+        agent.resync()      # not a sample: this process has run the samples' imports
         thread = threading.Thread(target=agent.watch_loop, daemon=True)
         thread.start()
         new_ep = measure(agent, timed, lambda i: write_endpoint(
@@ -188,8 +177,12 @@ def inner(n, samples, idle_seconds, dataplane):
         return dict(shape, **{
             "dataplane": dataplane, "endpoints": n, "profiles": PROFILES,
             "populate_s": populate_s,
-            "cold_start_s": cold, "cold_dataplane_s": sync_times[0] if sync_times else None,
-            "cold_phases_s": phases,
+            # Medians of the fresh agents' cold starts, and every sample for the spread.
+            "cold_start_s": statistics.median(c["cold_start_s"] for c in colds),
+            "cold_start_samples": [c["cold_start_s"] for c in colds],
+            "cold_dataplane_s": statistics.median(c["phases"]["dataplane_sync"] for c in colds),
+            "cold_phases_s": {name: statistics.median(c["phases"][name] for c in colds)
+                              for name in colds[0]["phases"]},
             "new_endpoint_ms": summary(new_ep), "rule_change_ms": summary(rule),
             "tag_member_ms": summary(member), "idle": idle,
             # Medians (seconds) as in earlier runs, and every sample for the spread.
@@ -198,6 +191,54 @@ def inner(n, samples, idle_seconds, dataplane):
         })
     finally:
         server.stop()
+
+
+def empty_ruleset():
+    """This namespace's rules and sets gone, as on a host where no agent has run: iptables-nft's
+    tables are nft tables too (the agent's iptables parts use that backend by default)."""
+    subprocess.run(["nft", "flush", "ruleset"], check=True)
+    subprocess.run(["ipset", "destroy"], check=True)
+
+
+def cold_starts(dataplane, samples):
+    """`samples` cold starts, each by a fresh agent process (`--cold-child`) from an empty
+    ruleset, as when a host's agent first starts: [{"cold_start_s", "phases"}]."""
+    out = []
+    for _ in range(samples):
+        empty_ruleset()
+        proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--cold-child",
+                               "--dataplane", dataplane], capture_output=True, text=True,
+                              cwd=REPO)
+        if proc.returncode != 0:
+            raise RuntimeError("a cold start failed: %s" % proc.stderr[-3000:])
+        out.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+    return out
+
+
+def cold_child(dataplane):
+    """One cold start in this fresh process: the agent's resync from nothing, by phase."""
+    from calicoctl.datastore.store import EtcdStore
+    from calicoctl.felix.agent import Agent
+    from calicoctl.felix.executor import AgentDataplane
+    dp = AgentDataplane(dataplane=dataplane)
+    agent = Agent(EtcdStore(timeout=10), HOST, dp, refresh_interval=3600)
+    dp.prepare()
+    sync_times = []
+    real_sync = dp.sync
+
+    def timed_sync(desired, full):
+        t1 = time.perf_counter()
+        r = real_sync(desired, full)
+        sync_times.append(time.perf_counter() - t1)
+        return r
+    dp.sync = timed_sync
+    phases = time_phases(agent, dp)
+    t = time.perf_counter()
+    agent.resync()
+    cold = time.perf_counter() - t
+    phases["dataplane_sync"] = sync_times[0]
+    phases["rest"] = cold - sum(phases.values())
+    return {"cold_start_s": cold, "phases": phases}
 
 
 def time_phases(agent, dp):
@@ -494,12 +535,19 @@ def main():
     parser.add_argument("--dataplanes", default=",".join(DATAPLANES),
                         help="policy dataplanes measured, each beside its own raw baselines "
                              "[default: %s]" % ",".join(DATAPLANES))
+    parser.add_argument("--cold-samples", type=int, default=7,
+                        help="cold starts, each by a fresh agent process [default: 7]")
     parser.add_argument("--json")
     parser.add_argument("--inner", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--cold-child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--dataplane", choices=DATAPLANES, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.cold_child:
+        print(json.dumps(cold_child(args.dataplane)))
+        return
     if args.inner:
-        print(json.dumps(inner(args.inner, args.samples, args.idle, args.dataplane)))
+        print(json.dumps(inner(args.inner, args.samples, args.idle, args.dataplane,
+                               args.cold_samples)))
         return
     dataplanes = [d.strip() for d in args.dataplanes.split(",") if d.strip()]
     if not dataplanes or any(d not in DATAPLANES for d in dataplanes):
@@ -512,7 +560,8 @@ def main():
         for dataplane in dataplanes:
             proc = subprocess.run(["unshare", "-n", sys.executable, os.path.abspath(__file__),
                                    "--inner", str(n), "--samples", str(args.samples),
-                                   "--idle", str(args.idle), "--dataplane", dataplane],
+                                   "--idle", str(args.idle), "--dataplane", dataplane,
+                                   "--cold-samples", str(args.cold_samples)],
                                   capture_output=True, text=True, cwd=REPO)
             if proc.returncode != 0:
                 sys.exit("size %d, %s dataplane failed:\n%s" % (n, dataplane,
@@ -549,6 +598,10 @@ def spread(values, scale=1000.0, unit="ms", digits=1):
         stats.percentile(v, 90), len(v))
 
 
+def cold_spread(r):
+    return spread(r["cold_start_samples"], scale=1.0, unit="s", digits=2)
+
+
 def incremental(figure):
     return "p50 %.1f ms (p99 %.1f, n=%d)" % (figure["p50"], figure["p99"], figure["n"])
 
@@ -561,16 +614,16 @@ def report(r):
               "%d rules, %d sets and maps / %d elements" % (
                   r["endpoints"], r["profiles"], r["nft_chains"], r["nft_rules"], r["nft_sets"],
                   r["nft_elements"]))
-        print("cold start: %.2fs (dataplane sync %.2fs: the nft table, iptables fixed chains, "
-              "nat and raw in both families)" % (r["cold_start_s"], r["cold_dataplane_s"]))
+        print("cold start: %s (dataplane sync %.2fs: the nft table, iptables fixed chains, "
+              "nat and raw in both families)" % (cold_spread(r), r["cold_dataplane_s"]))
     else:
         print("== %d endpoints, %d profiles [iptables dataplane]: IPv4 filter %d chains / "
               "%d rules" % (r["endpoints"], r["profiles"], r["filter_v4_chains"],
                             r["filter_v4_rules"]))
-        print("cold start: %.2fs (dataplane sync %.2fs, both families + sets + nat)" % (
-            r["cold_start_s"], r["cold_dataplane_s"]))
+        print("cold start: %s (dataplane sync %.2fs, both families + sets + nat)" % (
+            cold_spread(r), r["cold_dataplane_s"]))
     if r.get("cold_phases_s"):
-        print("cold start by phase: " + ", ".join(
+        print("cold start by phase (medians): " + ", ".join(
             "%s %.2fs" % (name.replace("_", " "), r["cold_phases_s"][name])
             for name in ("snapshot_read", "state_parse", "desired_state", "dataplane_sync",
                          "rest")))
@@ -618,7 +671,7 @@ def side_by_side(results, sizes, dataplanes, width=38):
     row("", [d + " dataplane" for d in dataplanes])
     for n in sizes:
         print("%d endpoints" % n)
-        per_dataplane("cold start", n, lambda r: "%.2f s (n=1)" % r["cold_start_s"])
+        per_dataplane("cold start", n, cold_spread)
         per_dataplane("raw full load (fastest)", n, lambda r: spread(
             r["raw_samples"][fastest_full(r)[0]], 1, "s", 3))
         per_dataplane("new endpoint", n, lambda r: incremental(r["new_endpoint_ms"]))
