@@ -7,6 +7,8 @@ snapshot and a full sync.  Between events: poll for workload interfaces appearin
 liveness key, and every refresh_interval repair what someone removed by hand.
 """
 
+import contextlib
+import gc
 import ipaddress
 import logging
 import time
@@ -29,6 +31,18 @@ RETRY_DELAY = 1.0        # seconds between attempts while etcd is down
 # 100,000 rules costs seconds of CPU); the others check the entry chains and jumps only.
 DEEP_CHAINS = 3000
 DEEP_EVERY = 10
+
+
+@contextlib.contextmanager
+def collector_paused():
+    """Python's cyclic garbage collector off for the block (as it was, after it)."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
 
 
 class Agent:
@@ -101,12 +115,15 @@ class Agent:
     # -- snapshot and full sync ----------------------------------------------------------------
 
     def resync(self):
-        result = self.store.read(keys.ROOT, recursive=True, quorum=True)
-        if result is None:
-            # Nothing below /calico: the snapshot is consistent at the store's current index.
-            items, index = [], self.store.current_index()
-        else:
-            items, index = [(n.key, n.value) for n in result.leaves], result.store_index
+        # A snapshot makes several objects per key, and keeps them: the cyclic collector ran
+        # about 270 times over the growing heap, twice over all of it, and found nothing (90 to
+        # 120 ms of a 1.1 s cold start at 10,000 endpoints, bench/felix.py). The state it
+        # replaces has no cycles, so refcounting frees it and the collector can wait.
+        with collector_paused():
+            self._resync()
+
+    def _resync(self):
+        items, index = self.store.snapshot(keys.ROOT)
         self.index = index + 1
         self.state.load_snapshot(items)
         self._apply_log_level()
