@@ -256,7 +256,7 @@ def time_phases(agent, dp):
             finally:
                 phases.setdefault(phase, time.perf_counter() - t)    # the first call only
         setattr(obj, name, run)
-    timed(agent.store, "read", "snapshot_read")
+    timed(agent.store, "snapshot", "snapshot_read")
     timed(agent.state, "load_snapshot", "state_parse")
     real_desired_state = dp.desired_state
 

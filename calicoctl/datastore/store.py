@@ -193,6 +193,12 @@ class EtcdStore:
         """A result.Node for key (a directory's with its leaves and children), or None."""
         return self.backend.read(key, recursive=recursive, quorum=quorum)
 
+    def snapshot(self, key):
+        """([(key, value) of every leaf below key], the store index they are consistent at),
+        in one quorum read; ([], the current index) when nothing is below key. What an agent
+        starts from: the cheapest full read, with no result object per key."""
+        return self.backend.snapshot(key)
+
     def children(self, key, recursive=True, quorum=False):
         """All leaf (key, value, modified index) triples below key; [] if key is absent."""
         return self.backend.children(key, recursive=recursive, quorum=quorum)

@@ -258,6 +258,10 @@ class V3Backend:
         node.children = _immediate(key, (n.key for n in leaves))
         return node
 
+    def snapshot(self, key):
+        kvs, revision = self.range(key + "/", prefix=True)
+        return [(unb64(kv["key"]), unb64(kv.get("value"))) for kv in kvs], revision
+
     def _ttl(self, lease):
         answer = self.post("/lease/timetolive", {"ID": lease})
         ttl = int(answer.get("TTL", -1))

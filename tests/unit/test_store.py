@@ -323,3 +323,23 @@ def test_delete_retried_after_lost_answer(dropping, raw_etcd):
     assert store.delete("/calico/test/g", prev_index=index) is True
     raw_etcd.write("/calico/test/h", "x")
     assert store.delete("/calico/test/h") is True
+
+
+def test_snapshot_is_every_leaf_below_at_one_index(store, raw_etcd):
+    """What an agent starts from (Agent.resync): the leaves with their values, no directory,
+    nothing from beside the prefix, and the index to watch on from."""
+    assert store.snapshot("/calico/v1") == ([], store.current_index())
+    raw_etcd.write("/calico/v1/Ready", "true")
+    raw_etcd.write("/calico/v1/host/h1/bird_ip", "198.18.0.11")
+    raw_etcd.write("/calico/v1/policy/profile/p/tags", '["p"]')
+    raw_etcd.write("/calico/v1/config/Empty", "")
+    raw_etcd.write("/calico/v1x/beside", "not below /calico/v1")
+    raw_etcd.write("/calico/felix/v1/host/h1/status", "{}")
+    items, index = store.snapshot("/calico/v1")
+    assert sorted(items) == [("/calico/v1/Ready", "true"), ("/calico/v1/config/Empty", ""),
+                             ("/calico/v1/host/h1/bird_ip", "198.18.0.11"),
+                             ("/calico/v1/policy/profile/p/tags", '["p"]')]
+    assert index == store.current_index()
+    raw_etcd.write("/calico/v1/Ready", "false")
+    items, later = store.snapshot("/calico/v1")
+    assert later > index and ("/calico/v1/Ready", "false") in items
