@@ -108,11 +108,7 @@ class DnsService:
             time.sleep(0.05)
 
     def resync(self):
-        node = self.store.read(keys.ROOT, recursive=True, quorum=True)
-        if node is None:
-            items, index = [], self.store.current_index()
-        else:
-            items, index = [(n.key, n.value) for n in node.leaves], node.store_index
+        items, index = self.store.snapshot(keys.ROOT)
         self.records.load(items)
         self.index = index + 1
         self.publish()
