@@ -216,13 +216,17 @@ def cold_starts(dataplane, samples):
 
 
 def cold_child(dataplane):
-    """One cold start in this fresh process: the agent's resync from nothing, by phase."""
+    """One cold start in this fresh process: the agent's first resync, by phase."""
     from calicoctl.datastore.store import EtcdStore
     from calicoctl.felix.agent import Agent
     from calicoctl.felix.executor import AgentDataplane
     dp = AgentDataplane(dataplane=dataplane)
     agent = Agent(EtcdStore(timeout=10), HOST, dp, refresh_interval=3600)
     dp.prepare()
+    # As Agent.run: the agent waits for etcd's Ready key before its first resync, so its
+    # etcd client is imported and connected by then (python-etcd alone pulls in dnspython).
+    if not agent.wait_ready():
+        raise RuntimeError("the agent never saw /calico/v1/Ready")
     sync_times = []
     real_sync = dp.sync
 
