@@ -303,3 +303,25 @@ def test_the_agent_reports_its_dataplane(store, agent):
     agent.tick()
     assert agent.dataplane.kind == "iptables"
     assert agent_dataplane(store, HOST) == "iptables"
+
+
+def test_a_resync_pauses_the_collector_and_gives_it_back_even_when_it_fails(store, agent,
+                                                                          monkeypatch):
+    import gc
+    seen = []
+
+    def snapshot(key):
+        seen.append(gc.isenabled())
+        raise RuntimeError("etcd went away")
+    monkeypatch.setattr(agent.store, "snapshot", snapshot)
+    assert gc.isenabled()
+    with pytest.raises(RuntimeError):
+        agent.resync()
+    assert seen == [False] and gc.isenabled()
+    gc.disable()          # a caller that had it off keeps it off
+    try:
+        with pytest.raises(RuntimeError):
+            agent.resync()
+        assert seen == [False, False] and not gc.isenabled()
+    finally:
+        gc.enable()
