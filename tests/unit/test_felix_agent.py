@@ -325,3 +325,21 @@ def test_a_resync_pauses_the_collector_and_gives_it_back_even_when_it_fails(stor
         assert seen == [False, False] and not gc.isenabled()
     finally:
         gc.enable()
+
+
+def test_a_resync_freezes_the_state_it_built_so_no_collection_scans_it(store, agent):
+    import gc
+    write_endpoint(store, "aa00000000000001", "10.0.0.1", ["net1"])
+    gc.unfreeze()
+    try:
+        agent.resync()
+        frozen = gc.get_freeze_count()
+        assert frozen > 0 and gc.isenabled()
+        endpoints = agent.state.endpoints
+        assert endpoints and not any(o is endpoints for g in (0, 1, 2)
+                                     for o in gc.get_objects(generation=g))
+        # What the next resync builds is frozen in its turn, with what was frozen before.
+        agent.resync()
+        assert gc.get_freeze_count() >= frozen
+    finally:
+        gc.unfreeze()
