@@ -37,11 +37,14 @@ DEEP_EVERY = 10
 def collector_paused():
     """Python's cyclic garbage collector off for the block, which builds long-lived state;
     after it, every object then alive is frozen (gc.freeze), so no later collection scans the
-    state again, and the collector is as it was. Frozen objects are unfrozen when the block
-    starts again: a cycle that was frozen (there should be none) is then collected at last."""
+    state again, and the collector is as it was. When the block runs again (a later resync,
+    rare), what was frozen is unfrozen and collected once first, so a cycle the last one froze
+    (there should be none) is not kept for ever."""
     was_enabled = gc.isenabled()
+    if gc.get_freeze_count():
+        gc.unfreeze()
+        gc.collect()
     gc.disable()
-    gc.unfreeze()
     try:
         yield
     finally:
