@@ -131,15 +131,11 @@ class V2Backend:
         # Straight from etcd's JSON: python-etcd's result objects, one per key and then a Node
         # each, took as long again as etcd's answer and its JSON at 10,000 endpoints.
         import etcd
-
-        def attempt(endpoint, _):
-            client = self._client_for(endpoint)
-            response = client.api_execute(client.key_endpoint + key, client._MGET,
-                                          params={"recursive": "true", "quorum": "true"})
-            return response.data, response.headers.get("X-Etcd-Index")
         try:
-            data, index = self.endpoints.run(attempt, classify,
-                                             answers=(etcd.EtcdKeyNotFound,))
+            response = self._call("api_execute", "/v2/keys" + key, "GET",
+                                  params={"recursive": "true", "quorum": "true"},
+                                  expect=(etcd.EtcdKeyNotFound,))
+            data, index = response.data, response.headers.get("X-Etcd-Index")
         except etcd.EtcdKeyNotFound as exc:
             payload = exc.payload if isinstance(exc.payload, dict) else {}
             return [], int(payload.get("index", 0))
