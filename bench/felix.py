@@ -25,7 +25,9 @@ throwaway network namespace with its own etcd:
       iptables-restore-translate); and one endpoint's chains added with --noflush on top of the
       full ruleset (nft and legacy backends);
     nftables dataplane: its table (nft_policy.full_script) loaded from empty with `nft -f`;
-      the same followed by the fixed iptables chains it still loads (filter, nat and raw of
+      the same table in 5 transactions (a skeleton of sets, chains and rules, then a quarter of
+      every set's elements in each of 4 more: the least a load overlapping the agent's own
+      work could cost); the same full table followed by the fixed iptables chains it still loads (filter, nat and raw of
       both families, one restore per family); and one endpoint's set and map elements added
       with `nft -f` on top of the full table (--samples rounds, the elements deleted between),
       with the iptables parts present as on the agent's host, and without them.
@@ -56,6 +58,7 @@ from support import cpu_and_rss  # noqa: E402  (bench/support.py)
 PROFILES = 100
 HOST = "bench"
 DATAPLANES = ("nftables", "iptables")
+QUARTERS = 4      # element transactions after the skeleton in the chunked raw load
 
 
 def percentile(values, p):
@@ -418,6 +421,19 @@ def nft_raw_loads(desired, rounds):
             for line in nft_policy.element_lines("delete", name, mine[name])]
     undo += ["%s chain %s %s %s" % (verb, nft_policy.FAMILY, nft_policy.TABLE, c)
              for verb in ("flush", "delete") for c in sorted(own)]
+    # The same table as a skeleton (sets, chains and rules, no elements) and then each set's
+    # elements in quarters, one transaction each: what loading the table while the agent still
+    # computes the rest (one transaction per batch of endpoints) would cost the kernel and nft
+    # at best.  Timed as separate `nft -f` processes (about 3 ms each of it is the process).
+    quarters = []
+    for q in range(QUARTERS):
+        lines = []
+        for name in sorted(sets, key=lambda name: (":" in sets[name], name)):
+            items = sorted(elements.get(name, ()))
+            part = items[q * len(items) // QUARTERS:(q + 1) * len(items) // QUARTERS]
+            lines += nft_policy.element_lines("add", name, part) if part else []
+        quarters.append("\n".join(lines) + "\n")
+    skeleton = nft_policy.full_script(chains, sets, {})
     iptables = {}
     for v in (4, 6):
         text = ""
@@ -436,16 +452,20 @@ def nft_raw_loads(desired, rounds):
         paths = {}
         for name, text in (("full", full), ("base", base), ("one", "\n".join(one) + "\n"),
                            ("undo", "\n".join(undo) + "\n"), ("v4", iptables[4]),
-                           ("v6", iptables[6]), ("sets", ipsets)):
+                           ("v6", iptables[6]), ("sets", ipsets), ("skeleton", skeleton)) + \
+                tuple(("quarter%d" % q, text) for q, text in enumerate(quarters)):
             paths[name] = os.path.join(d, name)
             with open(paths[name], "w") as f:
                 f.write(text)
         # No shell around the timed commands (argv, stdin): one endpoint takes a few ms.
-        nft = {name: (["nft", "-f", paths[name]], None) for name in ("full", "base", "one",
-                                                                      "undo")}
+        nft = {name: (["nft", "-f", path], None) for name, path in paths.items()
+               if name not in ("v4", "v6", "sets")}
+        in_parts = [nft["skeleton"]] + [nft["quarter%d" % q] for q in range(QUARTERS)]
         iptables_parts = [(["iptables-restore"], paths["v4"]), (["ip6tables-restore"], paths["v6"])]
         return {
             "nft_table_full_s": timed_in_netns([], [nft["full"]], repeat=5),
+            "nft_table_in_%d_transactions_s" % (QUARTERS + 1): timed_in_netns(
+                [], in_parts, repeat=5),
             "nft_table_plus_iptables_full_s": timed_in_netns(
                 ["ipset restore < %s" % paths["sets"]],
                 [nft["full"]] + iptables_parts, repeat=5),
