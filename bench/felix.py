@@ -30,7 +30,11 @@ throwaway network namespace with its own etcd:
       work could cost); the same full table followed by the fixed iptables chains it still loads (filter, nat and raw of
       both families, one restore per family); and one endpoint's set and map elements added
       with `nft -f` on top of the full table (--samples rounds, the elements deleted between),
-      with the iptables parts present as on the agent's host, and without them.
+      with the iptables parts present as on the agent's host, and without them; and that
+      endpoint's verdict map elements alone, then its plain set elements alone (each taken
+      out of the full table, then added, --samples rounds): the kernel checks the whole
+      table's jumps after any transaction that adds a verdict, so only the first part grows
+      with the table.
 The summary puts the dataplanes side by side: growth from the smallest to the largest size of
 (a), (b) and (c), and cold start against the fastest raw full load (goal for both: <= 1.5x).
 For the nftables dataplane that ratio is against its table alone, as the iptables dataplane's
@@ -419,6 +423,17 @@ def nft_raw_loads(desired, rounds):
         one += nft_policy.element_lines("add", name, mine[name])
     undo = [line for name in sorted(mine)
             for line in nft_policy.element_lines("delete", name, mine[name])]
+    # The same elements split: those of the verdict maps (interface -> goto its list chain)
+    # and those of plain sets.  The kernel checks every jump and goto of the table again
+    # after a transaction that adds a verdict, so the first part grows with the table.
+    split = {}
+    for part, in_part in (("maps", lambda name: ":" in sets[name]),
+                          ("sets", lambda name: ":" not in sets[name])):
+        names = sorted(name for name in mine if in_part(name))
+        split[part] = [line for name in names
+                       for line in nft_policy.element_lines("add", name, mine[name])]
+        split["undo_" + part] = [line for name in names
+                                 for line in nft_policy.element_lines("delete", name, mine[name])]
     undo += ["%s chain %s %s %s" % (verb, nft_policy.FAMILY, nft_policy.TABLE, c)
              for verb in ("flush", "delete") for c in sorted(own)]
     # The same table as a skeleton (sets, chains and rules, no elements) and then each set's
@@ -453,7 +468,8 @@ def nft_raw_loads(desired, rounds):
         for name, text in (("full", full), ("base", base), ("one", "\n".join(one) + "\n"),
                            ("undo", "\n".join(undo) + "\n"), ("v4", iptables[4]),
                            ("v6", iptables[6]), ("sets", ipsets), ("skeleton", skeleton)) + \
-                tuple(("quarter%d" % q, text) for q, text in enumerate(quarters)):
+                tuple(("quarter%d" % q, text) for q, text in enumerate(quarters)) + \
+                tuple(("one_" + part, "\n".join(lines) + "\n") for part, lines in split.items()):
             paths[name] = os.path.join(d, name)
             with open(paths[name], "w") as f:
                 f.write(text)
@@ -474,6 +490,12 @@ def nft_raw_loads(desired, rounds):
                 [nft["one"]], repeat=1, rounds=rounds, undo=[nft["undo"]]),
             "nft_one_endpoint_table_only_s": timed_in_netns(
                 [nft["base"]], [nft["one"]], repeat=1, rounds=rounds, undo=[nft["undo"]]),
+            "nft_one_endpoint_map_elements_s": timed_in_netns(
+                [nft["full"], nft["one_undo_maps"]], [nft["one_maps"]], repeat=1, rounds=rounds,
+                undo=[nft["one_undo_maps"]]),
+            "nft_one_endpoint_set_elements_s": timed_in_netns(
+                [nft["full"], nft["one_undo_sets"]], [nft["one_sets"]], repeat=1, rounds=rounds,
+                undo=[nft["one_undo_sets"]]),
         }
 
 
