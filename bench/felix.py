@@ -27,14 +27,11 @@ throwaway network namespace with its own etcd:
     nftables dataplane: its table (nft_policy.full_script) loaded from empty with `nft -f`;
       the same table in 5 transactions (a skeleton of sets, chains and rules, then a quarter of
       every set's elements in each of 4 more: the least a load overlapping the agent's own
-      work could cost); the same full table followed by the fixed iptables chains it still loads (filter, nat and raw of
-      both families, one restore per family); and one endpoint's set and map elements added
+      work could cost); the same full table followed by the fixed iptables chains it still
+      loads (filter, nat and raw of both families, one restore per family); and one
+      endpoint's set elements added
       with `nft -f` on top of the full table (--samples rounds, the elements deleted between),
-      with the iptables parts present as on the agent's host, and without them; and that
-      endpoint's verdict map elements alone, then its plain set elements alone (each taken
-      out of the full table, then added, --samples rounds): the kernel checks the whole
-      table's jumps after any transaction that adds a verdict, so only the first part grows
-      with the table.
+      with the iptables parts present as on the agent's host, and without them.
 The summary puts the dataplanes side by side: growth from the smallest to the largest size of
 (a), (b) and (c), and cold start against the fastest raw full load (goal for both: <= 1.5x).
 For the nftables dataplane that ratio is against its table alone, as the iptables dataplane's
@@ -397,7 +394,7 @@ def nft_raw_loads(desired, rounds):
     its whole table (nft_policy.full_script, what the agent loads) from empty with `nft -f`;
     the same followed by the iptables parts it still loads (its fixed filter chains, nat and
     raw, with their top-level jumps: one restore per family, as fast as iptables allows); and
-    one endpoint's set and map elements added with `nft -f` on top of the table without them
+    one endpoint's set elements added with `nft -f` on top of the table without them
     (`rounds` times in one namespace, deleted again between rounds, untimed), with the
     iptables parts loaded too as on the agent's host, and without them: nft 1.0.6 reads the
     other tables of the namespace (iptables-nft's) before any change, which costs a few ms."""
@@ -405,37 +402,18 @@ def nft_raw_loads(desired, rounds):
     from calicoctl.felix.executor import TOP_JUMPS, IptablesTable
     chains, sets, elements = desired.nft_chains, desired.nft_sets, desired.nft_elements
     full = nft_policy.full_script(chains, sets, elements)
-    # One endpoint: its elements, and any list chain no other endpoint uses (then it comes
-    # with the endpoint, as in the agent's delta; with 100 profiles every list is shared).
-    key = sorted(desired.rendered)[0]
-    ep = desired.rendered[key]
-    mine = nft_policy.endpoint_elements(ep)
-    own = {c: r for c, r in nft_policy.endpoint_lists(ep).items()
-           if desired.list_users.get(c) == {key}}
-    base = nft_policy.full_script({c: r for c, r in chains.items() if c not in own}, sets,
-                                  {name: set(items) - mine.get(name, set())
-                                   for name, items in elements.items()})
-    # Chains before the map elements that go to them, as delta_script orders them.
-    one = [nft_policy.chain_declaration(c) for c in sorted(own)]
-    for c in sorted(own):
-        one += nft_policy.chain_lines(c, own[c])
-    for name in sorted(mine, key=lambda name: (":" in sets[name], name)):
-        one += nft_policy.element_lines("add", name, mine[name])
+    # One endpoint whose profile list others use too (with 100 profiles every list is
+    # shared): its elements are all it adds, as in the agent's delta.
+    key = next(k for k in sorted(desired.rendered)
+               if len(desired.list_users.get(nft_policy.endpoint_list(desired.rendered[k]),
+                                             ())) > 1)
+    mine = nft_policy.endpoint_elements(desired.rendered[key])
+    base = nft_policy.full_script(chains, sets, {name: set(items) - mine.get(name, set())
+                                                 for name, items in elements.items()})
+    one = [line for name in sorted(mine)
+           for line in nft_policy.element_lines("add", name, mine[name])]
     undo = [line for name in sorted(mine)
             for line in nft_policy.element_lines("delete", name, mine[name])]
-    # The same elements split: those of the verdict maps (interface -> goto its list chain)
-    # and those of plain sets.  The kernel checks every jump and goto of the table again
-    # after a transaction that adds a verdict, so the first part grows with the table.
-    split = {}
-    for part, in_part in (("maps", lambda name: ":" in sets[name]),
-                          ("sets", lambda name: ":" not in sets[name])):
-        names = sorted(name for name in mine if in_part(name))
-        split[part] = [line for name in names
-                       for line in nft_policy.element_lines("add", name, mine[name])]
-        split["undo_" + part] = [line for name in names
-                                 for line in nft_policy.element_lines("delete", name, mine[name])]
-    undo += ["%s chain %s %s %s" % (verb, nft_policy.FAMILY, nft_policy.TABLE, c)
-             for verb in ("flush", "delete") for c in sorted(own)]
     # The same table as a skeleton (sets, chains and rules, no elements) and then each set's
     # elements in quarters, one transaction each: what loading the table while the agent still
     # computes the rest (one transaction per batch of endpoints) would cost the kernel and nft
@@ -468,8 +446,7 @@ def nft_raw_loads(desired, rounds):
         for name, text in (("full", full), ("base", base), ("one", "\n".join(one) + "\n"),
                            ("undo", "\n".join(undo) + "\n"), ("v4", iptables[4]),
                            ("v6", iptables[6]), ("sets", ipsets), ("skeleton", skeleton)) + \
-                tuple(("quarter%d" % q, text) for q, text in enumerate(quarters)) + \
-                tuple(("one_" + part, "\n".join(lines) + "\n") for part, lines in split.items()):
+                tuple(("quarter%d" % q, text) for q, text in enumerate(quarters)):
             paths[name] = os.path.join(d, name)
             with open(paths[name], "w") as f:
                 f.write(text)
@@ -490,12 +467,6 @@ def nft_raw_loads(desired, rounds):
                 [nft["one"]], repeat=1, rounds=rounds, undo=[nft["undo"]]),
             "nft_one_endpoint_table_only_s": timed_in_netns(
                 [nft["base"]], [nft["one"]], repeat=1, rounds=rounds, undo=[nft["undo"]]),
-            "nft_one_endpoint_map_elements_s": timed_in_netns(
-                [nft["full"], nft["one_undo_maps"]], [nft["one_maps"]], repeat=1, rounds=rounds,
-                undo=[nft["one_undo_maps"]]),
-            "nft_one_endpoint_set_elements_s": timed_in_netns(
-                [nft["full"], nft["one_undo_sets"]], [nft["one_sets"]], repeat=1, rounds=rounds,
-                undo=[nft["one_undo_sets"]]),
         }
 
 

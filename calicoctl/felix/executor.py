@@ -401,7 +401,7 @@ DATAPLANES = ("auto", "nftables", "iptables")
 
 def nftables_usable(runner=run_command):
     """(True, what was tried) or (False, why not): a sample of our table (base chains, sets of
-    concatenations, verdict maps, marks) checked by the kernel with `nft -c`, which commits
+    concatenations, interface sets, marks) checked by the kernel with `nft -c`, which commits
     nothing."""
     import shutil
     if shutil.which(NFT) is None:

@@ -1,9 +1,10 @@
 """Desired state for the nftables dataplane (felix/nft_policy.py), kept up to date incrementally.
 
 The same bookkeeping as calc.DesiredState (tag membership, which endpoints use which profile),
-with different output: a local endpoint becomes set and map elements and a reference to the list
-chain of its profile list, a tag a pair of nft sets.  The iptables tables keep only their fixed
-chains (nft_policy.iptables_chains), nat and raw, and the pool and host ipsets.
+with different output: a local endpoint becomes set elements, its interface among them in the
+set of its profile list (whose chains and dispatch rules exist while an endpoint uses it), a
+tag a pair of nft sets.  The iptables tables keep only their fixed chains
+(nft_policy.iptables_chains), nat and raw, and the pool and host ipsets.
 
 Pure, like calc.py: update() returns a Delta; nft changes are in its nft_* fields.
 """
@@ -18,7 +19,7 @@ class NftDesiredState(DesiredState):
         self.nft_chains = {}            # name -> rules
         self.nft_sets = {}              # name -> kind
         self.nft_elements = {}          # set name -> set(element text)
-        self.list_users = {}            # list chain -> local endpoint keys using it
+        self.list_users = {}            # profile id tuple -> local endpoint keys using it
         self.profile_tag_sets = {}      # profile -> tag sets its chains look up
 
     # -- helpers ---------------------------------------------------------------------------
@@ -77,7 +78,37 @@ class NftDesiredState(DesiredState):
         for name, kind in nft_policy.fixed_sets().items():
             self._declare(delta, name, kind)
         for name, rules in nft_policy.base_chains(
-                self.config.interface_prefix, self.config.endpoint_to_host_action).items():
+                self.config.interface_prefix, self.config.endpoint_to_host_action,
+                self.list_users).items():
+            self._put_chain(delta, name, rules)
+
+    def _use_list(self, delta, ids, key):
+        """key's endpoint uses profile list ids: the list's chains and interface sets exist,
+        and the dispatch rules go to them (set up by the first user)."""
+        users = self.list_users.setdefault(ids, set())
+        first = not users
+        users.add(key)
+        if first:
+            self._put_list(delta, ids, present=True)
+
+    def _leave_list(self, delta, ids, key):
+        users = self.list_users.get(ids, set())
+        users.discard(key)
+        if not users:
+            self.list_users.pop(ids, None)
+            self._put_list(delta, ids, present=False)
+
+    def _put_list(self, delta, ids, present, dispatch=True):
+        chains, sets = nft_policy.list_parts(ids)
+        for name, rules in chains.items():
+            self._put_chain(delta, name, rules if present else None)
+        for name, kind in sets.items():
+            self._declare(delta, name, kind if present else None)
+        if dispatch:
+            self._put_dispatch(delta)
+
+    def _put_dispatch(self, delta):
+        for name, rules in nft_policy.dispatch_chains(self.list_users).items():
             self._put_chain(delta, name, rules)
 
     def _put_tag_set(self, delta, tag, version, members):
@@ -110,11 +141,14 @@ class NftDesiredState(DesiredState):
             for profile in ep.profile_ids:
                 self.profile_users.setdefault(profile, set()).add(key)
                 touched.add(profile)
-            for chain, rules in nft_policy.endpoint_lists(ep).items():
-                self.list_users.setdefault(chain, set()).add(key)
-                self._put_chain(delta, chain, rules)
+            ids = nft_policy.endpoint_list(ep)
+            if ids is not None:
+                self.list_users.setdefault(ids, set()).add(key)
             for name, items in nft_policy.endpoint_elements(ep).items():
                 elements.setdefault(name, set()).update(items)
+        for ids in self.list_users:
+            self._put_list(delta, ids, present=True, dispatch=False)
+        self._put_dispatch(delta)       # once, for every list
         for name, items in elements.items():
             self._change_elements(delta, name, items)
         return touched
@@ -132,24 +166,19 @@ class NftDesiredState(DesiredState):
             for profile in ep.profile_ids:
                 self.profile_users.setdefault(profile, set()).add(key)
                 touched.add(profile)
-        old_lists = nft_policy.endpoint_lists(old) if old is not None else {}
-        new_lists = nft_policy.endpoint_lists(ep) if ep is not None else {}
-        # New list chains before the elements that go to them (the executor declares chains
-        # first within one transaction); unused ones go after.
-        for chain, rules in new_lists.items():
-            self.list_users.setdefault(chain, set()).add(key)
-            self._put_chain(delta, chain, rules)
+        old_ids = nft_policy.endpoint_list(old) if old is not None else None
+        new_ids = nft_policy.endpoint_list(ep) if ep is not None else None
+        # A new list's chains and sets before the elements that go to them (the executor
+        # declares them first within one transaction); an unused one goes after.
+        if new_ids is not None:
+            self._use_list(delta, new_ids, key)
         old_elements = nft_policy.endpoint_elements(old) if old is not None else {}
         new_elements = nft_policy.endpoint_elements(ep) if ep is not None else {}
         for name in set(old_elements) | set(new_elements):
             self._change_elements(delta, name, new_elements.get(name, set()),
                                   old_elements.get(name, set()) - new_elements.get(name, set()))
-        for chain in set(old_lists) - set(new_lists):
-            users = self.list_users.get(chain, set())
-            users.discard(key)
-            if not users:
-                self.list_users.pop(chain, None)
-                self._put_chain(delta, chain, None)
+        if old_ids is not None and old_ids != new_ids:
+            self._leave_list(delta, old_ids, key)
         delta.endpoints.add(key)
         return touched
 

@@ -3,16 +3,24 @@
 The iptables layout (felix/policy.py) gives every endpoint two chains and a dispatch rule, and
 every change to the filter table makes iptables-nft read the whole table back: one new endpoint
 costs 3x more at 10,000 endpoints than at 1,000 (bench/felix.py).  Here an endpoint is only
-set and map elements, so its cost stays flat (docs/architecture.md, "The nftables dataplane"):
+set elements, so its cost stays flat (docs/architecture.md, "The two policy dataplanes"):
 
     forward / input (base chains, priority filter - 10: before iptables' FORWARD and INPUT)
         invalid dropped, established accepted, then
         iifname cali* -> from-ep:  anti-spoofing by lookups in the src4/src6/mac sets, then
-                                   iifname vmap @from4 / @from6 -> goto list chain
-        oifname cali* -> to-ep:    oifname vmap @to4 / @to6 -> goto list chain
+                                   a rule per profile list in use: iifname in its interface
+                                   set (e4-<hash> / e6-<hash>) -> goto its list chain
+        oifname cali* -> to-ep:    the same with oifname
     list chains (ol-<hash> / il-<hash>): one per ordered profile list and direction, shared by
         every endpoint with that list.  Each profile's chain in order, RETURN once one allowed
         the packet, drop at the end (the same semantics as felix-to-/felix-from-<iface>).
+    e4-<hash> / e6-<hash>: the interfaces of the endpoints with that profile list (and an
+        address of that family).  Not a verdict map keyed by interface: after a transaction
+        that adds a verdict the kernel checks every jump and goto of the table again, every
+        map element included, so an endpoint as two verdict elements cost twice as much at
+        10,000 endpoints as at 1,000; as set elements it costs the same.  What that costs
+        instead: a new flow tries the lists' rules in turn, one hash lookup per profile list
+        on the host (a Docker host has one per network it runs containers in).
     p-<profile>-i / -o: the profile's rules; allow sets ALLOW_MARK and returns, deny drops.
     t4-<tag> / t6-<tag>: the addresses carrying a tag (the ipsets' job in the iptables layout).
 
@@ -49,8 +57,6 @@ TO_EP = "to-ep"
 SRC_SETS = {4: "src4", 6: "src6"}
 MAC_SET = "mac"
 HAS_MAC_SET = "hasmac"
-FROM_MAPS = {4: "from4", 6: "from6"}
-TO_MAPS = {4: "to4", 6: "to6"}
 ADDR_TYPE = {4: "ipv4_addr", 6: "ipv6_addr"}
 # The bit a profile sets when it allows a packet; the same bit as the iptables layout (Docker and
 # kube-proxy use 0x4000 and 0x8000), and nothing but our list chains reads or clears it.
@@ -92,10 +98,19 @@ def tag_set(tag, version):
 
 
 @functools.lru_cache(maxsize=4096)
+def _list_digest(profile_ids):
+    return hashlib.sha256("\n".join(profile_ids).encode()).hexdigest()[:16]
+
+
 def list_chain(profile_ids, direction):
     """The chain shared by every endpoint whose ordered profile list is profile_ids."""
-    digest = hashlib.sha256("\n".join(profile_ids).encode()).hexdigest()[:16]
-    return ("il-" if direction == "inbound" else "ol-") + digest
+    return ("il-" if direction == "inbound" else "ol-") + _list_digest(profile_ids)
+
+
+def list_set(profile_ids, version):
+    """The interfaces of the endpoints whose ordered profile list is profile_ids and that have
+    an address of this family."""
+    return "e%d-%s" % (version, _list_digest(profile_ids))
 
 
 def _quote(text):
@@ -193,57 +208,53 @@ def list_chain_rules(profile_ids, direction):
     return lines
 
 
-def endpoint_verdicts(endpoint):
-    """{direction: verdict text} an endpoint's map elements point at: its list chain, or drop
-    when it is inactive or has no profile."""
+def endpoint_list(endpoint):
+    """The ordered profile list whose chains an endpoint's traffic goes through, or None when
+    it is dropped whatever the profiles say (inactive, no profile, no address)."""
     if endpoint.state != "active" or not endpoint.profile_ids:
-        return {"inbound": "drop", "outbound": "drop"}
-    return {d: "goto %s" % list_chain(tuple(endpoint.profile_ids), d)
-            for d in ("inbound", "outbound")}
+        return None
+    if not (endpoint.ipv4_nets or endpoint.ipv6_nets):
+        return None
+    return tuple(endpoint.profile_ids)
 
 
 def endpoint_elements(endpoint):
-    """{set or map name: element texts} for one local endpoint; nothing in a family it has no
-    address of (its traffic of that family then finds no map element and is dropped)."""
+    """{set name: element texts} for one local endpoint; nothing in a family it has no address
+    of (its traffic of that family then finds no interface set and is dropped)."""
     out = {}
     iface = _quote(endpoint.name)
-    verdicts = endpoint_verdicts(endpoint)
+    ids = endpoint_list(endpoint)
     for v in (4, 6):
         addrs = endpoint_addresses(endpoint, v)
         if not addrs:
             continue
         out[SRC_SETS[v]] = {"%s . %s" % (iface, a) for a in addrs}
-        out[FROM_MAPS[v]] = {"%s : %s" % (iface, verdicts["outbound"])}
-        out[TO_MAPS[v]] = {"%s : %s" % (iface, verdicts["inbound"])}
+        if ids is not None:
+            out[list_set(ids, v)] = {iface}
     if endpoint.mac and out:
         out[MAC_SET] = {"%s . %s" % (iface, endpoint.mac.lower())}
         out[HAS_MAC_SET] = {iface}
     return out
 
 
-def endpoint_lists(endpoint):
-    """The list chains an endpoint's elements jump to: {chain: rules}."""
-    if endpoint.state != "active" or not endpoint.profile_ids:
-        return {}
-    if not (endpoint.ipv4_nets or endpoint.ipv6_nets):
-        return {}
-    ids = tuple(endpoint.profile_ids)
-    return {list_chain(ids, d): list_chain_rules(ids, d) for d in ("inbound", "outbound")}
+def list_parts(profile_ids):
+    """What one profile list in use needs: ({list chain: rules}, {interface set: kind})."""
+    return ({list_chain(profile_ids, d): list_chain_rules(profile_ids, d)
+             for d in ("inbound", "outbound")},
+            {list_set(profile_ids, v): "ifname" for v in (4, 6)})
 
 
 def fixed_sets():
-    """The anti-spoofing sets and dispatch maps, which always exist (filled per endpoint)."""
+    """The anti-spoofing sets, which always exist (filled per endpoint)."""
     return {
         SRC_SETS[4]: "ifname . ipv4_addr", SRC_SETS[6]: "ifname . ipv6_addr",
         MAC_SET: "ifname . ether_addr", HAS_MAC_SET: "ifname",
-        FROM_MAPS[4]: "ifname : verdict", FROM_MAPS[6]: "ifname : verdict",
-        TO_MAPS[4]: "ifname : verdict", TO_MAPS[6]: "ifname : verdict",
     }
 
 
-def base_chains(prefix, endpoint_to_host="DROP"):
-    """forward, input, from-ep and to-ep: {chain: rules}.  The two base chains' hooks are in
-    BASE_HOOKS."""
+def base_chains(prefix, endpoint_to_host="DROP", lists=()):
+    """forward, input, from-ep and to-ep: {chain: rules}, for the profile lists in use (lists:
+    profile id tuples).  The two base chains' hooks are in BASE_HOOKS."""
     if endpoint_to_host not in ENDPOINT_TO_HOST_ACTIONS:
         endpoint_to_host = "DROP"
     wl = _quote(prefix + "*")
@@ -266,20 +277,26 @@ def base_chains(prefix, endpoint_to_host="DROP"):
         "iifname %s drop" % wl if endpoint_to_host == "DROP" else
         "iifname %s %s" % (wl, MARK_PASSED),
     ]
+    return dict({FORWARD: forward, INPUT: inp}, **dispatch_chains(lists))
+
+
+def dispatch_chains(lists):
+    """from-ep and to-ep for the profile lists in use: {chain: rules}.  A rule per list and
+    family, in a fixed order (the lists are disjoint: an interface is in one list's set)."""
     from_ep = [
         "iifname @%s iifname . ether saddr != @%s drop" % (HAS_MAC_SET, MAC_SET),
         "meta nfproto ipv4 iifname . ip saddr != @%s drop" % SRC_SETS[4],
         "meta nfproto ipv6 iifname . ip6 saddr != @%s drop" % SRC_SETS[6],
-        "meta nfproto ipv4 iifname vmap @%s" % FROM_MAPS[4],
-        "meta nfproto ipv6 iifname vmap @%s" % FROM_MAPS[6],
-        "drop",                          # a workload interface we know nothing about
     ]
-    to_ep = [
-        "meta nfproto ipv4 oifname vmap @%s" % TO_MAPS[4],
-        "meta nfproto ipv6 oifname vmap @%s" % TO_MAPS[6],
-        "drop",
-    ]
-    return {FORWARD: forward, INPUT: inp, FROM_EP: from_ep, TO_EP: to_ep}
+    to_ep = []
+    for ids in sorted(lists, key=_list_digest):
+        for v in (4, 6):
+            match = "meta nfproto ipv%d %%s @%s goto %%s" % (v, list_set(ids, v))
+            from_ep.append(match % ("iifname", list_chain(ids, "outbound")))
+            to_ep.append(match % ("oifname", list_chain(ids, "inbound")))
+    from_ep.append("drop")               # a workload interface we know nothing about
+    to_ep.append("drop")
+    return {FROM_EP: from_ep, TO_EP: to_ep}
 
 
 BASE_HOOKS = {FORWARD: "forward", INPUT: "input"}
@@ -439,16 +456,14 @@ def expected_listing(chains, sets, elements):
 def probe_script():
     """A small table of our layout (one endpoint, one profile) as one full_script: checking it
     with `nft -c` tells whether this nft and kernel can run the nftables dataplane."""
-    chains = base_chains("cali")
+    chains = base_chains("cali", lists=[("probe",)])
     chains[profile_chain("probe", "inbound")] = [
         "ip saddr @%s meta l4proto tcp tcp dport { 80, 1000-2000 } %s" % (tag_set("probe", 4),
                                                                             SET_ALLOW)]
     chains[profile_chain("probe", "outbound")] = ["icmpv6 type 128 drop"]
-    chains.update({list_chain(("probe",), d): list_chain_rules(("probe",), d)
-                   for d in ("inbound", "outbound")})
-    sets = dict(fixed_sets(), **{tag_set("probe", 4): ADDR_TYPE[4]})
+    list_chains, list_sets = list_parts(("probe",))
+    chains.update(list_chains)
+    sets = dict(fixed_sets(), **list_sets, **{tag_set("probe", 4): ADDR_TYPE[4]})
     elements = {SRC_SETS[4]: {'"calitest" . 10.0.0.1'}, MAC_SET: {'"calitest" . 02:00:00:00:00:01'},
-                HAS_MAC_SET: {'"calitest"'},
-                FROM_MAPS[4]: {'"calitest" : goto %s' % list_chain(("probe",), "outbound")},
-                TO_MAPS[4]: {'"calitest" : goto %s' % list_chain(("probe",), "inbound")}}
+                HAS_MAC_SET: {'"calitest"'}, list_set(("probe",), 4): {'"calitest"'}}
     return full_script(chains, sets, elements)

@@ -109,15 +109,16 @@ def dataplane_problems(store, host):
     problems += ["%s: endpoint route to %s missing" % (host.name, r)
                  for r in sorted(want_routes - routes)]
     if agent_dataplane(store, host) == "nftables":
-        # An endpoint's policy is its elements in the dispatch maps (nft_policy).
-        want = {ep.name for ep in eps if ep.ipv4_nets}
-        table = nft_table(host)
-        for name in ("from4", "to4"):
-            keys_ = {e[0] for e in table.get(name, [])}
-            problems += ["%s: nft map %s sends %s without an endpoint" % (host.name, name, k)
-                         for k in sorted(keys_ - want)]
-            problems += ["%s: nft map %s lacks endpoint %s" % (host.name, name, k)
-                         for k in sorted(want - keys_)]
+        # An endpoint's policy is its interface in its profile list's set (nft_policy).
+        from calicoctl.felix import nft_policy
+        want = {(nft_policy.list_set(nft_policy.endpoint_list(ep), 4), ep.name)
+                for ep in eps if ep.ipv4_nets and nft_policy.endpoint_list(ep) is not None}
+        have = {(name, member) for name, members in nft_table(host).items()
+                if name.startswith("e4-") for member in members}
+        problems += ["%s: nft set %s sends %s without an endpoint" % (host.name, name, k)
+                     for name, k in sorted(have - want)]
+        problems += ["%s: nft set %s lacks endpoint %s" % (host.name, name, k)
+                     for name, k in sorted(want - have)]
         return problems
     want_chains = {endpoint_chain(ep.name, d) for ep in eps for d in ("from", "to")}
     chains = {line[1:].split()[0] for line in

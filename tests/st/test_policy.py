@@ -202,7 +202,7 @@ def test_rules_flushed_by_hand_come_back(demo):
 
 def test_nft_table_changed_by_hand_comes_back(demo):
     """With the nftables dataplane (auto picks it here), the agent's table is what keeps
-    networks apart: a hand-deleted map element opens nothing for long, and a deleted table
+    networks apart: a hand-flushed dispatch chain opens nothing for long, and a deleted table
     comes back whole, isolation included."""
     from calicoctl.felix import nft_policy
     from tests.st.churn_checks import agent_dataplane
@@ -212,7 +212,8 @@ def test_nft_table_changed_by_hand_comes_back(demo):
     table = [nft_policy.FAMILY, nft_policy.TABLE]
     listed = lambda: h1.run(["nft", "list", "table", *table], check=False)  # noqa: E731
     h1.run(["nft", "flush", "chain", *table, "to-ep"])
-    wait_for(lambda: "vmap @to4" in listed().stdout, timeout=HANG, what="to-ep refilled")
+    wait_for(lambda: re.search(r"oifname @e4-\S+ goto il-", listed().stdout), timeout=HANG,
+             what="to-ep refilled")
     h1.run(["nft", "delete", "table", *table])
     wait_for(lambda: listed().returncode == 0, timeout=HANG, what="the nft table to come back")
     wait_for(lambda: reaches(h1, "workload-A", ips["workload-C"]), timeout=HANG,

@@ -212,8 +212,9 @@ def change(state, desired, *items):
     return desired.update(state, changes)
 
 
-def goto(profiles, direction):
-    return "goto " + nft_policy.list_chain(tuple(profiles), direction)
+def lset(profiles, version):
+    """The interface set of the endpoints with this profile list."""
+    return nft_policy.list_set(tuple(profiles), version)
 
 
 BASE = profile_items("net1", [{"action": "allow", "src_tag": "net1"}]) + \
@@ -225,45 +226,60 @@ def test_endpoints_with_one_profile_list_share_its_chains():
                                   ep_item("a2", "10.0.0.2", ["net1", "net2"]))
     lists = {c for c in desired.nft_chains if c.startswith(("il-", "ol-"))}
     assert lists == {nft_policy.list_chain(("net1", "net2"), d) for d in ("inbound", "outbound")}
-    assert desired.nft_elements["from4"] == {
-        '"calia1" : ' + goto(["net1", "net2"], "outbound"),
-        '"calia2" : ' + goto(["net1", "net2"], "outbound")}
+    shared = lset(["net1", "net2"], 4)
+    assert desired.nft_elements[shared] == {'"calia1"', '"calia2"'}
+    assert desired.nft_sets[shared] == desired.nft_sets[lset(["net1", "net2"], 6)] == "ifname"
+    # One dispatch rule per list and family in each direction, to the list's chain.
+    rule = "meta nfproto ipv4 iifname @%s goto %s" % (
+        shared, nft_policy.list_chain(("net1", "net2"), "outbound"))
+    assert rule in desired.nft_chains["from-ep"]
+    assert desired.nft_chains["from-ep"][-1] == desired.nft_chains["to-ep"][-1] == "drop"
     profiles = {"p-net1-i", "p-net1-o", "p-net2-i", "p-net2-o"}
     assert profiles <= set(desired.nft_chains)
     delta = change(state, desired, (ep_key("a1"), None))
     assert not set(delta.nft_chains) & (lists | profiles)      # still used by a2
+    assert not delta.nft_sets and "from-ep" not in delta.nft_chains
     assert lists | profiles <= set(desired.nft_chains)
-    assert delta.nft_removed["from4"] == {'"calia1" : ' + goto(["net1", "net2"], "outbound")}
+    assert delta.nft_removed[shared] == {'"calia1"'}
     delta = change(state, desired, (ep_key("a2"), None))
-    assert {c: r for c, r in delta.nft_chains.items()} == {c: None for c in lists | profiles}
+    assert {c for c, r in delta.nft_chains.items() if r is None} == lists | profiles
+    assert rule not in delta.nft_chains["from-ep"]
+    assert delta.nft_chains["from-ep"] == nft_policy.dispatch_chains(())["from-ep"]
+    assert delta.nft_sets == {shared: None, lset(["net1", "net2"], 6): None}
     assert not (lists | profiles) & set(desired.nft_chains)
-    assert desired.nft_elements["from4"] == desired.nft_elements["src4"] == set()
+    assert desired.nft_elements["src4"] == set() and shared not in desired.nft_elements
 
 
-def test_changing_profiles_moves_the_map_elements():
+def test_changing_profiles_moves_the_interface_to_the_other_lists_set():
     state, desired = loaded_state(*BASE, ep_item("a1", "10.0.0.1", ["net1"]))
     delta = change(state, desired, ep_item("a1", "10.0.0.1", ["net2"]))
-    for name, direction in (("from4", "outbound"), ("to4", "inbound")):
-        assert delta.nft_removed[name] == {'"calia1" : ' + goto(["net1"], direction)}
-        assert delta.nft_added[name] == {'"calia1" : ' + goto(["net2"], direction)}
-        assert desired.nft_elements[name] == {'"calia1" : ' + goto(["net2"], direction)}
+    assert delta.nft_removed[lset(["net1"], 4)] == {'"calia1"'}
+    assert delta.nft_added[lset(["net2"], 4)] == {'"calia1"'}
+    assert desired.nft_elements[lset(["net2"], 4)] == {'"calia1"'}
+    assert lset(["net1"], 4) not in desired.nft_sets
     assert not delta.nft_added.get("src4") and not delta.nft_removed.get("src4")
     assert delta.nft_chains[nft_policy.list_chain(("net1",), "inbound")] is None
     assert delta.nft_chains["p-net1-i"] is None
     assert delta.nft_chains[nft_policy.list_chain(("net2",), "inbound")][1] == "jump p-net2-i"
-    # In the script the old element goes before the new one (one key: not both at once).
+    # In the script: the new list's set and chains, the dispatch rules to them, the element,
+    # and last the old list's chains and set (its element goes with the set).
     script = nft_policy.delta_script(*_programmed_before(desired, delta), delta.nft_chains,
                                      delta.nft_sets, delta.nft_added, delta.nft_removed)
     lines = script.splitlines()
-    gone = lines.index('delete element inet calico to4 { "calia1" : %s }' % goto(["net1"],
-                                                                               "inbound"))
-    new = lines.index('add element inet calico to4 { "calia1" : %s }' % goto(["net2"],
-                                                                           "inbound"))
+    new = lines.index('add element inet calico %s { "calia1" }' % lset(["net2"], 4))
     declared = lines.index("add chain inet calico %s" % nft_policy.list_chain(("net2",),
                                                                                "inbound"))
+    declared_set = lines.index(nft_policy.set_declaration(lset(["net2"], 4), "ifname"))
+    dispatch = lines.index("add rule inet calico to-ep meta nfproto ipv4 oifname @%s goto %s"
+                           % (lset(["net2"], 4), nft_policy.list_chain(("net2",), "inbound")))
     deleted = lines.index("delete chain inet calico %s" % nft_policy.list_chain(("net1",),
                                                                                  "inbound"))
-    assert declared < gone < new < deleted
+    deleted_set = [i for i, line in enumerate(lines) if line.startswith("delete set") and
+                   lset(["net1"], 4) in line]
+    assert declared < dispatch < new < deleted < deleted_set[0]
+    assert declared_set < dispatch
+    assert not [line for line in lines if line.startswith("delete element")
+                and lset(["net1"], 4) in line]
 
 
 def _programmed_before(desired, delta):
@@ -271,6 +287,7 @@ def _programmed_before(desired, delta):
     chains = {c: r for c, r in desired.nft_chains.items() if c not in delta.nft_chains}
     chains.update({c: ["old"] for c, r in delta.nft_chains.items() if r is None})
     sets = {n: k for n, k in desired.nft_sets.items() if n not in delta.nft_sets}
+    sets.update({n: "ifname" for n, k in delta.nft_sets.items() if k is None})
     return chains, sets
 
 
@@ -288,18 +305,17 @@ def test_tag_member_on_another_host_is_only_in_the_tag_sets():
     assert not any(delta.nft_added.values()) and not delta.nft_chains
 
 
-def test_inactive_endpoint_maps_to_drop():
+def test_inactive_endpoint_is_in_no_interface_set():
     state, desired = loaded_state(*BASE, ep_item("a1", "10.0.0.1", ["net1"], ip6="fd00::1",
                                                  state="inactive"))
-    for name in ("from4", "to4", "from6", "to6"):
-        assert desired.nft_elements[name] == {'"calia1" : drop'}, name
+    assert not [n for n in desired.nft_sets if n.startswith(("e4-", "e6-"))]
     assert not [c for c in desired.nft_chains if c.startswith(("il-", "ol-"))]
     assert desired.nft_elements["t4-net1"] == set()            # an inactive one carries no tag
     assert desired.nft_elements["src4"] == {'"calia1" . 10.0.0.1'}
-    # Waking it up turns the drops into its list chain.
+    # Waking it up puts its interface in its list's sets.
     delta = change(state, desired, ep_item("a1", "10.0.0.1", ["net1"], ip6="fd00::1"))
-    assert delta.nft_removed["to6"] == {'"calia1" : drop'}
-    assert delta.nft_added["to6"] == {'"calia1" : ' + goto(["net1"], "inbound")}
+    assert delta.nft_sets == {lset(["net1"], 4): "ifname", lset(["net1"], 6): "ifname"}
+    assert delta.nft_added[lset(["net1"], 6)] == {'"calia1"'}
     assert delta.nft_added["t4-net1"] == {"10.0.0.1"}
 
 
@@ -308,8 +324,7 @@ def test_ipv4_only_endpoint_has_no_ipv6_elements():
                               ep_item("a2", None, ["net1"], ip6="fd00::2", mac="02:00:00:00:00:02"))
     e = desired.nft_elements
     assert e["src6"] == {'"calia2" . fd00::2'} and e["src4"] == {'"calia1" . 10.0.0.1'}
-    assert [x for x in e["from6"] | e["to6"] if "calia1" in x] == []
-    assert [x for x in e["from4"] | e["to4"] if "calia2" in x] == []
+    assert e[lset(["net1"], 6)] == {'"calia2"'} and e[lset(["net1"], 4)] == {'"calia1"'}
     assert e["mac"] == {'"calia1" . ee:ee:ee:ee:ee:ee', '"calia2" . 02:00:00:00:00:02'}
     assert e["hasmac"] == {'"calia1"', '"calia2"'}
 
@@ -479,18 +494,20 @@ KERNEL_STEPS = [
      "cmd": ["delete", "element", "inet", "calico", "src4", '{ "caliaa01" . 192.168.0.1 }']},
     {"name": "chain-repaired", "op": "hand", "repair": "sync",
      "cmd": ["flush", "chain", "inet", "calico", "p-net1-i"]},
-    # Counts unchanged: an endpoint's verdict swapped for accept, a profile's allow for drop.
+    # Counts unchanged: an endpoint's interface swapped for another in its list's set, a
+    # profile's allow for drop.
     {"name": "verdict-repaired", "op": "hand", "repair": "sync",
-     "cmd": ['delete element inet calico to4 { "caliaa01" }; '
-             'add element inet calico to4 { "caliaa01" : accept }; '
-             'flush chain inet calico p-net1-o; add rule inet calico p-net1-o drop']},
+     "cmd": ['delete element inet calico %s { "caliaa01" }; '
+             'add element inet calico %s { "calizz99" }; '
+             'flush chain inet calico p-net1-o; add rule inet calico p-net1-o drop'
+             % ((nft_policy.list_set(("net1",), 4),) * 2)]},
     {"name": "quick-repaired", "op": "hand", "repair": "quick",
      "cmd": ["delete", "chain", "inet", "calico", "input"]},
     {"name": "table-deleted", "op": "hand", "repair": "quick",
      "cmd": ["delete", "table", "inet", "calico"]},
     {"name": "stale-change", "op": "stale-change",
-     "cmd": ["delete", "element", "inet", "calico", "to4", '{ "caliaf07" }'],
-     "items": [ep_item("af07", "192.168.0.7", ["net2"])]},
+     "cmd": ["delete", "element", "inet", "calico", "src4", '{ "caliaf07" . 192.168.0.7 }'],
+     "items": [ep_item("af07", "192.168.0.17", ["net2"])]},
     {"name": "odd-names-removed", "op": "change", "items": [
         (ep_key("ae06"), None), *[(k(p), None) for p in (ODD1, ODD2)
                                   for k in (keys.profile_tags, keys.profile_rules)]]},
@@ -575,13 +592,12 @@ def test_kernel_table_is_what_we_desired(kernel, name):
 @needs_kernel
 def test_full_load(kernel):
     sets = kernel_sets(kernel, "full")
-    shared_out = goto(["net1", "net2"], "outbound")
-    assert {e for e in sets["from4"] if shared_out in e} == {
-        '"caliab02" : ' + shared_out, '"caliac03" : ' + shared_out}
-    assert sets["to6"] == {'"caliaa01" : ' + goto(["net1"], "inbound")}
+    assert sets[lset(["net1", "net2"], 4)] == {'"caliab02"', '"caliac03"'}
+    assert sets[lset(["net1"], 6)] == {'"caliaa01"'}
     assert sets["src6"] == {'"caliaa01" . fd00::1'}
     assert sets["t4-net1"] == {"192.168.0.%d" % i for i in (1, 2, 3, 9)}   # 9 is on h2
-    assert not [e for e in sets["src4"] | sets["from4"] if "bb09" in e or ".9" in e]
+    assert not [e for name, items in sets.items() if not name.startswith("t4-")
+                for e in items if "bb09" in e or ".9" in e]
     assert sets["t4-other"] == sets["t6-other"] == set()      # named by a rule, carried by none
     assert sets["t4-T"] == {"10.0.0.5"}
     chains = kernel_chains(kernel, "full")
@@ -600,18 +616,21 @@ def test_full_load(kernel):
 @needs_kernel
 def test_incremental_changes(kernel):
     sets = kernel_sets(kernel, "shared-added")
-    assert '"caliad04" : ' + goto(["net1", "net2"], "inbound") in sets["to4"]
+    assert '"caliad04"' in sets[lset(["net1", "net2"], 4)]
     assert kernel_chains(kernel, "shared-added")["p-net2-i"] == 1
     shared = nft_policy.list_chain(("net1", "net2"), "inbound")
     assert shared in kernel_chains(kernel, "one-sharer-removed")
-    assert not [e for e in kernel_sets(kernel, "one-sharer-removed")["to4"] if "caliad04" in e]
+    assert '"caliad04"' not in kernel_sets(kernel, "one-sharer-removed")[
+        lset(["net1", "net2"], 4)]
     moved = step(kernel, "moved")["delta"]
-    assert moved["removed"]["to4"] == ['"caliab02" : ' + goto(["net1", "net2"], "inbound")]
-    assert moved["added"]["to4"] == ['"caliab02" : ' + goto(["net2"], "inbound")]
-    assert '"caliab02" : ' + goto(["net2"], "inbound") in kernel_sets(kernel, "moved")["to4"]
+    assert moved["removed"][lset(["net1", "net2"], 4)] == ['"caliab02"']
+    assert moved["added"][lset(["net2"], 4)] == ['"caliab02"']
+    assert '"caliab02"' in kernel_sets(kernel, "moved")[lset(["net2"], 4)]
     assert shared in kernel_chains(kernel, "moved")                # ac03 still uses it
     inactive = kernel_sets(kernel, "inactive")
-    assert '"caliac03" : drop' in inactive["to4"] and '"caliac03" : drop' in inactive["from4"]
+    assert not [name for name, items in inactive.items() if '"caliac03"' in items
+                and name.startswith(("e4-", "e6-"))]
+    assert lset(["net1", "net2"], 4) not in inactive
     assert shared not in kernel_chains(kernel, "inactive")         # nobody uses it now
     assert "192.168.0.3" not in inactive["t4-net1"]
 
@@ -634,7 +653,7 @@ def test_odd_names_load(kernel):
     sets = kernel_sets(kernel, "odd-names")
     assert sets[nft_policy.tag_set(ODD_TAG, 4)] == {"192.168.0.6"}
     assert sets[nft_policy.tag_set(ODD_TAG, 6)] == {"fd00::6"}
-    assert '"caliae06" : ' + goto([ODD1, ODD2], "outbound") in sets["from6"]
+    assert '"caliae06"' in sets[lset([ODD1, ODD2], 6)]
     theirs = {nft_policy.profile_chain(p, d) for p in (ODD1, ODD2)
               for d in ("inbound", "outbound")}
     theirs |= {nft_policy.list_chain((ODD1, ODD2), d) for d in ("inbound", "outbound")}
@@ -663,7 +682,7 @@ def test_hand_edits_that_keep_every_count_are_repaired(kernel):
     s = step(kernel, "verdict-repaired")
     broken = nft_policy.parse_listing(s["broken"]["out"])
     assert broken == nft_policy.expected_listing(s["chains"], s["sets"], s["elements"])
-    assert '"accept"' in s["broken"]["out"]                   # the hand edit took
+    assert '"calizz99"' in s["broken"]["out"]                 # the hand edit took
     assert s["repaired"][0] > 0 and s["repaired"][1] == 0
 
 
@@ -679,7 +698,7 @@ def test_failed_change_leaves_the_kernel_untouched_and_a_full_sync_recovers(kern
     s = step(kernel, "stale-change")
     assert s["error"] and s["error"].startswith("DataplaneError"), s["error"]
     assert s["after_error"] == s["broken"]                    # nothing of it applied
-    assert '"caliaf07" : ' + goto(["net2"], "inbound") in kernel_sets(kernel, "stale-change")["to4"]
+    assert '"caliaf07"' in kernel_sets(kernel, "stale-change")[lset(["net2"], 4)]
 
 
 @needs_kernel
@@ -710,6 +729,7 @@ def test_removing_every_endpoint_leaves_only_the_fixed_table(kernel):
     sets = kernel_sets(kernel, "all-removed")
     for name in nft_policy.fixed_sets():
         assert sets[name] == set(), name
+    assert not [name for name in sets if name.startswith(("e4-", "e6-"))]
     assert sets["t4-net1"] == {"192.168.0.9"}                # h2's endpoint still carries it
 
 
