@@ -418,11 +418,11 @@ def nft_raw_loads(desired, rounds):
     # elements in quarters, one transaction each: what loading the table while the agent still
     # computes the rest (one transaction per batch of endpoints) would cost the kernel and nft
     # at best.  Timed as separate `nft -f` processes (about 3 ms each of it is the process).
+    ordered = {name: sorted(elements.get(name, ())) for name in sorted(sets)}
     quarters = []
     for q in range(QUARTERS):
         lines = []
-        for name in sorted(sets, key=lambda name: (":" in sets[name], name)):
-            items = sorted(elements.get(name, ()))
+        for name, items in ordered.items():
             part = items[q * len(items) // QUARTERS:(q + 1) * len(items) // QUARTERS]
             lines += nft_policy.element_lines("add", name, part) if part else []
         quarters.append("\n".join(lines) + "\n")
@@ -619,7 +619,7 @@ def report(r):
     samples = r.get("raw_samples", {})
     if r["dataplane"] == "nftables":
         print("== %d endpoints, %d profiles [nftables dataplane]: table inet calico %d chains / "
-              "%d rules, %d sets and maps / %d elements" % (
+              "%d rules, %d sets / %d elements" % (
                   r["endpoints"], r["profiles"], r["nft_chains"], r["nft_rules"], r["nft_sets"],
                   r["nft_elements"]))
         print("cold start: %s (dataplane sync %.2fs: the nft table, iptables fixed chains, "

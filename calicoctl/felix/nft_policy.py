@@ -31,7 +31,7 @@ as passed and drop other workload traffic, so without our table nothing gets thr
 and the pool ipsets stay as they are.
 
 Every function returns plain data: chains as {name: [rule text]}, sets as
-{name: (type, frozenset(element text))}; maps are sets whose type has a `: verdict`.
+{name: (type, frozenset(element text))}.
 """
 
 import functools
@@ -322,10 +322,6 @@ def iptables_chains(version, prefix, endpoint_to_host="DROP", ipip_hosts_set=Non
 
 # --- whole scripts ----------------------------------------------------------------------------
 
-def _is_map(kind):
-    return ":" in kind
-
-
 def chain_declaration(name):
     hook = BASE_HOOKS.get(name)
     if hook is None:
@@ -335,8 +331,7 @@ def chain_declaration(name):
 
 
 def set_declaration(name, kind):
-    return "add %s %s %s %s { type %s; }" % ("map" if _is_map(kind) else "set", FAMILY, TABLE,
-                                              name, kind)
+    return "add set %s %s %s { type %s; }" % (FAMILY, TABLE, name, kind)
 
 
 def element_lines(verb, name, elements, chunk=2000):
@@ -360,15 +355,10 @@ def full_script(chains, sets, elements):
              "add table %s %s" % (FAMILY, TABLE)]
     lines += [set_declaration(name, kind) for name, kind in sorted(sets.items())]
     lines += [chain_declaration(name) for name in sorted(chains)]
-    for name, kind in sorted(sets.items()):
-        if not _is_map(kind):
-            lines += element_lines("add", name, elements.get(name, ()))
+    for name in sorted(sets):
+        lines += element_lines("add", name, elements.get(name, ()))
     for name, rules in sorted(chains.items()):
         lines += chain_lines(name, rules)
-    # Map elements last: they name chains, which hold their rules by then.
-    for name, kind in sorted(sets.items()):
-        if _is_map(kind):
-            lines += element_lines("add", name, elements.get(name, ()))
     return "\n".join(lines) + "\n"
 
 
@@ -377,7 +367,7 @@ def delta_script(programmed_chains, programmed_sets, chains, sets, added, remove
 
     chains: {name: rules or None}; sets: {name: kind or None}; added / removed: {set name:
     element texts}.  Order: new sets and chains declared, changed chains rewritten, elements
-    removed then added (a map key changing its verdict is one removal and one addition), and
+    removed then added, and
     last the chains and sets nothing refers to any more deleted."""
     lines = []
     for name, kind in sorted(sets.items()):
@@ -402,8 +392,7 @@ def delta_script(programmed_chains, programmed_sets, chains, sets, added, remove
     lines += ["delete chain %s %s %s" % (FAMILY, TABLE, n) for n in dropped]
     for name, kind in sorted(sets.items()):
         if kind is None and name in programmed_sets:
-            lines.append("delete %s %s %s %s" % ("map" if _is_map(programmed_sets[name]) else
-                                                 "set", FAMILY, TABLE, name))
+            lines.append("delete set %s %s %s" % (FAMILY, TABLE, name))
     return "\n".join(lines) + "\n" if lines else ""
 
 
@@ -438,6 +427,7 @@ def table_content(text):
             chains.setdefault(item["rule"]["chain"], {"rules": []})["rules"].append(
                 canonical(item["rule"]["expr"]))
         else:
+            # "map": our table has none, but one left by someone else must show as a change.
             for word in ("set", "map"):
                 if word in item:
                     body = {k: v for k, v in item[word].items() if k not in ("handle", "elem")}
