@@ -10,7 +10,8 @@ throwaway network namespace with its own etcd:
     local endpoints spread over them (no veths: the route work is not measured);
   - cold start: --cold-samples agent resyncs (snapshot, desired state, every set and chain
     programmed), each by a fresh agent process from an empty ruleset, split by phase (snapshot
-    read, state parse, desired state, dataplane sync, the rest);
+    read, state parse, desired state, dataplane sync, the rest); and as many restarts, each a
+    fresh agent over the rules and sets the one before left;
   - incremental, p50/p99 over --samples: etcd write -> the executor's apply returned (kernel
     state in place) for (a) one new local endpoint, (b) one rule change in a profile, (c) one
     new endpoint on another host (a tag membership change: one ipset or nft set update);
@@ -139,6 +140,7 @@ def inner(n, samples, idle_seconds, dataplane, cold_samples):
         populate_s = time.perf_counter() - t
         os.environ["ETCD_AUTHORITY"] = server.authority
         colds = cold_starts(dataplane, cold_samples)
+        restarts = cold_starts(dataplane, cold_samples, restart=True)
         from calicoctl.datastore.store import EtcdStore
         from calicoctl.felix.agent import Agent
         from calicoctl.felix.executor import AgentDataplane
@@ -187,6 +189,7 @@ def inner(n, samples, idle_seconds, dataplane, cold_samples):
             "cold_dataplane_s": statistics.median(c["phases"]["dataplane_sync"] for c in colds),
             "cold_phases_s": {name: statistics.median(c["phases"][name] for c in colds)
                               for name in colds[0]["phases"]},
+            "restart_samples": [c["cold_start_s"] for c in restarts],
             "new_endpoint_ms": summary(new_ep), "rule_change_ms": summary(rule),
             "tag_member_ms": summary(member), "idle": idle,
             # Medians (seconds) as in earlier runs, and every sample for the spread.
@@ -204,12 +207,15 @@ def empty_ruleset():
     subprocess.run(["ipset", "destroy"], check=True)
 
 
-def cold_starts(dataplane, samples):
+def cold_starts(dataplane, samples, restart=False):
     """`samples` cold starts, each by a fresh agent process (`--cold-child`) from an empty
-    ruleset, as when a host's agent first starts: [{"cold_start_s", "phases"}]."""
+    ruleset, as when a host's agent first starts: [{"cold_start_s", "phases"}].  restart: over
+    the rules and sets the last agent left instead, as when the agent restarts on a running
+    host (its table is replaced in the same one transaction)."""
     out = []
     for _ in range(samples):
-        empty_ruleset()
+        if not restart:
+            empty_ruleset()
         proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--cold-child",
                                "--dataplane", dataplane], capture_output=True, text=True,
                               cwd=REPO)
@@ -630,6 +636,9 @@ def report(r):
                             r["filter_v4_rules"]))
         print("cold start: %s (dataplane sync %.2fs, both families + sets + nat)" % (
             cold_spread(r), r["cold_dataplane_s"]))
+    if r.get("restart_samples"):
+        print("restart over the last agent's rules and sets: %s" % spread(
+            r["restart_samples"], scale=1.0, unit="s", digits=2))
     if r.get("cold_phases_s"):
         print("cold start by phase (medians): " + ", ".join(
             "%s %.2fs" % (name.replace("_", " "), r["cold_phases_s"][name])
@@ -680,6 +689,8 @@ def side_by_side(results, sizes, dataplanes, width=38):
     for n in sizes:
         print("%d endpoints" % n)
         per_dataplane("cold start", n, cold_spread)
+        per_dataplane("restart over own rules", n, lambda r: spread(
+            r["restart_samples"], 1, "s", 2))
         per_dataplane("raw full load (fastest)", n, lambda r: spread(
             r["raw_samples"][fastest_full(r)[0]], 1, "s", 3))
         per_dataplane("new endpoint", n, lambda r: incremental(r["new_endpoint_ms"]))
