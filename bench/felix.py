@@ -612,8 +612,8 @@ def spread(values, scale=1000.0, unit="ms", digits=1):
         stats.percentile(v, 90), len(v))
 
 
-def cold_spread(r):
-    return spread(r["cold_start_samples"], scale=1.0, unit="s", digits=2)
+def seconds_spread(r, key="cold_start_samples"):
+    return spread(r[key], scale=1.0, unit="s", digits=2)
 
 
 def incremental(figure):
@@ -629,16 +629,15 @@ def report(r):
                   r["endpoints"], r["profiles"], r["nft_chains"], r["nft_rules"], r["nft_sets"],
                   r["nft_elements"]))
         print("cold start: %s (dataplane sync %.2fs: the nft table, iptables fixed chains, "
-              "nat and raw in both families)" % (cold_spread(r), r["cold_dataplane_s"]))
+              "nat and raw in both families)" % (seconds_spread(r), r["cold_dataplane_s"]))
     else:
         print("== %d endpoints, %d profiles [iptables dataplane]: IPv4 filter %d chains / "
               "%d rules" % (r["endpoints"], r["profiles"], r["filter_v4_chains"],
                             r["filter_v4_rules"]))
         print("cold start: %s (dataplane sync %.2fs, both families + sets + nat)" % (
-            cold_spread(r), r["cold_dataplane_s"]))
-    if r.get("restart_samples"):
-        print("restart over the last agent's rules and sets: %s" % spread(
-            r["restart_samples"], scale=1.0, unit="s", digits=2))
+            seconds_spread(r), r["cold_dataplane_s"]))
+    print("restart over the last agent's rules and sets: %s" % seconds_spread(
+        r, "restart_samples"))
     if r.get("cold_phases_s"):
         print("cold start by phase (medians): " + ", ".join(
             "%s %.2fs" % (name.replace("_", " "), r["cold_phases_s"][name])
@@ -688,9 +687,9 @@ def side_by_side(results, sizes, dataplanes, width=38):
     row("", [d + " dataplane" for d in dataplanes])
     for n in sizes:
         print("%d endpoints" % n)
-        per_dataplane("cold start", n, cold_spread)
-        per_dataplane("restart over own rules", n, lambda r: spread(
-            r["restart_samples"], 1, "s", 2))
+        per_dataplane("cold start", n, seconds_spread)
+        per_dataplane("restart over own rules", n, lambda r: seconds_spread(
+            r, "restart_samples"))
         per_dataplane("raw full load (fastest)", n, lambda r: spread(
             r["raw_samples"][fastest_full(r)[0]], 1, "s", 3))
         per_dataplane("new endpoint", n, lambda r: incremental(r["new_endpoint_ms"]))

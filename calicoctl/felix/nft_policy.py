@@ -367,8 +367,7 @@ def delta_script(programmed_chains, programmed_sets, chains, sets, added, remove
 
     chains: {name: rules or None}; sets: {name: kind or None}; added / removed: {set name:
     element texts}.  Order: new sets and chains declared, changed chains rewritten, elements
-    removed then added, and
-    last the chains and sets nothing refers to any more deleted."""
+    removed then added, and last the chains and sets nothing refers to any more deleted."""
     lines = []
     for name, kind in sorted(sets.items()):
         if kind is not None and name not in programmed_sets:
