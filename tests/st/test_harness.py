@@ -39,14 +39,41 @@ def test_container_on_docker_bridge_pings_the_other_host(two_hosts):
     assert "2 packets received" in result.stdout
 
 
+def etcd_version(host, etcd):
+    out = host.run([sys.executable, "-c",
+                    "import urllib.request,sys; "
+                    "print(urllib.request.urlopen(sys.argv[1]).read().decode())",
+                    etcd.url + "/version"])
+    return json.loads(out.stdout)
+
+
 def test_hosts_reach_etcd_on_the_bridge(two_hosts, etcd_on_bridge):
     for host in two_hosts:
-        out = host.run([sys.executable, "-c",
-                        "import urllib.request,sys; "
-                        "print(urllib.request.urlopen(sys.argv[1]).read().decode())",
-                        etcd_on_bridge.url + "/version"])
         # Served whichever API the testbed's etcd speaks (CALICO_ST_ETCD_API).
-        assert "etcdserver" in json.loads(out.stdout), out.stdout
+        assert "etcdserver" in etcd_version(host, etcd_on_bridge)
+
+
+def test_bridge_keeps_its_address_when_a_port_joins(two_hosts, testbed, etcd_on_bridge):
+    """A port with a lower MAC than every other (a test's extra namespace) must not change the
+    bridge's address: the hosts' ARP entries for etcd's IP would name an address the bridge no
+    longer takes frames for, and they would lose etcd for the seconds until the entry is
+    probed again (a system test's first requests then time out)."""
+    u = testbed.underlay
+    bridge_mac = Path(f"/sys/class/net/{u.bridge}/address")
+    assert bridge_mac.read_text().strip() == u.bridge_mac
+    for host in two_hosts:
+        etcd_version(host, etcd_on_bridge)          # so each host has an ARP entry for it
+    root_side = "tb-lowmac"
+    procs.run(["ip", "link", "add", root_side, "address", "00:00:00:00:00:01", "type", "veth",
+               "peer", "name", root_side + "-p"])
+    try:
+        procs.run(["ip", "link", "set", root_side, "master", u.bridge, "up"])
+        assert bridge_mac.read_text().strip() == u.bridge_mac
+        for host in two_hosts:
+            out = host.run(["ip", "neigh", "show", str(u.bridge_ip), "dev", "eth0"]).stdout
+            assert f"lladdr {u.bridge_mac} " in out, out
+    finally:
+        network.delete_link(root_side)
 
 
 def test_docker_url_works_from_the_root_namespace(two_hosts):

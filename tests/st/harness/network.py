@@ -28,6 +28,16 @@ class Underlay:
         return self.subnet[1]           # the root namespace's side; etcd listens here
 
     @property
+    def bridge_mac(self):
+        """A fixed, locally administered address made from the bridge's IP (02:00 + its four
+        bytes), so two testbeds differ.  A bridge whose address was never set takes the lowest
+        address among its ports, so attaching a port (a test's extra namespace) could change
+        it; the hosts' ARP entries for the bridge IP (etcd) then name an address the bridge no
+        longer receives for, and the hosts lose etcd for the seconds until the entry is
+        probed again.  An address set by hand stays put."""
+        return "02:00:" + ":".join("%02x" % b for b in self.bridge_ip.packed)
+
+    @property
     def gateway(self):
         # Hosts need *a* default route so proxy ARP (169.254.1.1) answers; .254 is never
         # assigned, so anything sent to it dies on the bridge instead of leaving the machine.
@@ -62,7 +72,7 @@ def list_links(prefix):
 
 def create_bridge(underlay=DEFAULT_UNDERLAY):
     name = underlay.bridge
-    procs.run(["ip", "link", "add", name, "type", "bridge"])
+    procs.run(["ip", "link", "add", name, "address", underlay.bridge_mac, "type", "bridge"])
     procs.run(["ip", "addr", "add", f"{underlay.bridge_ip}/{underlay.subnet.prefixlen}",
                "dev", name])
     procs.run(["ip", "link", "set", name, "up"])
