@@ -35,6 +35,7 @@ import os
 import shlex
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -107,18 +108,37 @@ class Demo:
         """Run argv in host, print `host$ shown` and the output; return the CompletedProcess."""
         self.say("%s$ %s" % (host, shown))
         result = self.hosts[host].run(argv, check=False, timeout=timeout)
+        self._show(result)
+        return result
+
+    def _show(self, result):
         text = (result.stdout + result.stderr).rstrip()
         if text:
             self.say(text)
-        return result
 
-    def calicoctl(self, host, *args, timeout=180):
+    def _calicoctl_argv(self, args):
         # Clean environment apart from etcd: the host's own hostname is the node name, and
         # Docker is the host's default socket.
-        argv = ["env", "-u", "DOCKER_HOST", "-u", "CALICO_HOSTNAME", "-u", "ETCD_ENDPOINTS",
+        return ["env", "-u", "DOCKER_HOST", "-u", "CALICO_HOSTNAME", "-u", "ETCD_ENDPOINTS",
                 "ETCD_AUTHORITY=" + self.etcd_authority, self.calicoctl_path, *args]
-        return self.sh(host, "calicoctl " + " ".join(shlex.quote(a) for a in args), argv,
-                       timeout)
+
+    def calicoctl(self, host, *args, timeout=180):
+        return self.sh(host, "calicoctl " + " ".join(shlex.quote(a) for a in args),
+                       self._calicoctl_argv(args), timeout)
+
+    def calicoctl_on_every_host(self, *args, timeout=180):
+        """The same calicoctl command on every host at once, as each host's operator would run
+        it; the transcript shows each host's command and output in host order.  Whether every
+        one succeeded."""
+        def run(host):
+            return self.hosts[host].run(self._calicoctl_argv(args), check=False,
+                                        timeout=timeout)
+        with ThreadPoolExecutor(max_workers=len(self.hosts)) as pool:
+            results = list(pool.map(run, self.hosts))
+        for host, result in zip(self.hosts, results, strict=True):
+            self.say("%s$ calicoctl %s" % (host, " ".join(shlex.quote(a) for a in args)))
+            self._show(result)
+        return all(r.returncode == 0 for r in results)
 
     def docker(self, host, *args, timeout=120):
         return self.sh(host, "docker " + " ".join(shlex.quote(a) for a in args),
@@ -140,10 +160,8 @@ class Demo:
 
     def start_nodes(self):
         self.section("Starting Calico services")
-        ok = True
         node = ("node", "--libnetwork") + (("--managed-plugin",) if self.managed else ())
-        for host in self.hosts:
-            ok &= self.calicoctl(host, *node).returncode == 0
+        ok = self.calicoctl_on_every_host(*node)
         for host in self.hosts:
             self.docker(host, "ps")
             if self.managed:
@@ -375,10 +393,11 @@ class Demo:
                                             check=False)
 
     def stop_nodes(self):
-        for host in self.hosts:
-            self.hosts[host].run(["env", "ETCD_AUTHORITY=" + self.etcd_authority,
-                                  self.calicoctl_path, "node", "stop", "--force"], check=False,
-                                 timeout=120)
+        def stop(host):
+            host.run(["env", "ETCD_AUTHORITY=" + self.etcd_authority, self.calicoctl_path,
+                      "node", "stop", "--force"], check=False, timeout=120)
+        with ThreadPoolExecutor(max_workers=len(self.hosts)) as pool:
+            list(pool.map(stop, self.hosts.values()))
 
     # ---- summary ----------------------------------------------------------------------------
 
