@@ -9,7 +9,8 @@ measures, --runs times, the time from `docker run -d` to the new workload answer
 neighbour container on the same network (pinged from inside the neighbour's network namespace
 every 10 ms, so no `docker exec` overhead lands in the figure).  Then it starts --parallel
 containers at once, a few rounds, and reads each plugin call's duration from the plugin's debug
-log ("call <Name> took <ms> ms") to give p50/p99 per call.
+log ("call <Name> took <ms> ms (etcd: <n> operations, <ms> ms)") to give p50/p99 per call and,
+under it, the part of it spent in etcd operations.
 
 Beside Docker's built-in and user-defined bridges, a null remote driver (bench/null_driver.py:
 the veth, proxy ARP and a /32 route, and addresses from a counter through Docker's remote IPAM
@@ -34,6 +35,7 @@ import os
 import re
 import select
 import socket
+import statistics
 import struct
 import sys
 import time
@@ -51,7 +53,7 @@ from tests.st.harness.etcd_direct import DirectEtcd  # noqa: E402
 from tests.st.plugin_helpers import (PYTHON, PluginProcess, allow_forwarding,  # noqa: E402
                                      calicoctl, container_ip, endpoint_id)
 
-CALL_LINE = re.compile(r"call (\S+) took ([0-9.]+) ms")
+CALL_LINE = re.compile(r"call (\S+) took ([0-9.]+) ms \(etcd: (\d+) operations, ([0-9.]+) ms\)")
 # network_driver._wait_for_agent's debug line: the time ProgramExternalConnectivity (or Join,
 # for a container's later interfaces) spent waiting for the agent.
 WAIT_LINE = re.compile(r"Waited ([0-9.]+) ms for the agent")
@@ -322,21 +324,29 @@ def at_rest(host, procs, seconds):
 
 
 def print_calls(title, log_text):
-    calls = {}
+    """Each call's time, and under it the part spent in etcd operations (app.py's RequestTally:
+    the datastore's round trips as the plugin sees them, client included)."""
+    calls, etcd = {}, {}
     for line in log_text.splitlines():
         m = CALL_LINE.search(line)
         if m:
             calls.setdefault(m.group(1), []).append(float(m.group(2)))
+            etcd.setdefault(m.group(1), []).append((int(m.group(3)), float(m.group(4))))
     print("\n" + title)
     print("%-45s %6s %9s %9s %9s" % ("call", "n", "p50", "p10", "p99"))
+    rows = dict(calls)
+    for name, ops in etcd.items():
+        if any(n for n, _ in ops):
+            rows["%s: etcd, %.1f operations" % (name, statistics.mean(n for n, _ in ops))] = \
+                [ms for _, ms in ops]
     waits = [float(m.group(1)) for m in WAIT_LINE.finditer(log_text)]
     if waits:
-        calls["  of which the wait for the agent"] = waits
-    for name in sorted(calls):
-        v = calls[name]
+        rows["NetworkDriver.ProgramExternalConnectivity: agent wait"] = waits
+    for name in sorted(rows):
+        v = rows[name]
         print("%-45s %6d %8.1fms %8.1fms %8.1fms" % (
-            name, len(v), stats.percentile(v, 50), stats.percentile(v, 10),
-            stats.percentile(v, 99)))
+            name if name in calls else "  " + name.split(": ", 1)[1], len(v),
+            stats.percentile(v, 50), stats.percentile(v, 10), stats.percentile(v, 99)))
 
 
 if __name__ == "__main__":

@@ -32,6 +32,27 @@ RETRY_PAUSE = 0.05
 RETRY_PAUSE_MAX = 0.5
 
 
+_tallies = threading.local()
+
+
+class RequestTally:
+    """Within `with RequestTally() as t:`, t.count and t.seconds sum the etcd operations this
+    thread made (each with its failovers and retries) and the time they took: how much of a
+    plugin call was the datastore (plugin/app.py logs it with each call)."""
+
+    def __init__(self):
+        self.count = 0
+        self.seconds = 0.0
+
+    def __enter__(self):
+        self._outer = getattr(_tallies, "current", None)
+        _tallies.current = self
+        return self
+
+    def __exit__(self, *exc):
+        _tallies.current = self._outer
+
+
 class Endpoints:
     """The members of one etcd cluster and which of them to ask first."""
 
@@ -65,6 +86,18 @@ class Endpoints:
             log.warning("etcd %s failed; continuing with %s.", ", ".join(failed), endpoint)
 
     def run(self, attempt, classify, answers=(), passthrough=(), budget=None):
+        """_run (below), counted in this thread's RequestTally, if one is open."""
+        tally = getattr(_tallies, "current", None)
+        if tally is None:
+            return self._run(attempt, classify, answers, passthrough, budget)
+        started = time.monotonic()
+        try:
+            return self._run(attempt, classify, answers, passthrough, budget)
+        finally:
+            tally.count += 1
+            tally.seconds += time.monotonic() - started
+
+    def _run(self, attempt, classify, answers, passthrough, budget):
         """attempt(endpoint, retried) on the members in turn until one answers; its result.
         retried says whether an earlier attempt failed after it may have reached etcd.
 

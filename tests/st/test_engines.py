@@ -76,8 +76,8 @@ def calls(plugin, name, since=0):
     """[(request, answer)] of every `name` call in the plugin's log after character `since`
     (app.py logs one line per call at debug level)."""
     found = []
-    for match in re.finditer(r"call (\S+) took [\d.]+ ms request=(.*) answer=(.*)$",
-                             plugin.log()[since:], re.MULTILINE):
+    line = r"call (\S+) took [\d.]+ ms \(etcd: [^)]*\) request=(.*) answer=(.*)$"
+    for match in re.finditer(line, plugin.log()[since:], re.MULTILINE):
         if match.group(1) == name:
             found.append((json.loads(match.group(2) or "{}"), json.loads(match.group(3))))
     return found

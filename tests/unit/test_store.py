@@ -10,7 +10,7 @@ import logging
 
 import pytest
 
-from calicoctl.datastore.failover import TOTAL_TIMEOUT_FACTOR, Endpoints
+from calicoctl.datastore.failover import TOTAL_TIMEOUT_FACTOR, Endpoints, RequestTally
 from calicoctl.datastore.store import EtcdSettings, EtcdStore
 from calicoctl.datastore.store_v2 import V2Backend
 from calicoctl.datastore.store_v3 import V3Backend
@@ -188,6 +188,25 @@ def test_all_members_hung_is_bounded(etcd_env):
     finally:
         for h in hung:
             h.close()
+
+
+def test_request_tally_counts_this_threads_operations_only(store):
+    """What the plugin logs as each call's etcd share: this thread's operations while open."""
+    import threading
+    key = "/calico/test/tally"
+    store.set(key, "before")                         # no tally open: counted nowhere
+    with RequestTally() as tally:
+        assert store.get(key) == "before"
+        store.set(key, "during")
+        other = threading.Thread(target=store.get, args=(key,))
+        other.start()
+        other.join()
+        with RequestTally() as inner:                # the innermost open tally counts
+            store.get(key)
+    assert (tally.count, inner.count) == (2, 1)
+    assert tally.seconds > 0 and inner.seconds > 0
+    store.get(key)
+    assert tally.count == 2
 
 
 def test_watching_sees_a_change_made_between_its_read_and_its_watch(store):
