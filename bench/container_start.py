@@ -332,21 +332,21 @@ def print_calls(title, log_text):
         if m:
             calls.setdefault(m.group(1), []).append(float(m.group(2)))
             etcd.setdefault(m.group(1), []).append((int(m.group(3)), float(m.group(4))))
+    waits = [float(m.group(1)) for m in WAIT_LINE.finditer(log_text)]
+    rows = []
+    for name in sorted(calls):
+        rows.append((name, calls[name]))
+        if any(n for n, _ in etcd[name]):
+            rows.append(("  etcd, %.1f operations" % statistics.mean(n for n, _ in etcd[name]),
+                         [ms for _, ms in etcd[name]]))
+        if name == "NetworkDriver.ProgramExternalConnectivity" and waits:
+            rows.append(("  agent wait", waits))
     print("\n" + title)
     print("%-45s %6s %9s %9s %9s" % ("call", "n", "p50", "p10", "p99"))
-    rows = dict(calls)
-    for name, ops in etcd.items():
-        if any(n for n, _ in ops):
-            rows["%s: etcd, %.1f operations" % (name, statistics.mean(n for n, _ in ops))] = \
-                [ms for _, ms in ops]
-    waits = [float(m.group(1)) for m in WAIT_LINE.finditer(log_text)]
-    if waits:
-        rows["NetworkDriver.ProgramExternalConnectivity: agent wait"] = waits
-    for name in sorted(rows):
-        v = rows[name]
+    for label, v in rows:
         print("%-45s %6d %8.1fms %8.1fms %8.1fms" % (
-            name if name in calls else "  " + name.split(": ", 1)[1], len(v),
-            stats.percentile(v, 50), stats.percentile(v, 10), stats.percentile(v, 99)))
+            label, len(v), stats.percentile(v, 50), stats.percentile(v, 10),
+            stats.percentile(v, 99)))
 
 
 if __name__ == "__main__":

@@ -35,7 +35,6 @@ import os
 import shlex
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -44,6 +43,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from tests.st.harness import Testbed, cleanup_stale, exclusive, wait_for  # noqa: E402
+from tests.st.harness.procs import on_each  # noqa: E402
 from tests.st.harness.errors import HarnessError  # noqa: E402
 
 WORKLOADS = {"workload-A": ("calico-01", "net1"), "workload-B": ("calico-01", "net2"),
@@ -106,12 +106,12 @@ class Demo:
 
     def sh(self, host, shown, argv, timeout=120):
         """Run argv in host, print `host$ shown` and the output; return the CompletedProcess."""
-        self.say("%s$ %s" % (host, shown))
         result = self.hosts[host].run(argv, check=False, timeout=timeout)
-        self._show(result)
+        self._show(host, shown, result)
         return result
 
-    def _show(self, result):
+    def _show(self, host, shown, result):
+        self.say("%s$ %s" % (host, shown))
         text = (result.stdout + result.stderr).rstrip()
         if text:
             self.say(text)
@@ -123,21 +123,17 @@ class Demo:
                 "ETCD_AUTHORITY=" + self.etcd_authority, self.calicoctl_path, *args]
 
     def calicoctl(self, host, *args, timeout=180):
-        return self.sh(host, "calicoctl " + " ".join(shlex.quote(a) for a in args),
-                       self._calicoctl_argv(args), timeout)
+        return self.sh(host, "calicoctl " + shlex.join(args), self._calicoctl_argv(args),
+                       timeout)
 
     def calicoctl_on_every_host(self, *args, timeout=180):
         """The same calicoctl command on every host at once, as each host's operator would run
         it; the transcript shows each host's command and output in host order.  Whether every
         one succeeded."""
-        def run(host):
-            return self.hosts[host].run(self._calicoctl_argv(args), check=False,
-                                        timeout=timeout)
-        with ThreadPoolExecutor(max_workers=len(self.hosts)) as pool:
-            results = list(pool.map(run, self.hosts))
+        results = on_each(self.hosts.values(), lambda h: h.run(
+            self._calicoctl_argv(args), check=False, timeout=timeout))
         for host, result in zip(self.hosts, results, strict=True):
-            self.say("%s$ calicoctl %s" % (host, " ".join(shlex.quote(a) for a in args)))
-            self._show(result)
+            self._show(host, "calicoctl " + shlex.join(args), result)
         return all(r.returncode == 0 for r in results)
 
     def docker(self, host, *args, timeout=120):
@@ -393,11 +389,9 @@ class Demo:
                                             check=False)
 
     def stop_nodes(self):
-        def stop(host):
-            host.run(["env", "ETCD_AUTHORITY=" + self.etcd_authority, self.calicoctl_path,
-                      "node", "stop", "--force"], check=False, timeout=120)
-        with ThreadPoolExecutor(max_workers=len(self.hosts)) as pool:
-            list(pool.map(stop, self.hosts.values()))
+        on_each(self.hosts.values(), lambda h: h.run(
+            ["env", "ETCD_AUTHORITY=" + self.etcd_authority, self.calicoctl_path, "node", "stop",
+             "--force"], check=False, timeout=120))
 
     # ---- summary ----------------------------------------------------------------------------
 

@@ -9,12 +9,12 @@ container form's).
 
 import ipaddress
 import time
-from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
 from tests.st.calico_stack import learnt
 from tests.st.harness import wait_for
+from tests.st.harness.procs import on_each
 from tests.st.node_helpers import calicoctl, env  # noqa: F401 (fixture)
 from tests.st.plugin_helpers import answers_within, clean_docker, container_ip, \
     ping_answered, restart_dockerd_timed, wipe_etcd
@@ -43,19 +43,15 @@ def managed(testbed, two_hosts, node_images, env):  # noqa: F811
         assert r.returncode == 0, "%s on %s: %s" % (" ".join(args), host.name,
                                                      r.stdout + r.stderr)
         return r
-    def on_both(fn):
-        # Each host's own operator: both at once (Docker builds the plugin for ~20 s each).
-        with ThreadPoolExecutor(max_workers=len(two_hosts)) as pool:
-            list(pool.map(fn, two_hosts))
-
     def stop(h):
         clean_docker(h)
         calicoctl(h, env, "node", "stop", "--force")
     try:
-        on_both(lambda h: node(h, "node", "--libnetwork", "--managed-plugin"))
+        # Both hosts at once, as their operators would (Docker builds the plugin ~20 s each).
+        on_each(two_hosts, lambda h: node(h, "node", "--libnetwork", "--managed-plugin"))
         yield node
     finally:
-        on_both(stop)
+        on_each(two_hosts, stop)
         for h in two_hosts:
             wait_for(lambda h=h: calicoctl(h, env, "node", "remove", "--remove-endpoints")
                      .returncode == 0, timeout=60, what="node remove on %s" % h.name)

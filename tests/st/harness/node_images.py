@@ -6,7 +6,6 @@ BIRD 1.6 variant, tagged <version>-bookworm."""
 import importlib.util
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from . import images, procs
@@ -56,8 +55,7 @@ def load_node_images(hosts, suite=None, progress=print):
                 procs.run([images.DOCKER_CLI, "-H", host.docker_url, "tag", name, default])
 
     # In parallel: each load unpacks a few hundred MB, and the engines are independent.
-    with ThreadPoolExecutor(max_workers=len(hosts) or 1) as pool:
-        list(pool.map(load, hosts))
+    procs.on_each(hosts, load)
     progress(f"node images {', '.join(names)} loaded on {', '.join(h.name for h in hosts)} "
              f"in {time.monotonic() - t0:.1f}s")
     return defaults

@@ -4,6 +4,7 @@ import os
 import signal
 import subprocess
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 from .errors import CommandError, HarnessError
 
@@ -29,6 +30,14 @@ def _text(data):
     if data is None:
         return ""
     return data.decode(errors="replace") if isinstance(data, bytes) else data
+
+
+def on_each(items, fn):
+    """[fn(item) for item in items], all at once in threads (independent hosts, each doing what
+    its own operator would); once every one has finished, the first exception is raised."""
+    items = list(items)
+    with ThreadPoolExecutor(max_workers=len(items) or 1) as pool:
+        return list(pool.map(fn, items))
 
 
 def wait_for(predicate, timeout=30.0, interval=0.05, what="condition", retry_on=(Exception,),
