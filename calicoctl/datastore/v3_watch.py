@@ -51,6 +51,41 @@ class _Pending:
         return event
 
 
+class _Connection:
+    """One watch stream's HTTP connection and the socket it was opened on, on a requests
+    session of its own.
+
+    Closing a stream races with its reader thread, which is blocked reading it and tears the
+    response down itself when it wakes.  When every stream came from the member's one session,
+    the closer handed the connection back to that session's pool first, the next stream was
+    given it, and the old reader's late teardown closed the next stream's socket: a second
+    open, or no event until the timeout (the moving-to-another-key test in
+    tests/unit/test_datastore_v3.py).  A session per stream leaves that connection nowhere to
+    go; the socket is taken before any of the body is read, so close() always shuts down the
+    one the reader waits on.  A new connection per stream costs little: a stream stays open
+    while its caller follows it.
+    """
+
+    def __init__(self, session, response):
+        self.session = session
+        self.response = response
+        connection = getattr(response.raw, "connection", None)
+        self.socket = getattr(connection, "sock", None)
+
+    def close(self):
+        # Shut the socket down first: closing it alone does not wake a reader's recv.
+        if self.socket is not None:
+            try:
+                self.socket.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        self.response.close()
+        self.session.close()
+
+    def is_open(self):
+        return not self.response.raw.closed
+
+
 class _Stream:
     """An open watch stream, read by a thread of its own into a queue, and the revision its
     next events continue from.
@@ -61,15 +96,14 @@ class _Stream:
 
     _ENDED = object()
 
-    def __init__(self, key, response, messages):
+    def __init__(self, key, connection, messages):
         self.key = key
-        self.response = response
+        self.connection = connection
         self.messages = messages
         self.cursor = None
         self.queue = queue.Queue()
-        sock = self.socket()
-        if sock is not None:
-            sock.settimeout(None)     # the reader waits as long as the stream lasts
+        if connection.socket is not None:
+            connection.socket.settimeout(None)   # the reader waits as long as the stream lasts
         threading.Thread(target=self._read, name="etcd-watch-reader", daemon=True).start()
 
     def _read(self):
@@ -99,19 +133,8 @@ class _Stream:
             waiting = list(self.queue.queue)
         return max((_revision(m) for m in waiting if isinstance(m, dict)), default=0)
 
-    def socket(self):
-        connection = getattr(self.response.raw, "connection", None)
-        return getattr(connection, "sock", None)
-
     def close(self):
-        # Shut the socket down first: closing it alone does not wake the reader's recv.
-        sock = self.socket()
-        if sock is not None:
-            try:
-                sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-        self.response.close()
+        self.connection.close()
 
 
 class Watcher:
@@ -208,14 +231,14 @@ class Watcher:
         self.end()
         request = {"key": v3.b64(key), "range_end": v3.prefix_end(key)}
         read_timeout = self.backend.timeout
-        response, messages, revision = self.backend.endpoints.run(
+        connection, messages, revision = self.backend.endpoints.run(
             lambda endpoint, _: self._open(endpoint, request, read_timeout), classify_v3,
             budget=self.backend.timeout * TOTAL_TIMEOUT_FACTOR)
         if not revision:
-            response.close()
+            connection.close()
             raise DatastoreError("etcd opened a watch on %s without saying at which revision"
                                  % key)
-        stream = self._local.stream = _Stream(key, response, messages)
+        stream = self._local.stream = _Stream(key, connection, messages)
         stream.cursor = revision + 1
         return revision
 
@@ -248,7 +271,7 @@ class Watcher:
         while True:
             remaining = None if deadline is None else max(0.01, deadline - time.monotonic())
             budget = (remaining or 0) + self.backend.timeout * TOTAL_TIMEOUT_FACTOR
-            response, messages, _ = endpoints.run(
+            connection, messages, _ = endpoints.run(
                 lambda endpoint, _: self._open(endpoint, request, remaining),
                 classify_v3, budget=budget)
             try:
@@ -256,8 +279,8 @@ class Watcher:
                     events = _message_events(message, key, index, below)
                     if events:
                         if keep:
-                            self._local.stream = _Stream(key, response, messages)
-                            response = None
+                            self._local.stream = _Stream(key, connection, messages)
+                            connection = None
                         return events
                 return []        # etcd ended the stream: like a timeout, the caller asks again
             except HistoryLost:
@@ -272,30 +295,31 @@ class Watcher:
                 if deadline is not None and time.monotonic() >= deadline:
                     return []
             finally:
-                if response is not None:
-                    response.close()
+                if connection is not None:
+                    connection.close()
 
     def _open(self, endpoint, request, read_timeout):
-        """Open a watch stream on endpoint: (response, message iterator, the revision etcd
-        created it at) once etcd has said the watch is created."""
+        """Open a watch stream on endpoint: (its _Connection, message iterator, the revision
+        etcd created it at) once etcd has said the watch is created."""
         import etcd3gw.exceptions as e3
         backend = self.backend
         client = backend.client_for(endpoint)
         backend.authenticate(client)
         for again in (False, True):
-            response = client.session.post(
-                client.get_url("/watch"), json={"create_request": request}, stream=True,
-                timeout=backend.timeouts(read_timeout))
-            if response.status_code != 200:
-                text, reason = response.text, response.reason
-                response.close()
-                raise e3.Etcd3Exception(text, reason)
-            messages = _Messages(response)
-            first = next(messages, None) or {}
-            error = first.get("error")
+            connection = self._post(client, request, read_timeout)
+            try:
+                response = connection.response
+                if response.status_code != 200:
+                    raise e3.Etcd3Exception(response.text, response.reason)
+                messages = _Messages(response)
+                first = next(messages, None) or {}
+                error = first.get("error")
+            except BaseException:
+                connection.close()
+                raise
             if not error:
                 break
-            response.close()
+            connection.close()
             if again or error.get("code") != GRPC_UNAUTHENTICATED or \
                     not backend.settings.username:
                 raise e3.Etcd3Exception(json.dumps(error), "watch refused")
@@ -303,7 +327,26 @@ class Watcher:
         result = first.get("result", {})
         if not result.get("created"):
             messages.push(first)    # not the usual first message: read it as any other
-        return response, messages, int(result.get("header", {}).get("revision", 0))
+        return connection, messages, int(result.get("header", {}).get("revision", 0))
+
+    def _post(self, client, request, read_timeout):
+        """POST /watch on a session of the stream's own, set up as the member's client's (TLS
+        files, token, no proxies from the environment): a _Connection."""
+        import requests
+        shared = client.session
+        session = requests.Session()
+        session.trust_env = shared.trust_env
+        session.verify = shared.verify
+        session.cert = shared.cert
+        session.headers.update(shared.headers)
+        try:
+            response = session.post(
+                client.get_url("/watch"), json={"create_request": request}, stream=True,
+                timeout=self.backend.timeouts(read_timeout))
+        except BaseException:
+            session.close()
+            raise
+        return _Connection(session, response)
 
 
 class _Messages:

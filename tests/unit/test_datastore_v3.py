@@ -181,6 +181,23 @@ def test_a_watch_followed_on_keeps_one_stream_and_misses_nothing(store):
     assert len(opened) == 3
 
 
+def test_moving_to_another_key_never_disturbs_the_next_stream(store):
+    """Moving a watch to another key closes the kept stream while its reader thread is still
+    blocked reading it, and opens the next.  When every stream came from one connection pool,
+    the old reader's late teardown sometimes closed the connection the next stream had just
+    been handed: that stream was opened twice, or said nothing for the whole timeout (in about
+    one move in a hundred; here, a hundred moves in a row)."""
+    watcher = store.backend.watcher
+    opened = streams_opened(watcher)
+    for i in range(100):
+        key = "/calico/v1/move/%02d" % i
+        index = store.current_index() + 1
+        store.set(key, str(i))
+        event = store.watch(key, index, timeout=5)
+        assert event is not None and event.value == str(i), "move %d: no event" % i
+        assert len(opened) == i + 1, "move %d opened %d streams" % (i, len(opened) - i)
+
+
 def test_watching_opens_its_stream_from_now_and_closes_it(store):
     """The stream is opened on entry with no start revision (etcd's synced group: a change
     made while the caller reads is delivered at once, not at the 100 ms resync), the watch
@@ -195,8 +212,8 @@ def test_watching_opens_its_stream_from_now_and_closes_it(store):
         assert store.watch(key, index + 1, timeout=5).value == "up"
         assert len(opened) == 1
         stream = watcher._local.stream
-        assert stream is not None and stream.socket() is not None
-    assert watcher._local.stream is None and stream.socket() is None
+        assert stream is not None and stream.connection.is_open()
+    assert watcher._local.stream is None and not stream.connection.is_open()
 
 
 def test_a_quiet_watch_keeps_its_stream_and_tells_what_has_arrived(store):
