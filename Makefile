@@ -30,8 +30,9 @@ unit-test: deps
 st-test: deps
 	$(PY) -m pytest tests/st -q -rfEs --durations=15
 
+# Both tiers at once, as two pytest runs (tools/run-tests says why that is safe).
 test: deps
-	$(PY) -m pytest tests/unit tests/st -q -rfEs --durations=25
+	PY=$(PY) bash tools/run-tests
 
 # calico/node and calico/node-libnetwork, built with no registry (debootstrap base, cached).
 images: deps
