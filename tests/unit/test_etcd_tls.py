@@ -64,6 +64,12 @@ def add_and_show(cli, cidr):
 def test_mutual_tls_works(cli, mutual, monkeypatch):
     point_at(monkeypatch, mutual.env())
     add_and_show(cli, "10.30.0.0/16")
+    # The agent's watch too: on v3 each stream is a session of its own, given the same files.
+    from calicoctl.datastore.store import EtcdStore
+    store = EtcdStore()
+    index = store.current_index() + 1
+    store.set("/calico/v1/test/tls", "1")
+    assert store.watch("/calico/v1/test", index, timeout=5).value == "1"
 
 
 def test_ca_only_tls_works(cli, ca_only, certs, monkeypatch):
